@@ -412,7 +412,7 @@ def flatten(d: dict, out: Optional[dict] = None) -> dict:
     """Nested {section: {flag: v}} or flat {flag: v} (or mixed) -> flat {flag: v}."""
     out = {} if out is None else out
     for k, v in d.items():
-        if isinstance(v, dict) and k not in FLAGS:
+        if isinstance(v, dict):  # a section (no option takes a mapping)
             flatten(v, out)
         else:
             out[k] = v
@@ -533,8 +533,10 @@ def add_flags(parser: argparse.ArgumentParser, sections: Optional[tuple] = None)
             g.add_argument(f"--{name}", nargs="?", const="true", default=argparse.SUPPRESS, metavar="BOOL",
                            help=help_)
         else:
-            g.add_argument(f"--{name}", default=argparse.SUPPRESS, choices=choices, help=help_,
-                           metavar=f.metadata.get("metavar") or (None if choices else base.__name__.upper()))
+            # choices are checked by validate() so that every error reads the same way
+            metavar = f.metadata.get("metavar") or ("{" + ",".join(map(str, choices)) + "}" if choices
+                                                    else base.__name__.upper())
+            g.add_argument(f"--{name}", default=argparse.SUPPRESS, help=help_, metavar=metavar)
 
 
 def build_config(cli_values: dict, config_file: Optional[str] = None) -> RunConfig:
