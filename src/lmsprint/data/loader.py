@@ -1,0 +1,105 @@
+"""Batches from prepared token files: random training windows per step, fixed val windows, device transfer.
+
+- `open_tokens(path, dtype, in_ram)`: the flat token array (memory-mapped, or read into RAM).
+- `BatchSampler(tokens, seq_len, global_batch, seed, rank, world_size).get(step) -> (x, y)`: the global batch of
+  optimizer step `step` is a pure function of (seed, step): `global_batch` windows at random offsets drawn from a
+  generator seeded with (seed, step). Rank r returns rows [r*n, (r+1)*n) with n = global_batch // world_size, so one
+  process with batch 2B sees exactly what two processes with B each see, and resuming needs only the step.
+- `val_batches(tokens, seq_len, batch_size, max_tokens, rank, world_size)`: non-overlapping windows from the start
+  of the val split, the same at every call; window i belongs to rank i % world_size.
+- `to_device(x, y, device)`: pinned, non-blocking copies on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+
+def open_tokens(path: str, dtype: str, in_ram: bool = False) -> np.ndarray:
+    """Flat token array of a .bin file; UserError when it is missing, empty or not a whole number of tokens."""
+    if not os.path.isfile(path):
+        raise UserError(f"token file {path} is missing; run lmsprint prepare --dataset ... (or delete its data "
+                        "directory so that it is prepared again)")
+    dt = np.dtype(dtype)
+    size = os.path.getsize(path)
+    if size == 0 or size % dt.itemsize:
+        raise UserError(f"token file {path} is truncated ({size} bytes is not a whole number of {dt.name} tokens); "
+                        "delete its data directory and run lmsprint prepare again")
+    if in_ram:
+        return np.fromfile(path, dtype=dt)
+    return np.memmap(path, dtype=dt, mode="r")
+
+
+def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = starts[:, None] + np.arange(seq_len + 1, dtype=np.int64)[None, :]
+    buf = torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64))
+    return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
+
+
+class BatchSampler:
+    """Random training windows; the batch of each optimizer step depends only on (seed, step)."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
+        if global_batch % world_size:
+            raise UserError(f"the global batch of {global_batch} sequences does not split over {world_size} "
+                            "processes; use a batch size divisible by the number of processes")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        if len(tokens) < seq_len + 1:
+            raise UserError(f"the train split has {len(tokens)} tokens, fewer than sequence_length + 1 = "
+                            f"{seq_len + 1}; use a smaller --sequence_length or more data")
+        self.tokens, self.seq_len, self.global_batch = tokens, seq_len, global_batch
+        self.seed, self.rank, self.world_size = int(seed), rank, world_size
+        self.local_batch = global_batch // world_size
+        self.step = 0  # the next step to be drawn; the only state a checkpoint needs
+
+    def starts(self, step: int) -> np.ndarray:
+        """Window offsets of the whole global batch of `step`."""
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.seed >> 32 & 0xFFFFFFFF, int(step)])
+        return rng.integers(0, len(self.tokens) - self.seq_len, size=self.global_batch, dtype=np.int64)
+
+    def get(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.starts(step)[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+        self.step = int(step) + 1
+        return _windows(self.tokens, rows, self.seq_len)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def n_val_windows(n_tokens: int, seq_len: int, max_tokens: Optional[int] = None) -> int:
+    """Number of val windows (over all ranks): non-overlapping, capped at max_tokens // seq_len (at least 1)."""
+    n = max(0, (n_tokens - 1) // seq_len)
+    if max_tokens is not None:
+        n = min(n, max(1, max_tokens // seq_len))
+    return n
+
+
+def val_batches(tokens: np.ndarray, seq_len: int, batch_size: int, max_tokens: Optional[int] = None, rank: int = 0,
+                world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed val windows [i*seq_len, i*seq_len + seq_len] (inputs) from the start of the split, in batches; window i
+    goes to rank i % world_size. The last batch of a rank may be smaller; ranks differ by at most one window."""
+    n = n_val_windows(len(tokens), seq_len, max_tokens)
+    if n == 0:
+        raise UserError(f"the val split has {len(tokens)} tokens, fewer than sequence_length + 1 = {seq_len + 1}; "
+                        "use a smaller --sequence_length or a larger --val_fraction")
+    mine = np.arange(rank, n, world_size, dtype=np.int64) * seq_len
+    for i in range(0, len(mine), batch_size):
+        yield _windows(tokens, mine[i:i + batch_size], seq_len)
+
+
+def to_device(x: torch.Tensor, y: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)

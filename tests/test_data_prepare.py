@@ -1,0 +1,210 @@
+"""prepare(): Shakespeare and local txt/jsonl/parquet sources, resuming, caching, and the one-line errors."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lmsprint.cli import main
+from lmsprint.config import DataConfig
+from lmsprint.data.loader import open_tokens
+from lmsprint.data.prepare import (MANIFEST, PARTIAL, check_vocab, is_val_doc, load_manifest, measure_tokenize_speed,
+                                   open_split, prepare)
+from lmsprint.data.sources import shakespeare_documents
+from lmsprint.data.tokenizer import get_tokenizer
+from lmsprint.errors import UserError
+
+N_LOCAL = 30  # documents in the local-file tests
+
+
+def _sha(path):
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def _split_docs(ids, eot):
+    cuts = np.flatnonzero(ids == eot)
+    assert len(cuts) and cuts[-1] == len(ids) - 1, "every document ends with the separator"
+    return [ids[a + 1:b] for a, b in zip(np.r_[-1, cuts[:-1]], cuts)]
+
+
+def _local_docs():
+    return [d[:1500] for d in shakespeare_documents()[:N_LOCAL]]
+
+
+def _expected_ids(docs, val_fraction):
+    tok = get_tokenizer("gpt2")
+    out = {"train": [], "val": []}
+    for i, d in enumerate(docs):
+        out["val" if is_val_doc(i, val_fraction) else "train"] += tok.encode(d) + [tok.eot]
+    return {k: np.array(v, dtype=np.uint16) for k, v in out.items()}
+
+
+def test_shakespeare_gpt2(shakespeare_manifest):
+    m = shakespeare_manifest
+    assert m.tokenizer == "gpt2" and m.dtype == "uint16" and m.n_vocab == 50257 and m.eot == 50256
+    assert m.train_docs + m.val_docs == len(shakespeare_documents()) and m.val_docs >= 50
+    assert 4e6 < m.train_bytes + m.val_bytes < 6e6 and m.train_tokens > 1_000_000 and m.val_tokens > 100_000
+    assert m.sha256 == {"train": _sha(m.train_path), "val": _sha(m.val_path)}
+    train, val = open_split(m, "train"), open_split(m, "val")
+    assert len(train) == m.train_tokens and len(val) == m.val_tokens
+    tok = get_tokenizer(m)
+    assert int(tok.token_bytes()[val].sum()) == m.val_bytes
+    # val and train are disjoint sets of whole documents, and together they are the source
+    val_docs = [tok.decode(d) for d in _split_docs(np.asarray(val), m.eot)]
+    train_docs = [tok.decode(d) for d in _split_docs(np.asarray(train), m.eot)]
+    assert len(val_docs) == m.val_docs and len(train_docs) == m.train_docs
+    assert not set(val_docs) & set(train_docs)
+    assert sorted(val_docs + train_docs) == sorted(shakespeare_documents())
+    assert val_docs[0].startswith("A Midsummer Night's Dream\n\nACT I\n\nSCENE I.")
+    assert "THESEUS:\nNow, fair Hippolyta" in val_docs[0] and "**" not in val_docs[0] and "_" not in val_docs[0]
+
+
+def test_prepare_is_cached(shakespeare_manifest):
+    m = shakespeare_manifest
+    before = os.stat(m.train_path).st_mtime_ns
+    again = prepare(DataConfig(dataset="shakespeare", data_dir=os.path.dirname(m.dir)), progress=False)
+    assert again == m and os.stat(m.train_path).st_mtime_ns == before
+    # a prepared directory can be named directly
+    assert prepare(DataConfig(dataset=m.dir), progress=False) == m
+
+
+def test_shakespeare_char(tmp_path):
+    m = prepare(DataConfig(dataset="shakespeare-char", data_dir=str(tmp_path), max_docs=40), progress=False)
+    assert os.path.basename(m.dir) == "shakespeare-char-n40"
+    assert m.tokenizer == "char" and m.eot is None and m.vocab and m.n_vocab == len(m.vocab) < 100
+    docs = shakespeare_documents()[:40]
+    tok = get_tokenizer(load_manifest(m.dir))
+    val = tok.decode(open_split(m, "val"))
+    train = tok.decode(open_split(m, "train"))
+    assert val == "".join(d for i, d in enumerate(docs) if is_val_doc(i, 0.1))
+    assert train == "".join(d for i, d in enumerate(docs) if not is_val_doc(i, 0.1))
+    assert m.val_docs == 4 and m.train_tokens == m.train_bytes - train.count("—") * 2
+
+
+def _write_local(kind, root, docs):
+    root.mkdir()
+    if kind == "txt":
+        for i, d in enumerate(docs):
+            (root / f"doc_{i:03d}.txt").write_text(d, encoding="utf-8")
+    elif kind == "jsonl":
+        with open(root / "part.jsonl", "w", encoding="utf-8") as fh:
+            for d in docs:
+                fh.write(json.dumps({"id": len(d), "text": d}) + "\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": docs[:12]}), root / "a.parquet")
+        pq.write_table(pa.table({"text": docs[12:]}), root / "b.parquet")
+    return str(root)
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "parquet"])
+def test_local_files(tmp_path, kind):
+    docs = _local_docs()
+    path = _write_local(kind, tmp_path / f"src_{kind}", docs)
+    m = prepare(DataConfig(dataset=path, data_dir=str(tmp_path / "cache"), val_fraction=0.1, num_proc=1),
+                progress=False)
+    expected = _expected_ids(docs, 0.1)
+    assert np.array_equal(open_split(m, "train"), expected["train"])
+    assert np.array_equal(open_split(m, "val"), expected["val"])
+    assert (m.train_docs, m.val_docs) == (27, 3)
+    assert m.train_bytes + m.val_bytes == sum(len(d.encode()) for d in docs)
+    assert os.path.basename(m.dir).startswith(f"local-src_{kind}-") and m.dir.endswith("-v0.1")
+
+
+def test_single_txt_file_is_split_into_paragraphs(tmp_path):
+    text = "".join(_local_docs()[:3])
+    (tmp_path / "play.txt").write_text(text, encoding="utf-8")
+    m = prepare(DataConfig(dataset=str(tmp_path / "play.txt"), data_dir=str(tmp_path / "c"), tokenizer="char"),
+                progress=False)
+    assert m.tokenizer == "char" and os.path.basename(m.dir).endswith("-char")
+    assert m.vocab == "".join(sorted(set(text.replace("\n\n", "\n"))))
+    assert m.train_docs + m.val_docs == len([p for p in text.split("\n\n") if p.strip()])
+
+
+def test_resume_after_interrupt_gives_the_same_files(tmp_path):
+    docs = _local_docs()
+    path = _write_local("jsonl", tmp_path / "src", docs)
+    cfg = DataConfig(dataset=path, data_dir=str(tmp_path / "a"), val_fraction=0.1, num_proc=1)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg, progress=False, shard_docs=4, stop_after_shards=3)
+    out = os.path.join(str(tmp_path / "a"), os.listdir(tmp_path / "a")[0])
+    assert not os.path.exists(os.path.join(out, MANIFEST))
+    with open(os.path.join(out, PARTIAL, "progress.json")) as fh:
+        assert json.load(fh)["docs_done"] == 12
+    with pytest.raises(KeyboardInterrupt):  # a second interruption continues, not restarts
+        prepare(cfg, progress=False, shard_docs=4, stop_after_shards=2)
+    with open(os.path.join(out, PARTIAL, "progress.json")) as fh:
+        assert json.load(fh)["docs_done"] == 20
+    resumed = prepare(cfg, progress=False, shard_docs=4)
+    assert not os.path.exists(os.path.join(out, PARTIAL))
+    whole = prepare(DataConfig(dataset=path, data_dir=str(tmp_path / "b"), val_fraction=0.1, num_proc=1),
+                    progress=False)
+    assert resumed.sha256 == whole.sha256
+    assert (resumed.train_tokens, resumed.val_tokens, resumed.train_bytes) == \
+        (whole.train_tokens, whole.val_tokens, whole.train_bytes)
+
+
+def test_truncated_and_missing_token_files(shakespeare_manifest, tmp_path):
+    d = tmp_path / "copy"
+    shutil.copytree(shakespeare_manifest.dir, d)
+    train = d / "train.bin"
+    with open(train, "r+b") as fh:
+        fh.truncate(os.path.getsize(train) - 1)
+    with pytest.raises(UserError, match="truncated"):
+        open_tokens(str(train), "uint16")
+    with pytest.raises(UserError, match="truncated"):
+        load_manifest(str(d))
+    with open(train, "r+b") as fh:
+        fh.truncate(os.path.getsize(train) - 1)  # now a whole number of tokens, but fewer than the manifest says
+    with pytest.raises(UserError, match="truncated or wrong"):
+        prepare(DataConfig(dataset=str(d)), progress=False)
+    os.remove(d / "val.bin")
+    with pytest.raises(UserError, match="missing"):
+        load_manifest(str(d))
+    with pytest.raises(UserError, match="missing"):
+        open_tokens(str(d / "val.bin"), "uint16")
+
+
+def test_manifest_mismatch(tmp_path, shakespeare_manifest):
+    m = prepare(DataConfig(dataset="shakespeare-char", data_dir=str(tmp_path), max_docs=12), progress=False)
+    with pytest.raises(UserError, match="tokenized with char.*--tokenizer gpt2"):
+        prepare(DataConfig(dataset=m.dir, tokenizer="gpt2"), progress=False)
+    with pytest.raises(UserError, match="--vocab_size 50000 .* >= 50257"):
+        check_vocab(shakespeare_manifest, 50000)
+    check_vocab(shakespeare_manifest, 50304)
+    check_vocab(m, m.n_vocab)
+    with pytest.raises(UserError):
+        check_vocab(m, m.n_vocab - 1)
+
+
+def test_unknown_dataset_lists_names(tmp_path):
+    with pytest.raises(UserError, match="shakespeare, shakespeare-char, slimpajama.*fineweb-edu"):
+        prepare(DataConfig(dataset="tinystories", data_dir=str(tmp_path)), progress=False)
+    assert not os.listdir(tmp_path)
+
+
+def test_cli_prepare_and_offline_hub(tmp_path, capsys):
+    path = _write_local("jsonl", tmp_path / "src", _local_docs())
+    assert main(["prepare", "--dataset", path, "--data_dir", str(tmp_path / "c"), "--quiet", "--max_docs", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "tokenizer   gpt2" in out and "9 documents" in out and "1 documents" in out
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "lmsprint", "prepare", "--dataset", "wikitext", "--data_dir",
+                        str(tmp_path / "c"), "--quiet"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the Hugging Face hub" in lines[0] and "--dataset shakespeare" in lines[0]
+
+
+def test_measure_tokenize_speed():
+    r = measure_tokenize_speed(megabytes=0.3, num_proc=2)
+    assert r["tokens"] > 50_000 and r["single_s"] > 0 and r["parallel_s"] > 0 and r["speedup"] > 0
+    assert r["single_cpu_s"] > 0 and r["parallel_cpu_s"] > 0 and 0 < r["cpu_bound_speedup"] <= 2.5
