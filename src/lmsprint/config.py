@@ -106,8 +106,9 @@ class DataConfig:
                                    choices=[None, "gpt2", "char"])
     data_in_ram: bool = option(False, "load the token files into RAM instead of memory-mapping them")
     data_seed: int = option(1337, "seed of the training batch sampler (independent of --seed)")
-    val_fraction: float = option(0.005, "fraction of documents held out as the val split (local sources)",
-                              check=lambda v: None if 0 < v < 0.5 else "must be in (0, 0.5)")
+    val_fraction: Optional[float] = option(None, "fraction of documents held out as the val split (default: 0.1 for "
+                                        "shakespeare, 0.005 for other sources)",
+                                        check=lambda v: None if 0 < v < 0.5 else "must be in (0, 0.5)")
     max_docs: int = option(0, "prepare at most this many documents from the source (0 = all)", check=_nonneg)
     num_proc: int = option(0, "tokenizer processes for prepare (0 = all cores)", check=_nonneg)
 
@@ -495,10 +496,11 @@ def validate(cfg: RunConfig) -> None:
     if t.micro_batch not in ("", "auto") and cfg.train.batch_size * t.acc_steps % int(t.micro_batch):
         raise UserError(f"--micro_batch {t.micro_batch} must divide batch_size*acc_steps = "
                         f"{t.batch_size * t.acc_steps}")
-    if t.dtype == "float16" and False:
-        pass
     if not math.isfinite(cfg.optim.lr):
         raise UserError("--lr must be finite")
+    from .optim.optimizers import check_compat  # combinations of attention / schedule / optimizer options
+
+    check_compat(cfg)
 
 
 def _divisor_near(n: int, k: int) -> int:

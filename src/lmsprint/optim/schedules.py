@@ -1,0 +1,82 @@
+"""Learning-rate schedules as one pure function: `lr_multiplier(progress, optim_cfg) -> m`.
+
+The training loop sets `group["lr"] = group["base_lr"] * m` for every param group each step (so Muon's and
+AdamW's groups follow the same shape at their own peak lr). `progress` in [0, 1] is `step / iterations` or
+`elapsed_train_time / time_budget`; nothing here keeps state, so resuming a run resumes its schedule exactly.
+
+Schedules (`--scheduler`):
+- `cos`: llm-baselines' schedule, `torch.optim.lr_scheduler.OneCycleLR(pct_start=warmup_percent,
+  anneal_strategy='cos', cycle_momentum=False, div_factor, final_div_factor)`: cosine warmup from lr/div_factor
+  to lr at `warmup_percent`, then cosine anneal to (lr/div_factor)/final_div_factor (llm-baselines' defaults
+  100 and 0.1: start at lr/100, end at lr/10).
+- `linear`: the same with linear ramps (`anneal_strategy='linear'`).
+- `none`: constant 1.0 with no warmup, as llm-baselines' `--scheduler none` (use `wsd --wsd_decay_frac 0` for
+  warmup + constant).
+- `wsd` (warmup-stable-decay): linear warmup from 1/div_factor to 1 over `warmup_percent`, constant, then linear
+  decay to 0 over the last `wsd_decay_frac` of the run.
+
+With `total_steps` given (step-based runs), cos/linear reproduce OneCycleLR's discrete phase boundaries exactly
+(its warmup ends at step `warmup_percent * total_steps - 1`); without it (time-based progress) the continuous
+limit is used, which differs from the discrete one by O(1/total_steps).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+
+def _anneal_cos(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+
+def _anneal_linear(start: float, end: float, pct: float) -> float:
+    return (end - start) * pct + start
+
+
+def _one_cycle(progress: float, cfg, anneal, total_steps: Optional[int]) -> float:
+    initial = 1.0 / cfg.div_factor
+    final = initial / cfg.final_div_factor
+    if total_steps:  # OneCycleLR's discrete phases, in steps
+        x = progress * total_steps
+        warm_end, end = float(cfg.warmup_percent * total_steps) - 1, float(total_steps - 1)
+    else:
+        x, warm_end, end = progress, cfg.warmup_percent, 1.0
+    if x <= warm_end and warm_end > 0:
+        return anneal(initial, 1.0, x / warm_end)
+    span = end - warm_end  # OneCycleLR's second phase starts where the first ends (even at -1)
+    pct = (x - warm_end) / span if span > 0 else 1.0
+    return anneal(1.0, final, min(max(pct, 0.0), 1.0))
+
+
+def _wsd(progress: float, cfg) -> float:
+    w, d = cfg.warmup_percent, cfg.wsd_decay_frac
+    if w > 0 and progress < w:
+        return _anneal_linear(1.0 / cfg.div_factor, 1.0, progress / w)
+    if d > 0 and progress > 1.0 - d:
+        return max(0.0, (1.0 - progress) / d)
+    return 1.0
+
+
+def lr_multiplier(progress: float, optim_cfg, total_steps: Optional[int] = None) -> float:
+    """Multiplier of the peak lr at `progress` in [0, 1] (clamped). `optim_cfg` is an OptimConfig."""
+    p = min(max(float(progress), 0.0), 1.0)
+    kind = optim_cfg.scheduler
+    if kind == "cos":
+        return _one_cycle(p, optim_cfg, _anneal_cos, total_steps)
+    if kind == "linear":
+        return _one_cycle(p, optim_cfg, _anneal_linear, total_steps)
+    if kind == "wsd":
+        return _wsd(p, optim_cfg)
+    if kind == "none":
+        return 1.0
+    raise ValueError(f"unknown scheduler {kind!r}")
+
+
+def check_schedule_compat(cfg) -> Optional[str]:
+    """Error message if the schedule options cannot work together (cfg: RunConfig), else None."""
+    o = cfg.optim
+    if o.scheduler == "wsd" and o.warmup_percent + o.wsd_decay_frac > 1.0:
+        return (f"--warmup_percent {o.warmup_percent} + --wsd_decay_frac {o.wsd_decay_frac} exceed 1; "
+                "lower one of them so warmup and decay fit in the run")
+    return None
