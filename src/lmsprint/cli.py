@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Optional
 
 from .config import SuggestingParser
 from .errors import EXIT_USAGE, UserError
@@ -23,11 +24,15 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> SuggestingParser:
+def build_parser(only: Optional[str] = None) -> SuggestingParser:
+    """All subcommands; with `only`, import just that subcommand's module (the others stay listed in --help),
+    so e.g. `lmsprint bench` needs nothing that other subcommands import."""
     parser = SuggestingParser(prog="lmsprint", description="Pretrain language models against the clock.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=SuggestingParser)
     for name, (module, help_) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
+        if only is not None and name != only:
+            continue
         mod = importlib.import_module(module)
         getattr(mod, f"add_{name}_arguments", getattr(mod, "add_arguments", None))(p)
         p.set_defaults(_run=getattr(mod, f"run_{name}", getattr(mod, "run", None)))
@@ -37,7 +42,7 @@ def build_parser() -> SuggestingParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        parser = build_parser()
+        parser = build_parser(only=argv[0] if argv and argv[0] in SUBCOMMANDS else None)
         args = parser.parse_args(argv)
         if not getattr(args, "command", None):
             parser.print_help()

