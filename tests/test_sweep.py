@@ -1,0 +1,181 @@
+"""Tests of `lmsprint sweep` (grid parsing, validation, resumability) and of compare/sinks on tiny real runs.
+
+The real runs are `python -m lmsprint train` subprocesses on shakespeare-char (1 layer, 32 wide, 6 steps) with
+TensorBoard and offline wandb on, shared by the tests of this module."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from lmsprint.cli import main
+from lmsprint.errors import UserError
+from lmsprint.track import compare as C
+from lmsprint.track import sweep as S
+
+TINY = ["--config_format", "demo", "--dataset", "shakespeare-char", "--n_layer", "1", "--n_embd", "32", "--n_head",
+        "4", "--sequence_length", "32", "--batch_size", "8", "--vocab_size", "128", "--iterations", "6",
+        "--eval_freq", "3", "--eval_tokens", "512", "--final_eval", "fixed", "--time_budget", "0",
+        "--sample_tokens", "8", "--progress", "false", "--log_interval", "2"]
+
+
+# ---------------------------------------------------------------------------------------------------- no training
+
+
+def test_grid_parsing_and_validation():
+    assert S.parse_grid(["label_smoothing=0,0.1", "lr=1e-3"]) == {"label_smoothing": ["0", "0.1"], "lr": ["1e-3"]}
+    with pytest.raises(UserError, match=r"unknown grid key 'label_smothing'; did you mean --label_smoothing"):
+        S.parse_grid(["label_smothing=0,0.1"])
+    with pytest.raises(UserError, match="--seeds"):
+        S.parse_grid(["seed=0,1"])
+    with pytest.raises(UserError, match="FLAG=V1,V2"):
+        S.parse_grid(["lr"])
+    with pytest.raises(UserError, match="not a number"):
+        S.parse_grid(["lr=fast"])
+    assert S.parse_seeds("0,1,2") == [0, 1, 2]
+    with pytest.raises(UserError, match="integers"):
+        S.parse_seeds("a,b")
+    points = S.plan({"label_smoothing": ["0", "0.1"], "moe_num_experts": ["0", "4"]}, [0, 1])
+    assert len(points) == 8
+    assert points[0].name == "label_smoothing=0_moe_num_experts=0_seed=0"
+    assert len({p.name for p in points}) == 8
+
+
+def test_sweep_cli_errors_are_one_line(tmp_path, capsys):
+    base = str(tmp_path / "exps")
+    cases = [(["--grid", "labl_smoothing=0"], [], "did you mean --label_smoothing"),
+             (["--grid", "lr=1e-3"], ["--seed", "3"], "--seeds"),
+             (["--grid", "n_head=3"], ["--config_format", "demo"], "not divisible"),
+             (["--grid", "lr=1e-3"], ["--lrr", "3"], "did you mean --lr"),
+             (["--grid", "lr=1e-3", "--seeds", "x"], [], "integers")]
+    for argv, train, msg in cases:
+        assert main(["sweep", *argv, "--", *train, "--results_base_folder", base]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], err
+    assert not os.path.exists(base)  # nothing was started
+
+
+def test_dry_run_plans_commands(tmp_path, capsys):
+    base = str(tmp_path / "exps")
+    assert main(["sweep", "--grid", "label_smoothing=0,0.1", "--seeds", "0,1", "--dry_run", "--",
+                 "--config_format", "demo", "--results_base_folder", base]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs (2 grid points x 2 seeds)" in out
+    assert "--exp_name label_smoothing=0.1_seed=1" in out and f"--results_base_folder {base}/sweep-label_smoothing" in out
+    assert not os.path.exists(base)
+
+
+# ---------------------------------------------------------------------------------------------------- real runs
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    pytest.importorskip("lmsprint.train.commands")
+    root = tmp_path_factory.mktemp("sweep")
+    base = str(root / "exps")
+    argv = ["sweep", "--grid", "label_smoothing=0,0.1", "--seeds", "0", "--name", "ls", "--",
+            *TINY, "--data_dir", str(root / "data"), "--results_base_folder", base, "--tensorboard", "--wandb"]
+    return {"rc": _offline_main(argv), "dir": os.path.join(base, "ls"), "argv": argv}
+
+
+def _offline_main(argv) -> int:
+    """main(argv) with wandb offline in this process and in the training subprocesses it starts."""
+    env = dict(os.environ)
+    os.environ.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    try:
+        return main(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+
+
+def _summary(d):
+    with open(os.path.join(d, "summary.json")) as fh:
+        return json.load(fh)
+
+
+def test_sweep_runs_every_point_in_its_own_dir(sweep):
+    assert sweep["rc"] == 0
+    names = sorted(d for d in os.listdir(sweep["dir"]) if os.path.isdir(os.path.join(sweep["dir"], d)))
+    assert names == ["label_smoothing=0.1_seed=0", "label_smoothing=0_seed=0"]
+    for n in names:
+        s = _summary(os.path.join(sweep["dir"], n))
+        assert s["status"] == "complete" and s["iterations_done"] == 6
+    assert json.load(open(os.path.join(sweep["dir"], "sweep.json")))["seeds"] == [0]
+
+
+def test_compare_real_runs_table_and_report(sweep, tmp_path):
+    c = C.compare([sweep["dir"]])
+    assert c.diff == ["label_smoothing"]  # seed, exp_name, folders are the same or ignored
+    header, rows = C.run_table(c.runs, c.diff)
+    for r, row in zip(c.runs, rows):
+        cells = dict(zip(header, row))
+        s = _summary(r.path)
+        assert cells["val loss"] == f"{s['final']['val/loss']:.4f}" and cells["val bpb"] == f"{s['final']['val/bpb']:.4f}"
+        assert cells["status"] == "complete" and cells["tokens"] == "1.54k"  # 6 steps x 8 x 32
+    assert [g.n for g in c.groups] == [1, 1]
+    assert C.SINGLE_SEED in C.text_table(*C.group_table(c.groups, "val/loss"))
+    out = tmp_path / "rep"
+    C.write_report(c, str(out), [sweep["dir"]])
+    md = (out / "report.md").read_text()
+    for p in ("val_bpb_vs_time.png", "val_bpb_vs_tokens.png", "val_acc_vs_time.png", "val_acc_vs_tokens.png"):
+        assert (out / p).is_file() and f"]({p})" in md
+
+
+def test_real_run_tensorboard_and_wandb_offline(sweep):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from test_track_sinks import wandb_offline_readback
+
+    d = os.path.join(sweep["dir"], "label_smoothing=0.1_seed=0")
+    rows = [json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]
+    assert all("iter" in r for r in rows)
+    val_rows = [r for r in rows if "val/loss" in r]
+    assert [r["iter"] for r in val_rows] == [3, 6]
+    acc = EventAccumulator(os.path.join(d, "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("val/loss")] == [3, 6]
+    assert acc.Scalars("val/loss")[-1].value == pytest.approx(val_rows[-1]["val/loss"], rel=1e-6)
+    wb = wandb_offline_readback(d)
+    assert wb["run"].display_name == "label_smoothing=0.1_seed=0"
+    assert wb["config"]["train"]["label_smoothing"] == 0.1
+    hist = [h for h in wb["history"] if "val/loss" in h]
+    assert [h["iter"] for h in hist] == [3, 6] and hist[-1]["val/bpb"] == pytest.approx(val_rows[-1]["val/bpb"])
+    s = _summary(d)
+    assert wb["summary"]["final/val/loss"] == pytest.approx(s["final"]["val/loss"])
+    assert any("samples/_type" in h for h in wb["history"])
+
+
+def test_sweep_restart_skips_finished_and_resumes_interrupted(sweep, capfd):
+    done = os.path.join(sweep["dir"], "label_smoothing=0_seed=0")
+    cut = os.path.join(sweep["dir"], "label_smoothing=0.1_seed=0")
+    # what `lmsprint train` leaves behind when interrupted: summary status "failed", checkpoint kept
+    s = _summary(cut)
+    s.update(status="failed", error="interrupted")
+    with open(os.path.join(cut, "summary.json"), "w") as fh:
+        json.dump(s, fh)
+    before = os.path.getmtime(os.path.join(done, "summary.json"))
+    capfd.readouterr()
+    assert _offline_main(sweep["argv"]) == 0
+    out = capfd.readouterr().out
+    assert "label_smoothing=0_seed=0: complete in" in out and "skipped" in out
+    assert f"resuming {cut}" in out and "--resume" in out
+    assert os.path.getmtime(os.path.join(done, "summary.json")) == before  # untouched
+    assert _summary(cut)["status"] == "complete"
+    names = sorted(d for d in os.listdir(sweep["dir"]) if os.path.isdir(os.path.join(sweep["dir"], d)))
+    assert names == ["label_smoothing=0.1_seed=0", "label_smoothing=0_seed=0"]  # no run started over
+    assert "single seed: noise unknown" in out  # the compare table at the end
+
+
+def test_a_failing_run_does_not_stop_the_sweep(tmp_path, capfd):
+    pytest.importorskip("lmsprint.train.commands")
+    base = str(tmp_path / "exps")
+    missing = [str(tmp_path / "no_such_corpus_a.txt"), str(tmp_path / "no_such_corpus_b.txt")]
+    rc = main(["sweep", "--grid", "dataset=" + ",".join(missing), "--name", "bad", "--", *TINY,
+               "--data_dir", str(tmp_path / "data"), "--results_base_folder", base])
+    out, err = capfd.readouterr()
+    assert rc == 1
+    assert "[sweep 1/2]" in out and "[sweep 2/2]" in out and out.count("FAILED") == 2
+    assert "2 run(s) failed" in err
