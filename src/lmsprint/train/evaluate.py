@@ -1,0 +1,69 @@
+"""Validation metrics from plain cross-entropy sums: val/loss, val/perplexity, val/acc, val/bpb.
+
+`evaluate(model, batches, token_bytes, device, ctx, world)` runs the model over `batches` (an iterable of
+(x, y) CPU tensors, e.g. `lmsprint.data.loader.val_batches`), sums plain CE, correct argmax predictions, token
+count and the UTF-8 bytes of the target tokens, all-reduces the sums across processes, and returns
+`{val/loss, val/perplexity, val/acc, val/bpb, eval_tokens}`. bpb = ce_sum / ln(2) / target_bytes.
+The model is put in eval mode under no_grad and its previous mode is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+
+from ..loss import lm_loss
+from ..track import keys
+from .distributed import World, all_reduce_sum, unwrap
+
+
+def _to_device(x, y, device):
+    try:
+        from ..data.loader import to_device
+
+        return to_device(x, y, device)
+    except ImportError:
+        return x.to(device), y.to(device)
+
+
+def evaluate(model: torch.nn.Module, batches: Iterable, token_bytes: Optional[np.ndarray], device: str,
+             ctx=None, world: Optional[World] = None) -> dict:
+    world = world or World(device=device)
+    ctx = ctx if ctx is not None else contextlib.nullcontext()
+    head_owner = unwrap(model)
+    was_training = model.training
+    model.eval()
+    tb = torch.as_tensor(np.asarray(token_bytes), dtype=torch.int64, device=device) if token_bytes is not None \
+        else None
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # ce_sum, correct, n, bytes
+    try:
+        with torch.no_grad():
+            for x, y in batches:
+                x, y = _to_device(x, y, device)
+                with ctx:
+                    hidden, _ = model(x)
+                out = lm_loss(hidden, head_owner.head_weight, y)
+                sums[0] += out.ce_sum.double()
+                sums[1] += out.correct.double()
+                sums[2] += out.n
+                if tb is not None:
+                    sums[3] += tb[y].sum().double()
+    finally:
+        model.train(was_training)
+    all_reduce_sum(sums, world)
+    ce_sum, correct, n, nbytes = sums.tolist()
+    if n == 0:
+        return {keys.VAL_LOSS: float("nan"), keys.VAL_PPL: float("nan"), keys.VAL_ACC: float("nan"),
+                keys.VAL_BPB: float("nan"), "eval_tokens": 0}
+    loss = ce_sum / n
+    return {
+        keys.VAL_LOSS: loss,
+        keys.VAL_PPL: math.exp(min(loss, 700.0)),
+        keys.VAL_ACC: correct / n,
+        keys.VAL_BPB: ce_sum / math.log(2) / nbytes if nbytes > 0 else float("nan"),
+        "eval_tokens": int(n),
+    }
