@@ -220,6 +220,7 @@ class Trainer:
 
         self.sampler = BatchSampler(train_tokens, cfg.model.sequence_length, self.global_batch, cfg.data.data_seed,
                                     rank=world.rank, world_size=world.world_size)
+        self._prefetched = None  # (step, (x, y)) already on the device
         self.budget = cfg.time_budget_s
         self.ckpt_every = parse_duration(cfg.train.ckpt_interval) or float("inf")
         self.flops_per_token = self.model.flops_per_token()
@@ -332,8 +333,7 @@ class Trainer:
         lr_mult = self._lr_multiplier(self.progress())
         for g in self.opt.param_groups:
             g["lr"] = g["base_lr"] * lr_mult
-        x, y = self.sampler.get(self.step)
-        x, y = self._to_device(x, y)
+        x, y = self._batch(self.step)
         n_micro, mb = self.n_micro, self.micro_bs
         no_sync = getattr(self.step_module, "no_sync", None)
         loss_sum = ce_sum = None
@@ -353,6 +353,8 @@ class Trainer:
                 if k.startswith("moe/"):
                     v = v.detach().float()
                     aux_sum[k] = v if k not in aux_sum else aux_sum[k] + v
+        # while the device still runs this step's backward, sample the next batch and start its copy
+        self._prefetched = (self.step + 1, self._batch(self.step + 1))
         if cfg.optim.grad_clip > 0:
             if self.scaler is not None:
                 self.scaler.unscale_(self.opt)
@@ -377,6 +379,14 @@ class Trainer:
         from ..optim.schedules import lr_multiplier
 
         return lr_multiplier(progress, self.cfg.optim, None if self.budget else self.cfg.train.iterations)
+
+    def _batch(self, step: int):
+        """This rank's batch of optimizer step `step` on the device (prefetched during the previous step)."""
+        pre = self._prefetched
+        if pre is not None and pre[0] == step:
+            self._prefetched = None
+            return pre[1]
+        return self._to_device(*self.sampler.get(step))
 
     def _to_device(self, x, y):
         from ..data.loader import to_device
