@@ -14,12 +14,7 @@ from lmsprint.bench import (_run_one_inprocess, _run_one_subprocess, format_tabl
 TINY = ["--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--sequence_length", "16", "--vocab_size", "64",
         "--batch_size", "2", "--acc_steps", "2", "--threads", "1"]
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # run `python -m lmsprint bench` with the optional dependencies made unimportable

@@ -8,13 +8,7 @@ from lmsprint.errors import UserError
 from lmsprint.model.transformer import Transformer
 from lmsprint.train.microbatch import LossHead, accumulate_gradients, resolve_micro_batch
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster and steadier on one thread of a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = {"n_layer": 2, "n_embd": 64, "n_head": 4, "sequence_length": 32, "vocab_size": 128, "batch_size": 2,

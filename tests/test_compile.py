@@ -16,12 +16,7 @@ TINY = {"n_layer": 2, "n_embd": 64, "n_head": 4, "sequence_length": 32, "vocab_s
         "acc_steps": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("model", ["base", "llama2"])

@@ -9,12 +9,7 @@ from lmsprint.loss import auto_chunk, lm_loss, loss_peak_bytes, reference_lm_los
 N, D, V = 96, 32, 211
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(seed=0, dtype=torch.float32):

@@ -16,13 +16,7 @@ from lmsprint.model.moe import MoE
 from lmsprint.model.transformer import Transformer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tiny layers run far faster on one thread than with intra-op threads fighting over busy cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_cfg(**kw):
