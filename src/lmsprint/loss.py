@@ -100,24 +100,26 @@ class _ChunkedLinearCE(torch.autograd.Function):
             obj = obj + o
             ce_sum = ce_sum + c_sum
             correct = correct + corr
-            # d(sum of per-token objective)/d logits = softmax - (1-eps)*onehot - eps/V, computed in place
+            # d(sum of per-token objective)/d logits = softmax - (1-eps)*onehot - eps/V, computed in place;
+            # the 1/n of the mean is applied in backward: g/n in float16 would underflow (p/n < 6e-8)
             g = logits.sub_(lse.unsqueeze(1)).exp_()
             if eps > 0:
                 g.sub_(eps / vocab)
             g.scatter_add_(1, ts.unsqueeze(1), torch.full((e - s, 1), -(1.0 - eps), dtype=g.dtype, device=g.device))
-            g = g.div_(n).to(cdtype)
+            g = g.to(cdtype)
             grad_h[s:e] = g @ wc
             grad_w += (g.t() @ hs).float()
         ctx.save_for_backward(grad_h, grad_w)
-        ctx.h_dtype, ctx.w_dtype = h.dtype, w.dtype
+        ctx.h_dtype, ctx.w_dtype, ctx.n = h.dtype, w.dtype, n
         ctx.mark_non_differentiable(ce_sum, correct)
         return obj / n, ce_sum, correct
 
     @staticmethod
     def backward(ctx, grad_loss, _g_ce, _g_correct):
         grad_h, grad_w = ctx.saved_tensors
-        gh = (grad_h * grad_loss.to(grad_h.dtype)).to(ctx.h_dtype) if ctx.needs_input_grad[0] else None
-        gw = (grad_w * grad_loss.float()).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
+        scale = grad_loss.float() / ctx.n
+        gh = (grad_h.float() * scale).to(ctx.h_dtype) if ctx.needs_input_grad[0] else None
+        gw = (grad_w * scale).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
         return gh, gw, None, None, None, None
 
 

@@ -87,6 +87,12 @@ def grouped_mm_supported(device: torch.device, dtype: torch.dtype, traced: bool 
 def _probe(device, dtype) -> bool:
     if _grouped_mm is None:
         return False
+    # grad on: the first MoE forward may run under no_grad (eval, generation), and a False would be cached
+    with torch.enable_grad():
+        return _probe_grad(device, dtype)
+
+
+def _probe_grad(device, dtype) -> bool:
     try:
         g = torch.Generator().manual_seed(0)
         sizes, d, h = [8, 16, 8], 16, 32

@@ -82,7 +82,8 @@ def wrap_ddp(model: torch.nn.Module, world: World) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [torch.device(world.device).index] if world.device.startswith("cuda") else None
-    return DDP(model, device_ids=ids)
+    # the only buffers are constant RoPE tables: no need to broadcast them before every forward
+    return DDP(model, device_ids=ids, broadcast_buffers=False)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

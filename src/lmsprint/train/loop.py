@@ -346,13 +346,15 @@ class Trainer:
                     objective, ce, _correct, aux = self.step_module(xs, ys)
                 scaled = objective / n_micro
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            # first micro-batch: copies, not aliases -- under compile mode reduce-overhead (CUDA graphs) the
+            # next micro-batch's replay overwrites these outputs
             obj = objective.detach().float()
-            loss_sum = obj if loss_sum is None else loss_sum + obj
-            ce_sum = ce.float() if ce_sum is None else ce_sum + ce.float()
+            loss_sum = obj.clone() if loss_sum is None else loss_sum + obj
+            ce_sum = ce.float().clone() if ce_sum is None else ce_sum + ce.float()
             for k, v in aux.items():
                 if k.startswith("moe/"):
                     v = v.detach().float()
-                    aux_sum[k] = v if k not in aux_sum else aux_sum[k] + v
+                    aux_sum[k] = v.clone() if k not in aux_sum else aux_sum[k] + v
         # while the device still runs this step's backward, sample the next batch and start its copy
         self._prefetched = (self.step + 1, self._batch(self.step + 1))
         if cfg.optim.grad_clip > 0:
@@ -517,7 +519,11 @@ class Trainer:
                 last_ckpt = time.perf_counter()
         # the last partial log interval
         if self.acc["steps"]:
-            self._sync()
+            t0 = time.perf_counter()
+            self._sync()  # the device may still be running the last steps: that time is training time too
+            dt = time.perf_counter() - t0
+            self.train_time += dt
+            log_time += dt
             self.flush_train_log(log_tokens, log_time)
         bar.close()
         self.save()

@@ -83,13 +83,14 @@ def accumulate_gradients(step_module: nn.Module, x: torch.Tensor, y: torch.Tenso
             with autocast_context(x.device, autocast_dtype):
                 objective, ce, corr, aux = step_module(xs, ys)
             (objective / n_micro).backward()
+        # first micro-batch: copies, not aliases (CUDA-graph replays of the next micro-batch overwrite outputs)
         obj = objective.detach()
-        loss_sum = obj if loss_sum is None else loss_sum + obj
-        ce_sum = ce if ce_sum is None else ce_sum + ce
-        correct = corr if correct is None else correct + corr
+        loss_sum = obj.clone() if loss_sum is None else loss_sum + obj
+        ce_sum = ce.clone() if ce_sum is None else ce_sum + ce
+        correct = corr.clone() if correct is None else correct + corr
         for k, v in aux.items():
             v = v.detach()
-            aux_sum[k] = v if k not in aux_sum else aux_sum[k] + v
+            aux_sum[k] = v.clone() if k not in aux_sum else aux_sum[k] + v
     return {"loss": loss_sum / n_micro, "ce_sum": ce_sum, "correct": correct, "n": x.numel(),
             "aux": {k: v / n_micro for k, v in aux_sum.items()}}
 
