@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from lmsprint.bench import (_run_one_inprocess, _run_one_subprocess, format_table, peak_flops, peak_flops_for_name,
                             run_suite, suite_configs)

@@ -20,7 +20,6 @@ Label smoothing follows `F.cross_entropy(label_smoothing=eps)`: (1-eps)*CE + eps
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 

@@ -47,16 +47,11 @@ DECAY_ROLES = ("matrix", "expert", "head")
 # parameter roles and groups
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
-
-
 def param_roles(model: nn.Module) -> "OrderedDict[str, tuple[str, nn.Parameter]]":
     """name -> (role, param) for every trainable parameter (shared/tied parameters once)."""
-    model = _unwrap(model)
+    from ..train.distributed import unwrap
+
+    model = unwrap(model)
     embeds = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     head = getattr(model, "lm_head", None)
     head_ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()

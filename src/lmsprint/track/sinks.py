@@ -243,6 +243,11 @@ class Sinks:
                 run.summary[k] = v
             failed = summary.get("status") == "failed"
             run.finish(exit_code=1 if failed else 0)
+            # finish() can return before wandb's service process has flushed the run's .wandb file; shutting the
+            # service down waits for it, so an offline run is complete (ready for `wandb sync`) when we return
+            teardown = getattr(self._wandb_mod, "teardown", None)
+            if teardown is not None:
+                teardown()
 
     def __enter__(self):
         return self

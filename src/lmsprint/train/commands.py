@@ -147,7 +147,8 @@ def run_eval(args) -> int:
     from ..track import keys as K
     from .distributed import World
     from .evaluate import evaluate
-    from .loop import autocast_ctx, compute_dtype, load_data
+    from .loop import load_data
+    from .microbatch import autocast_context, resolve_dtype
     from .runs import _atomic_write_text, now_iso
     from ..data.loader import val_batches
 
@@ -157,7 +158,7 @@ def run_eval(args) -> int:
     world = World(device=device)
     _, tok, _, val_tokens = load_data(cfg, world, progress=False)
     batches = val_batches(val_tokens, cfg.model.sequence_length, cfg.train.batch_size, max_tokens=max_tokens)
-    res = evaluate(model, batches, tok.token_bytes(), device, autocast_ctx(device, compute_dtype(cfg, device)), world)
+    res = evaluate(model, batches, tok.token_bytes(), device, autocast_context(device, resolve_dtype(cfg.train.dtype, device)), world)
     out = {"run_dir": run_dir, "step": int(state["step"]), "eval_tokens_requested": max_tokens or "full",
            **res, "device": device, "evaluated_at": now_iso()}
     _atomic_write_text(os.path.join(run_dir, "eval.json"), json.dumps(out, indent=2) + "\n")
@@ -180,7 +181,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
 def run_generate(args) -> int:
     from .distributed import World
     from .generate import sample_text
-    from .loop import autocast_ctx, compute_dtype, load_data
+    from .loop import load_data
+    from .microbatch import autocast_context, resolve_dtype
 
     if args.max_new_tokens < 0 or args.num_samples < 1 or args.temperature < 0 or args.top_k < 0:
         raise UserError("--max_new_tokens, --temperature and --top_k must be >= 0 and --num_samples >= 1")
@@ -188,7 +190,7 @@ def run_generate(args) -> int:
     _, tok, _, _ = load_data(cfg, World(device=device), progress=False)
     texts = sample_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k or None, seed=args.seed, device=device, num_samples=args.num_samples,
-                        ctx=autocast_ctx(device, compute_dtype(cfg, device)))
+                        ctx=autocast_context(device, resolve_dtype(cfg.train.dtype, device)))
     for i, t in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {i + 1} ---")

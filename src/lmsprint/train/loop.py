@@ -16,7 +16,6 @@ would. CUDA out-of-memory becomes a `UserError` with what to change.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig, parse_duration
+from ..bench import peak_flops
 from ..errors import UserError
 from ..model.transformer import Transformer
 from ..track import keys as K
@@ -38,25 +38,12 @@ from .distributed import (World, all_reduce_mean, barrier, broadcast_object, des
                           wrap_ddp)
 from .evaluate import evaluate
 from .generate import sample_text
+from .microbatch import OOM_ERRORS, accumulate_gradients, autocast_context, resolve_dtype
 
-# bf16 dense peak FLOP/s by device name, used when lmsprint.bench.peak_flops is not available
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
 TIMING_KEYS = (K.TRAIN_TIME, K.EVAL_TIME, K.COMPILE_TIME, K.TOKENS_PER_S, K.MFU)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-
-
-def _oom_types() -> tuple:
-    out = []
-    for owner in (torch, getattr(torch, "cuda", None)):
-        t = getattr(owner, "OutOfMemoryError", None)
-        if isinstance(t, type) and t not in out:
-            out.append(t)
-    return tuple(out)
-
-
-OOM_ERRORS = _oom_types()
 
 
 def oom_user_error(err: BaseException, cfg: RunConfig) -> UserError:
@@ -84,42 +71,6 @@ def enable_tf32() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
     if hasattr(torch.backends.cudnn, "allow_tf32"):
         torch.backends.cudnn.allow_tf32 = True
-
-
-def compute_dtype(cfg: RunConfig, device: str) -> Optional[torch.dtype]:
-    """Autocast dtype, or None for plain float32. CUDA: bf16 default; CPU: float32 unless bf16 is asked for."""
-    name = cfg.train.dtype
-    if device.startswith("cuda"):
-        name = name or "bfloat16"
-        if name == "bfloat16" and hasattr(torch.cuda, "is_bf16_supported") and not torch.cuda.is_bf16_supported():
-            raise UserError("this GPU does not support bfloat16; use --dtype float16 (or float32)")
-    elif name == "float16":
-        raise UserError("--dtype float16 needs CUDA; use --dtype bfloat16 or float32 on CPU")
-    if name in (None, "float32"):
-        return None
-    return getattr(torch, name)
-
-
-def autocast_ctx(device: str, dtype: Optional[torch.dtype]):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
-def peak_flops(device: str) -> Optional[float]:
-    try:
-        from ..bench import peak_flops as bench_peak
-
-        return bench_peak(device)
-    except (ImportError, AttributeError):
-        pass
-    if not device.startswith("cuda"):
-        return None
-    name = torch.cuda.get_device_name(torch.device(device))
-    for key, v in PEAK_FLOPS.items():
-        if key in name:
-            return v
-    return None
 
 
 def load_data(cfg: RunConfig, world: World, progress: bool = True):
@@ -183,8 +134,8 @@ class Trainer:
             check_compat(cfg)
         seed_everything(cfg.train.seed)
         enable_tf32()
-        self.dtype = compute_dtype(cfg, dev)
-        self.ctx_factory = lambda: autocast_ctx(dev, self.dtype)
+        self.dtype = resolve_dtype(cfg.train.dtype, dev)
+        self.ctx_factory = lambda: autocast_context(dev, self.dtype)
         self.manifest, self.tok, train_tokens, self.val_tokens = load_data(cfg, world,
                                                                            progress=cfg.log.progress and world.is_main)
         self.token_bytes = self.tok.token_bytes()
@@ -334,27 +285,7 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = g["base_lr"] * lr_mult
         x, y = self._batch(self.step)
-        n_micro, mb = self.n_micro, self.micro_bs
-        no_sync = getattr(self.step_module, "no_sync", None)
-        loss_sum = ce_sum = None
-        aux_sum: dict = {}
-        for i in range(n_micro):
-            xs, ys = x[i * mb:(i + 1) * mb], y[i * mb:(i + 1) * mb]
-            sync_ctx = no_sync() if (no_sync is not None and i < n_micro - 1) else contextlib.nullcontext()
-            with sync_ctx:
-                with self.ctx_factory():
-                    objective, ce, _correct, aux = self.step_module(xs, ys)
-                scaled = objective / n_micro
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            # first micro-batch: copies, not aliases -- under compile mode reduce-overhead (CUDA graphs) the
-            # next micro-batch's replay overwrites these outputs
-            obj = objective.detach().float()
-            loss_sum = obj.clone() if loss_sum is None else loss_sum + obj
-            ce_sum = ce.float().clone() if ce_sum is None else ce_sum + ce.float()
-            for k, v in aux.items():
-                if k.startswith("moe/"):
-                    v = v.detach().float()
-                    aux_sum[k] = v.clone() if k not in aux_sum else aux_sum[k] + v
+        stats = accumulate_gradients(self.step_module, x, y, self.n_micro, self.dtype, self.scaler)
         # while the device still runs this step's backward, sample the next batch and start its copy
         self._prefetched = (self.step + 1, self._batch(self.step + 1))
         if cfg.optim.grad_clip > 0:
@@ -370,12 +301,12 @@ class Trainer:
         self.step += 1
         a = self.acc
         a["steps"] += 1
-        a["loss"] += loss_sum / n_micro
-        a["ce"] += ce_sum
-        a["n"] += x.numel()
-        for k, v in aux_sum.items():
-            v = v / n_micro
-            a["aux"][k] = v if k not in a["aux"] else a["aux"][k] + v
+        a["loss"] += stats["loss"]
+        a["ce"] += stats["ce_sum"]
+        a["n"] += stats["n"]
+        for k, v in stats["aux"].items():
+            if k.startswith("moe/"):
+                a["aux"][k] = v if k not in a["aux"] else a["aux"][k] + v
 
     def _lr_multiplier(self, progress: float) -> float:
         from ..optim.schedules import lr_multiplier

@@ -22,15 +22,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..loss import lm_loss
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The underlying module of torch.compile / DDP / FSDP wrappers."""
-    while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if inner is None or not isinstance(inner, nn.Module):
-            return model
-        model = inner
+from .distributed import unwrap
 
 
 class LossHead(nn.Module):
@@ -56,16 +48,23 @@ def autocast_context(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
-def resolve_dtype(name: Optional[str], device: torch.device) -> torch.dtype:
-    """--dtype value -> compute dtype: default bfloat16 on CUDA, float32 elsewhere."""
+def resolve_dtype(name: Optional[str], device) -> torch.dtype:
+    """--dtype value -> compute dtype: default bfloat16 autocast on CUDA, float32 elsewhere; UserError where the
+    device cannot run it."""
+    cuda = torch.device(device).type == "cuda"
     if name is None:
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        name = "bfloat16" if cuda else "float32"
+    if cuda and name == "bfloat16" and hasattr(torch.cuda, "is_bf16_supported") and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU does not support bfloat16; use --dtype float16 (or float32)")
+    if not cuda and name == "float16":
+        raise UserError("--dtype float16 needs CUDA; use --dtype bfloat16 or float32 on CPU")
     return getattr(torch, name)
 
 
 def accumulate_gradients(step_module: nn.Module, x: torch.Tensor, y: torch.Tensor, n_micro: int,
-                         autocast_dtype: Optional[torch.dtype] = None) -> dict:
-    """Forward+backward of the batch (x, y) in n_micro equal micro-batches; grads accumulate into .grad.
+                         autocast_dtype: Optional[torch.dtype] = None, scaler=None) -> dict:
+    """Forward+backward of the batch (x, y) in n_micro equal micro-batches; grads accumulate into .grad (scaled
+    by `scaler`, a GradScaler, for float16). Under DDP all but the last micro-batch skip the gradient all-reduce.
 
     Returns {"loss": mean objective, "ce_sum": summed plain CE, "correct", "n": tokens (int), "aux": {key:
     mean over micro-batches}} as detached tensors on the device (read them only at log steps)."""
@@ -82,14 +81,15 @@ def accumulate_gradients(step_module: nn.Module, x: torch.Tensor, y: torch.Tenso
         with sync_ctx:
             with autocast_context(x.device, autocast_dtype):
                 objective, ce, corr, aux = step_module(xs, ys)
-            (objective / n_micro).backward()
+            scaled = objective / n_micro
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
         # first micro-batch: copies, not aliases (CUDA-graph replays of the next micro-batch overwrite outputs)
-        obj = objective.detach()
+        obj, ce = objective.detach().float(), ce.float()
         loss_sum = obj.clone() if loss_sum is None else loss_sum + obj
         ce_sum = ce.clone() if ce_sum is None else ce_sum + ce
         correct = corr.clone() if correct is None else correct + corr
         for k, v in aux.items():
-            v = v.detach()
+            v = v.detach().float()
             aux_sum[k] = v.clone() if k not in aux_sum else aux_sum[k] + v
     return {"loss": loss_sum / n_micro, "ce_sum": ce_sum, "correct": correct, "n": x.numel(),
             "aux": {k: v / n_micro for k, v in aux_sum.items()}}
@@ -100,12 +100,16 @@ def _divisors_desc(n: int) -> list[int]:
 
 
 def _oom_types() -> tuple:
+    """The out-of-memory exception classes this torch has (torch.OutOfMemoryError, torch.cuda.OutOfMemoryError)."""
     types = []
     for owner in (torch, getattr(torch, "cuda", None)):
         t = getattr(owner, "OutOfMemoryError", None)
         if isinstance(t, type) and t not in types:
             types.append(t)
     return tuple(types) or (RuntimeError,)
+
+
+OOM_ERRORS = _oom_types()
 
 
 def fits_in_memory(model: nn.Module, micro_bs: int, seq_len: int, device: torch.device,
@@ -130,7 +134,7 @@ def fits_in_memory(model: nn.Module, micro_bs: int, seq_len: int, device: torch.
     try:
         probe()
         ok = True
-    except _oom_types():
+    except OOM_ERRORS:
         ok = False
     for p in model.parameters():
         p.grad = None
