@@ -324,7 +324,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {"dataset": "shakespeare", "n_layer": 4, "n_head": 4, "n_embd": 128, "sequence_length": 128,
              "batch_size": 16, "acc_steps": 1, "iterations": 100000, "time_budget": "120s", "lr": 3e-3,
              "eval_freq": 40, "eval_tokens": 16 * 128 * 4, "warmup_percent": 0.05, "log_interval": 5,
-             "ckpt_interval": "1m", "sample_tokens": 120, "eval_seq_prefix": "ROMEO:"},
+             "grad_clip": 1.0, "ckpt_interval": "1m", "sample_tokens": 120, "eval_seq_prefix": "ROMEO:"},
 }
 
 
