@@ -115,3 +115,20 @@ def test_failures_are_rows():
     lines = table.splitlines()
     assert lines[2].startswith("| x | 700.0K | 40.0% | 1.1GB | 30.0 | 1.30 | 690.0K (met)")
     assert "FAILED" in lines[3] and "FAILED: timeout" in lines[4] and lines[-1] == "- a note"
+
+
+@pytest.mark.parametrize("opt,cls", [("sgd", "SGD"), ("muon", "CombinedOptimizer"), ("adamw", "AdamW")])
+def test_bench_step_uses_the_training_optimizer(opt, cls):
+    import torch
+
+    from lmsprint.bench import BenchStep
+    from lmsprint.config import build_config
+
+    cfg = build_config({"config_format": "demo", "n_layer": "1", "n_embd": "32", "n_head": "2",
+                        "sequence_length": "16", "vocab_size": "64", "batch_size": "2", "acc_steps": "1", "opt": opt})
+    step = BenchStep(cfg, torch.device("cpu"))
+    assert type(step.optimizer).__name__ == cls
+    assert all("base_lr" in g for g in step.optimizer.param_groups)
+    before = [p.detach().clone() for p in step.model.parameters()]
+    step(*step.batches(1)[0])
+    assert any(not torch.equal(a, p) for a, p in zip(before, step.model.parameters()))

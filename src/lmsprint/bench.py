@@ -179,33 +179,12 @@ def cuda_sync_errors(device, enabled: bool = True):
 
 
 def resolve_device(name: str):
+    """--device -> torch.device (the training loop's rules: auto = CUDA when available)."""
     import torch
 
-    if name in ("auto", "", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
-    return dev
+    from .train.distributed import resolve_device as resolve
 
-
-def _build_optimizer(model, cfg, device):
-    """The training optimizer (lmsprint.optim.build_optimizer) when available, else AdamW with cfg's settings."""
-    import torch
-
-    try:
-        from .optim import build_optimizer  # noqa: PLC0415
-    except ImportError:
-        build_optimizer = None
-    if build_optimizer is not None:
-        return build_optimizer(model, cfg.optim, device.type)
-    o = cfg.optim
-    kw = {"fused": True} if device.type == "cuda" else {}
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                            weight_decay=o.weight_decay, **kw)
-    for g in opt.param_groups:
-        g["base_lr"] = g["lr"]
-    return opt
+    return torch.device(resolve(name))
 
 
 class BenchStep:
@@ -217,6 +196,7 @@ class BenchStep:
         import torch
 
         from .model.transformer import Transformer
+        from .optim.optimizers import build_optimizer
         from .train.microbatch import LossHead, resolve_dtype, resolve_micro_batch
 
         self.cfg, self.device = cfg, device
@@ -225,7 +205,7 @@ class BenchStep:
         self.model.train()
         self.micro_bs, self.n_micro = resolve_micro_batch(cfg, self.model, device)
         self.dtype = resolve_dtype(cfg.train.dtype, device)
-        self.optimizer = _build_optimizer(self.model, cfg, device)
+        self.optimizer = build_optimizer(self.model, cfg.optim, device.type)
         head = LossHead(self.model, cfg.train.label_smoothing, cfg.train.loss_chunk)
         if cfg.train.compile:
             kw = {}
@@ -248,15 +228,11 @@ class BenchStep:
         return out
 
     def __call__(self, x, y) -> dict:
-        import torch
 
-        from .train.microbatch import accumulate_gradients
+        from .train.microbatch import accumulate_gradients, apply_update
 
         stats = accumulate_gradients(self.head, x, y, self.n_micro, self.dtype)
-        if self.cfg.optim.grad_clip > 0:
-            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        apply_update(self.model, self.optimizer, self.cfg.optim.grad_clip)
         return stats
 
 

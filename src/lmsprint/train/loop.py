@@ -38,7 +38,7 @@ from .distributed import (World, all_reduce_mean, barrier, broadcast_object, des
                           wrap_ddp)
 from .evaluate import evaluate
 from .generate import sample_text
-from .microbatch import OOM_ERRORS, accumulate_gradients, autocast_context, resolve_dtype
+from .microbatch import OOM_ERRORS, accumulate_gradients, apply_update, autocast_context, resolve_dtype
 
 TIMING_KEYS = (K.TRAIN_TIME, K.EVAL_TIME, K.COMPILE_TIME, K.TOKENS_PER_S, K.MFU)
 
@@ -145,10 +145,7 @@ class Trainer:
 
         torch.manual_seed(cfg.train.seed)
         self.model = Transformer(cfg.model).to(dev)
-        try:
-            from ..optim import build_optimizer
-        except ImportError:
-            from ..optim.optimizers import build_optimizer
+        from ..optim.optimizers import build_optimizer
 
         self.opt = build_optimizer(self.model, cfg.optim, torch.device(dev).type)
         for g in self.opt.param_groups:
@@ -211,7 +208,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "step": self.step,
-            "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {"step": self.step},
+            "sampler": self.sampler.state_dict(),
             "rng": ckpt.rng_state(),
             "train_time": self.train_time,
             "eval_time": self.eval_time,
@@ -238,7 +235,7 @@ class Trainer:
         if self.scaler is not None and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
         self.step = int(st["step"])
-        if hasattr(self.sampler, "load_state_dict") and st.get("sampler") is not None:
+        if st.get("sampler") is not None:
             self.sampler.load_state_dict(st["sampler"])
         self.train_time = float(st["train_time"])
         self.eval_time = float(st.get("eval_time", 0.0))
@@ -288,16 +285,7 @@ class Trainer:
         stats = accumulate_gradients(self.step_module, x, y, self.n_micro, self.dtype, self.scaler)
         # while the device still runs this step's backward, sample the next batch and start its copy
         self._prefetched = (self.step + 1, self._batch(self.step + 1))
-        if cfg.optim.grad_clip > 0:
-            if self.scaler is not None:
-                self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        else:
-            self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        apply_update(self.model, self.opt, cfg.optim.grad_clip, self.scaler)
         self.step += 1
         a = self.acc
         a["steps"] += 1

@@ -95,6 +95,20 @@ def accumulate_gradients(step_module: nn.Module, x: torch.Tensor, y: torch.Tenso
             "aux": {k: v / n_micro for k, v in aux_sum.items()}}
 
 
+def apply_update(model: nn.Module, optimizer, grad_clip: float = 0.0, scaler=None) -> None:
+    """Clip the global gradient norm (grad_clip > 0), step the optimizer (through `scaler` for float16), zero grads."""
+    if grad_clip > 0:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _divisors_desc(n: int) -> list[int]:
     return [d for d in range(n, 0, -1) if n % d == 0]
 
