@@ -34,8 +34,8 @@ def build_parser(only: Optional[str] = None) -> SuggestingParser:
         if only is not None and name != only:
             continue
         mod = importlib.import_module(module)
-        getattr(mod, f"add_{name}_arguments", getattr(mod, "add_arguments", None))(p)
-        p.set_defaults(_run=getattr(mod, f"run_{name}", getattr(mod, "run", None)))
+        getattr(mod, f"add_{name}_arguments")(p)
+        p.set_defaults(_run=getattr(mod, f"run_{name}"))
     return parser
 
 
