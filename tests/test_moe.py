@@ -81,6 +81,14 @@ def grads(m: MoE, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor):
     return torch.autograd.grad((y * g).sum(), params)
 
 
+def assert_same_outputs_and_grads(m, x, y, ref):
+    """y and ref agree, and so do the gradients of a random projection of them w.r.t. x and m's parameters."""
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(y)
+    for a, b in zip(grads(m, x, y, g), grads(m, x, ref, g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 SHAPES = [  # (batch, seq, kw)
     (2, 16, dict(model="base")),
     (3, 7, dict(model="llama2", moe_num_experts=3, moe_num_experts_per_tok=1, moe_expert_hidden=48)),
@@ -100,10 +108,7 @@ def test_matches_naive_loop_outputs_and_grads(path, B, T, kw):
         assert m._grouped_ok(x), "torch's grouped_mm should be usable for fp32 on CPU here"
     y, aux = m(x)
     ref = naive_moe(m, x)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
-    g = torch.randn_like(y)
-    for a, b in zip(grads(m, x, y, g), grads(m, x, ref, g)):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_same_outputs_and_grads(m, x, y, ref)
     assert aux["moe/load"].shape == (m.n_experts,)
     torch.testing.assert_close(aux["moe/load"].sum(), torch.tensor(1.0))
     assert float(aux["moe/dropped_frac"]) == 0.0
@@ -199,10 +204,7 @@ def test_capacity_matches_arrival_order_reference(cf):
     assert C == math.ceil(cf * 24 * 2 / 4)
     y, aux = m(x)
     ref = naive_moe(m, x, capacity=C)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
-    g = torch.randn_like(y)
-    for a, b in zip(grads(m, x, y, g), grads(m, x, ref, g)):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_same_outputs_and_grads(m, x, y, ref)
     if cf == 0.5:
         assert float(aux["moe/dropped_frac"]) > 0
 
@@ -249,10 +251,7 @@ def test_expert_choice_matches_loop():
     assert m.capacity(16) == 8
     y, aux = m(x)
     ref = naive_expert_choice(m, x)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
-    g = torch.randn_like(y)
-    for a, b in zip(grads(m, x, y, g), grads(m, x, ref, g)):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_same_outputs_and_grads(m, x, y, ref)
     assert float(aux["moe/aux_loss"]) == 0.0
     assert 0.0 <= float(aux["moe/dropped_frac"]) < 1.0
 
