@@ -152,6 +152,17 @@ def test_find_runs_dirs_globs_and_nested_folders(tmp_path):
         C.find_runs([str(tmp_path / "nothing*")])
 
 
+def test_shell_glob_of_a_results_folder_includes_the_latest_pointer(tmp_path):
+    """`lmsprint compare exps/*` also passes the `latest` pointer file: it names a run already in the list."""
+    from lmsprint.train.runs import write_latest_pointer
+
+    a, b = make_run(str(tmp_path / "exps"), "a"), make_run(str(tmp_path / "exps"), "b")
+    write_latest_pointer(str(tmp_path / "exps"), str(b))
+    specs = sorted(str(p) for p in (tmp_path / "exps").iterdir())  # what the shell expands exps/* to
+    assert any(s.endswith("latest") for s in specs)
+    assert sorted(os.path.basename(p) for p in C.find_runs(specs)) == ["a", "b"]
+
+
 def test_val_curve_carries_time_forward():
     rows = [{"iter": 10, "train/loss": 4.0, "time/train_s": 1.5, "tokens": 100},
             {"iter": 10, "val/bpb": 2.0},

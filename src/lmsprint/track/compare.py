@@ -29,6 +29,7 @@ from typing import Optional
 
 from ..config import FLAGS, flatten
 from ..errors import UserError
+from ..train.runs import LATEST_POINTER, resolve_run_dir
 from . import keys as K
 
 NOISE_RULE = ("noise rule: a difference between two seed groups is 'within noise' when |mean_a - mean_b| < "
@@ -105,6 +106,8 @@ def find_runs(specs: list[str]) -> list[str]:
                 found.append(m)
             elif os.path.isdir(m):
                 found.extend(_walk_runs(m))
+            elif os.path.basename(m) == LATEST_POINTER and os.path.isfile(m):  # `exps/*` includes the pointer
+                found.append(resolve_run_dir("latest", os.path.dirname(m) or "."))
         if not found:
             raise UserError(f"no run directories found in '{spec}'; pass run directories (with config.yaml / "
                             "summary.json), a results folder or a glob pattern")
