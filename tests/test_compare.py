@@ -156,7 +156,8 @@ def test_shell_glob_of_a_results_folder_includes_the_latest_pointer(tmp_path):
     """`lmsprint compare exps/*` also passes the `latest` pointer file: it names a run already in the list."""
     from lmsprint.train.runs import write_latest_pointer
 
-    a, b = make_run(str(tmp_path / "exps"), "a"), make_run(str(tmp_path / "exps"), "b")
+    make_run(str(tmp_path / "exps"), "a")
+    b = make_run(str(tmp_path / "exps"), "b")
     write_latest_pointer(str(tmp_path / "exps"), str(b))
     specs = sorted(str(p) for p in (tmp_path / "exps").iterdir())  # what the shell expands exps/* to
     assert any(s.endswith("latest") for s in specs)

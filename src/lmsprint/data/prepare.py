@@ -32,6 +32,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ..errors import UserError
+from ..files import atomic_write_text
 from .sources import Source, resolve_source, shakespeare_documents
 from .tokenizer import char_vocab, encode_docs, get_tokenizer, worker_encode, worker_init
 
@@ -101,12 +102,7 @@ def is_val_doc(i: int, val_fraction: float) -> bool:
 
 
 def _write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def load_manifest(dir: str, verify: bool = True) -> Manifest:

@@ -149,7 +149,8 @@ def run_eval(args) -> int:
     from .evaluate import evaluate
     from .loop import load_data
     from .microbatch import autocast_context, resolve_dtype
-    from .runs import _atomic_write_text, now_iso
+    from ..files import atomic_write_text
+    from .runs import now_iso
     from ..data.loader import val_batches
 
     max_tokens = _parse_eval_tokens(args.eval_tokens)
@@ -161,7 +162,7 @@ def run_eval(args) -> int:
     res = evaluate(model, batches, tok.token_bytes(), device, autocast_context(device, resolve_dtype(cfg.train.dtype, device)), world)
     out = {"run_dir": run_dir, "step": int(state["step"]), "eval_tokens_requested": max_tokens or "full",
            **res, "device": device, "evaluated_at": now_iso()}
-    _atomic_write_text(os.path.join(run_dir, "eval.json"), json.dumps(out, indent=2) + "\n")
+    atomic_write_text(os.path.join(run_dir, "eval.json"), json.dumps(out, indent=2) + "\n")
     print(f"{run_dir} @ step {out['step']}: " + "  ".join(
         f"{k} {res[k]:.4f}" for k in (K.VAL_LOSS, K.VAL_PPL, K.VAL_ACC, K.VAL_BPB)) + f"  ({res['eval_tokens']:,} tokens)")
     return 0

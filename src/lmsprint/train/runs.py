@@ -22,6 +22,7 @@ import yaml
 
 from ..config import RunConfig
 from ..errors import UserError
+from ..files import atomic_write_text
 
 LATEST_POINTER = "latest"
 CONFIG_FILE = "config.yaml"
@@ -81,7 +82,7 @@ def create_run_dir(cfg: RunConfig) -> str:
 
 
 def write_latest_pointer(base: str, run_dir: str) -> None:
-    _atomic_write_text(os.path.join(base, LATEST_POINTER), os.path.basename(os.path.normpath(run_dir)) + "\n")
+    atomic_write_text(os.path.join(base, LATEST_POINTER), os.path.basename(os.path.normpath(run_dir)) + "\n")
 
 
 def is_run_dir(path: str) -> bool:
@@ -117,17 +118,8 @@ def resolve_run_dir(spec: str, base: str = "./exps") -> str:
 # ---------------------------------------------------------------------------------------------------- files
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_config(run_dir: str, cfg: RunConfig) -> None:
-    _atomic_write_text(os.path.join(run_dir, CONFIG_FILE), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(os.path.join(run_dir, CONFIG_FILE), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def read_config(run_dir: str) -> RunConfig:
@@ -145,7 +137,7 @@ def read_config(run_dir: str) -> RunConfig:
 
 
 def write_summary(run_dir: str, summary: dict) -> None:
-    _atomic_write_text(os.path.join(run_dir, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(os.path.join(run_dir, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
 
 
 def read_summary(run_dir: str) -> Optional[dict]:
@@ -177,7 +169,7 @@ def truncate_metrics(run_dir: str, n_rows: int) -> None:
     with open(path) as fh:
         lines = [line for line in fh]
     keep = [line for line in lines[:n_rows] if line.endswith("\n")]
-    _atomic_write_text(path, "".join(keep))
+    atomic_write_text(path, "".join(keep))
 
 
 def truncate_file(path: str, n_bytes: int) -> None:
