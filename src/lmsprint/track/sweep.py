@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config import FLAGS, SuggestingParser, add_flags, build_config, coerce, unknown_flag_error
+from ..config import FLAGS, SuggestingParser, build_config, coerce, unknown_flag_error
 from ..errors import UserError
 
 # flags the sweep sets itself for every run
@@ -89,14 +89,10 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _train_parser() -> argparse.ArgumentParser:
+    from ..train.commands import add_train_arguments
+
     p = SuggestingParser(prog="lmsprint sweep -- <train flags>", add_help=False)
-    try:
-        from ..train.commands import add_train_arguments
-    except ImportError:  # the train command's own parser when present, else the config flags alone
-        p.add_argument("--config", default=None)
-        add_flags(p)
-    else:
-        add_train_arguments(p)
+    add_train_arguments(p)
     return p
 
 

@@ -16,18 +16,10 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
+from ..data.loader import to_device
 from ..loss import lm_loss
 from ..track import keys
 from .distributed import World, all_reduce_sum, unwrap
-
-
-def _to_device(x, y, device):
-    try:
-        from ..data.loader import to_device
-
-        return to_device(x, y, device)
-    except ImportError:
-        return x.to(device), y.to(device)
 
 
 def evaluate(model: torch.nn.Module, batches: Iterable, token_bytes: Optional[np.ndarray], device: str,
@@ -43,7 +35,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable, token_bytes: Optional[np
     try:
         with torch.no_grad():
             for x, y in batches:
-                x, y = _to_device(x, y, device)
+                x, y = to_device(x, y, device)
                 with ctx:
                     hidden, _ = model(x)
                 out = lm_loss(hidden, head_owner.head_weight, y)

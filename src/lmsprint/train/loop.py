@@ -126,12 +126,9 @@ class Trainer:
         check_available(cfg)
         # a resume reads its checkpoint first: a missing or corrupt one is reported before any other work
         resume_state = ckpt.load_checkpoint(ckpt.checkpoint_path(self.resume_dir)) if self.resume_dir else None
-        try:
-            from ..optim.optimizers import check_compat
-        except ImportError:
-            check_compat = None
-        if check_compat is not None:
-            check_compat(cfg)
+        from ..optim.optimizers import check_compat
+
+        check_compat(cfg)  # also for configs read back from a run directory on --resume
         seed_everything(cfg.train.seed)
         enable_tf32()
         self.dtype = resolve_dtype(cfg.train.dtype, dev)
@@ -148,8 +145,6 @@ class Trainer:
         from ..optim.optimizers import build_optimizer
 
         self.opt = build_optimizer(self.model, cfg.optim, torch.device(dev).type)
-        for g in self.opt.param_groups:
-            g.setdefault("base_lr", g["lr"])
         self.micro_bs, self.n_micro = resolve_micro_batch(cfg, self.model, dev)
         use_scaler = self.dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=True) if use_scaler else None
