@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmsprint.config import RunConfig
+from lmsprint.config import RunConfig, apply_values
 from lmsprint.errors import UserError
 from lmsprint.loss import lm_loss
 from lmsprint.model.attention import (Attention, local_heads_of_layer, make_block_mask, shuffle_queries,
@@ -20,10 +20,8 @@ V, T = 97, 32
 
 def small(model="base", **attn) -> RunConfig:
     cfg = RunConfig()
-    m = cfg.model
-    m.model, m.n_layer, m.n_embd, m.n_head, m.sequence_length, m.vocab_size = model, 2, 64, 4, T, V
-    for k, v in attn.items():
-        setattr(m.attn, k, v)
+    apply_values(cfg, {"model": model, "n_layer": 2, "n_embd": 64, "n_head": 4, "sequence_length": T,
+                       "vocab_size": V, **attn})
     return cfg
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lmsprint.config import RunConfig
+from lmsprint.config import RunConfig, apply_values
 from lmsprint.errors import UserError
 from lmsprint.loss import lm_loss
 from lmsprint.model.transformer import Transformer
@@ -18,10 +18,8 @@ V, T = 61, 16
 
 def small(model="base", **model_kw) -> RunConfig:
     cfg = RunConfig()
-    m = cfg.model
-    m.model, m.n_layer, m.n_embd, m.n_head, m.sequence_length, m.vocab_size = model, 1, 32, 4, T, V
-    for k, v in model_kw.items():
-        setattr(m, k, v)
+    apply_values(cfg, {"model": model, "n_layer": 1, "n_embd": 32, "n_head": 4, "sequence_length": T,
+                       "vocab_size": V, **model_kw})
     return cfg
 
 
