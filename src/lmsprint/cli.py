@@ -11,7 +11,7 @@ import sys
 from typing import Optional
 
 from .config import SuggestingParser
-from .errors import EXIT_USAGE, UserError
+from .errors import EXIT_USAGE, UserError, cli_message
 
 SUBCOMMANDS = {
     "train": ("lmsprint.train.commands", "train a model (llm-baselines flags + --time_budget, --resume)"),
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
             return EXIT_USAGE
         return int(args._run(args) or 0)
     except UserError as e:
-        print(f"lmsprint: error: {e}", file=sys.stderr)
+        print(f"lmsprint: error: {cli_message(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("lmsprint: interrupted", file=sys.stderr)

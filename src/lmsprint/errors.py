@@ -1,17 +1,45 @@
-"""User-facing errors: one line on stderr saying what is wrong and how to fix it, exit code 2.
+"""Errors: the exception classes every layer raises, and how the CLI words them.
 
-Raise `UserError("what is wrong; how to fix it")` anywhere; the CLI catches it, prints
-`lmsprint: error: <message>` and exits with status 2, with no traceback.
+- `UserError(message)`: a problem with the user's input (flags, files, data, checkpoints, memory), not a bug.
+  The CLI prints `lmsprint: error: <message>` on one line and exits with status 2, with no traceback.
+- Domain errors, raised by model, data, optimizer and checkpoint code in their own words:
+  `ConfigError` (a bad option value or combination), `DataError`, `CheckpointError`. They are `UserError`s, so
+  the CLI handles them the same way.
+- A `ConfigError` names options as `` `name` `` in its message. From Python, `str(e)` reads
+  "attention_window 300 ..."; the CLI shows the same sentence with flags: "--attention_window 300 ..."
+  (`cli_message(e)`). So model code never words its errors as command-line flags.
 """
 
 from __future__ import annotations
 
+import re
+
 EXIT_USAGE = 2
+
+_OPTION = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
 
 class UserError(Exception):
-    """A problem with the user's input (flags, files, data, checkpoints, memory), not a bug."""
+    """A problem with the user's input, not a bug: one line saying what is wrong and how to fix it."""
 
     def __init__(self, message: str):
         # keep it to one line: the CLI prints it verbatim
-        super().__init__(" ".join(str(message).split()))
+        self.template = " ".join(str(message).split())
+        super().__init__(_OPTION.sub(r"\1", self.template))
+
+
+class ConfigError(UserError):
+    """A bad option value or combination; option names are written `` `like_this` `` in the message."""
+
+
+class DataError(UserError):
+    """Data that is missing, unreadable or not what it claims to be."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, corrupt, from another format version, or does not fit the model."""
+
+
+def cli_message(err: UserError) -> str:
+    """The one-line message the CLI prints: option names marked `` `name` `` become `--name`."""
+    return _OPTION.sub(r"--\1", getattr(err, "template", str(err)))

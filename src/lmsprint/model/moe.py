@@ -55,7 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from ..track import keys
+from .. import keys
 from .mlp import make_dense_mlp
 
 GROUP_ALIGN = 8  # rows per expert group are padded to a multiple of this (16 bytes of bf16 per column)

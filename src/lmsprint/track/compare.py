@@ -30,7 +30,7 @@ from typing import Optional
 from ..config import FLAGS, flatten
 from ..errors import UserError
 from ..train.runs import LATEST_POINTER, resolve_run_dir
-from . import keys as K
+from .. import keys as K
 
 NOISE_RULE = ("noise rule: a difference between two seed groups is 'within noise' when |mean_a - mean_b| < "
               "sd_a + sd_b (sample sd over seeds); a group with one seed has 'single seed: noise unknown'")

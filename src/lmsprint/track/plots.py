@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-from . import keys as K
+from .. import keys as K
 
 # (metric key, label) x (x key, label, file stem)
 METRICS = [(K.VAL_BPB, "val bits per byte"), (K.VAL_ACC, "val next-token accuracy")]

@@ -1,6 +1,6 @@
 """Metric sinks behind one interface: `Sinks.log(metrics, step)`, `log_text`, `finish(summary)`.
 
-metrics.jsonl is always written (one JSON object per log call, keys from `lmsprint.track.keys`, always with
+metrics.jsonl is always written (one JSON object per log call, keys from `lmsprint.keys`, always with
 "iter"); Weights & Biases (`--wandb`) and TensorBoard (`--tensorboard`) are optional sinks behind the same calls.
 Only rank 0 writes (`enabled=False` elsewhere makes every call a no-op).
 
@@ -26,7 +26,7 @@ import string
 from typing import Any, Optional
 
 from ..errors import UserError
-from . import keys as K
+from .. import keys as K
 
 WANDB_SUBDIR = "wandb"
 TB_SUBDIR = "tb"

@@ -144,7 +144,7 @@ def _parse_eval_tokens(v: str):
 
 
 def run_eval(args) -> int:
-    from ..track import keys as K
+    from .. import keys as K
     from .distributed import World
     from .evaluate import evaluate
     from .loop import load_data

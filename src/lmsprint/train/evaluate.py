@@ -18,7 +18,7 @@ import torch
 
 from ..data.loader import to_device
 from ..loss import lm_loss
-from ..track import keys
+from .. import keys
 from .distributed import World, all_reduce_sum, unwrap
 
 

@@ -31,7 +31,7 @@ from ..config import RunConfig, parse_duration
 from ..bench import peak_flops
 from ..errors import UserError
 from ..model.transformer import Transformer
-from ..track import keys as K
+from .. import keys as K
 from . import checkpoint as ckpt
 from . import runs
 from .distributed import (World, all_reduce_mean, barrier, broadcast_object, destroy, init_distributed, unwrap,
