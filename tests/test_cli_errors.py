@@ -13,7 +13,7 @@ import torch
 
 from lmsprint.config import build_config
 from lmsprint.errors import UserError
-from lmsprint.train import runs
+from lmsprint import rundir as runs
 from lmsprint.train.loop import OOM_ERRORS, oom_user_error
 
 TINY = ["--n_layer", "1", "--n_embd", "16", "--n_head", "2", "--sequence_length", "8", "--batch_size", "2",

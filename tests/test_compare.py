@@ -154,7 +154,7 @@ def test_find_runs_dirs_globs_and_nested_folders(tmp_path):
 
 def test_shell_glob_of_a_results_folder_includes_the_latest_pointer(tmp_path):
     """`lmsprint compare exps/*` also passes the `latest` pointer file: it names a run already in the list."""
-    from lmsprint.train.runs import write_latest_pointer
+    from lmsprint.rundir import write_latest_pointer
 
     make_run(str(tmp_path / "exps"), "a")
     b = make_run(str(tmp_path / "exps"), "b")

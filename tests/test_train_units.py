@@ -17,7 +17,7 @@ from lmsprint.config import build_config
 from lmsprint.errors import UserError
 from lmsprint.model.transformer import Transformer
 from lmsprint.train import checkpoint as ckpt
-from lmsprint.train import runs
+from lmsprint import rundir as runs
 from lmsprint.train.evaluate import evaluate
 from lmsprint.train.generate import generate_tokens
 

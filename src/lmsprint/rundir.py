@@ -20,9 +20,9 @@ from typing import Optional
 
 import yaml
 
-from ..config import RunConfig
-from ..errors import UserError
-from ..files import atomic_write_text
+from .config import RunConfig
+from .errors import UserError
+from .files import atomic_write_text
 
 LATEST_POINTER = "latest"
 CONFIG_FILE = "config.yaml"

@@ -29,7 +29,7 @@ from typing import Optional
 
 from ..config import FLAGS, flatten
 from ..errors import UserError
-from ..train.runs import LATEST_POINTER, resolve_run_dir
+from ..rundir import LATEST_POINTER, resolve_run_dir
 from .. import keys as K
 
 NOISE_RULE = ("noise rule: a difference between two seed groups is 'within noise' when |mean_a - mean_b| < "

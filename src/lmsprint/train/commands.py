@@ -44,7 +44,7 @@ def _cli_values(args) -> dict:
 
 def resume_config(run_dir: str, cli_values: dict):
     """The run's saved config with the harmless CLI overrides applied; UserError for any other change."""
-    from .runs import read_config
+    from ..rundir import read_config
 
     cfg = read_config(run_dir)
     changed = []
@@ -68,7 +68,7 @@ def resume_config(run_dir: str, cli_values: dict):
 
 
 def run_train(args) -> int:
-    from . import runs
+    from .. import rundir as runs
     from .loop import train
 
     values = _cli_values(args)
@@ -107,7 +107,7 @@ def load_run(spec: str, base: str, device_spec: str):
     """(run_dir, cfg, model on device in eval mode, checkpoint state, device) of a run's latest checkpoint."""
     from ..model.transformer import Transformer
     from . import checkpoint as ckpt
-    from . import runs
+    from .. import rundir as runs
     from .distributed import resolve_device
 
     run_dir = runs.resolve_run_dir(spec, base)
@@ -150,7 +150,7 @@ def run_eval(args) -> int:
     from .loop import load_data
     from .microbatch import autocast_context, resolve_dtype
     from ..files import atomic_write_text
-    from .runs import now_iso
+    from ..rundir import now_iso
     from ..data.loader import val_batches
 
     max_tokens = _parse_eval_tokens(args.eval_tokens)

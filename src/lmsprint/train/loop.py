@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..model.transformer import Transformer
 from .. import keys as K
 from . import checkpoint as ckpt
-from . import runs
+from .. import rundir as runs
 from .distributed import (World, all_reduce_mean, barrier, broadcast_object, destroy, init_distributed, unwrap,
                           wrap_ddp)
 from .evaluate import evaluate
