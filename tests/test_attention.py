@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lmsprint.config import RunConfig, apply_values
 from lmsprint.errors import UserError
-from lmsprint.loss import lm_loss
+from lmsprint.model.loss import lm_loss
 from lmsprint.model.attention import (Attention, local_heads_of_layer, make_block_mask, shuffle_queries,
                                       window_mask)
 from lmsprint.model.transformer import Transformer

@@ -8,7 +8,7 @@ import torch
 
 from lmsprint.bench import BenchStep, count_host_syncs, host_resident
 from lmsprint.config import build_config
-from lmsprint.loss import lm_loss
+from lmsprint.model.loss import lm_loss
 from lmsprint.model.transformer import Transformer
 from lmsprint.train.microbatch import LossHead
 

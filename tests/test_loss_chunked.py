@@ -1,10 +1,10 @@
-"""Chunked linear cross-entropy (lmsprint.loss): values, gradients, metrics and memory against the reference."""
+"""Chunked linear cross-entropy (lmsprint.model.loss): values, gradients, metrics and memory against the reference."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lmsprint.loss import auto_chunk, lm_loss, loss_peak_bytes, reference_lm_loss
+from lmsprint.model.loss import auto_chunk, lm_loss, loss_peak_bytes, reference_lm_loss
 
 N, D, V = 96, 32, 211
 

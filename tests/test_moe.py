@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lmsprint.config import RunConfig, SuggestingParser, add_flags, build_config
-from lmsprint.loss import lm_loss
+from lmsprint.model.loss import lm_loss
 from lmsprint.model import moe as moe_mod
 from lmsprint.model.mlp import make_dense_mlp
 from lmsprint.model.moe import MoE

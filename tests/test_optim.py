@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from lmsprint.config import RunConfig, apply_values
 from lmsprint.errors import UserError
-from lmsprint.loss import lm_loss
+from lmsprint.model.loss import lm_loss
 from lmsprint.model.transformer import Transformer
 from lmsprint.optim.optimizers import CombinedOptimizer, build_optimizer, check_compat, param_roles
 

@@ -7,7 +7,7 @@ Interface:
 - `Transformer(cfg)(idx) -> (hidden, aux)`: final-normed hidden states (B, T, d) and a dict of auxiliary
   tensors from MoE layers ({} for dense models): `aux["loss"]` is the weighted sum to add to the training
   loss; other keys (`moe/...`) are statistics for logging. The output head lives in `head_weight`; the loss
-  (label smoothing, chunking) is computed outside, in `lmsprint.loss`.
+  (label smoothing, chunking) is computed outside, in `lmsprint.model.loss`.
 - `logits(idx)`: convenience for generation/eval of small batches.
 - `num_params()` / `num_active_params()` count as llm-baselines does (tied embedding once, learned positions
   included); `flops_per_token()` counts active matmul FLOPs of a training step (fwd+bwd) per token.

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..data.loader import to_device
-from ..loss import lm_loss
+from ..model.loss import lm_loss
 from .. import keys
 from .distributed import World, all_reduce_sum, unwrap
 

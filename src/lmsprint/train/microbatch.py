@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from ..loss import lm_loss
+from ..model.loss import lm_loss
 from .distributed import unwrap
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 CUDA_CHUNK = 8192  # tokens per chunk on CUDA: 8192 x 50304 fp32 logits = 1.6 GB transient
 CPU_WHOLE_BYTES = 64 * 2**20  # on CPU, no chunking while the full fp32 logits stay under this size
@@ -160,8 +161,6 @@ def _lm_loss_nograd(h, w, t, eps: float, chunk: int, cdtype: torch.dtype) -> Los
 def reference_lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor,
                       label_smoothing: float = 0.0) -> LossOut:
     """The unchunked definition (full logits + `F.cross_entropy`), kept as the reference for tests and benches."""
-    import torch.nn.functional as F
-
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
     logits = (h @ head_weight.t()).float()
