@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from lmsprint.config import RunConfig, apply_values
-from lmsprint.errors import UserError
+from lmsprint.errors import ConfigError, cli_message
 from lmsprint.model.loss import lm_loss
+from lmsprint.model import check_model_config
 from lmsprint.model.attention import (Attention, local_heads_of_layer, make_block_mask, shuffle_queries,
                                       window_mask)
 from lmsprint.model.transformer import Transformer
-from lmsprint.optim.optimizers import build_optimizer, check_compat
+from lmsprint.optim.optimizers import build_optimizer
 
 V, T = 97, 32
 
@@ -122,7 +123,7 @@ def test_flex_module_path_forward_matches_sdpa_path():
     with torch.no_grad():
         torch.testing.assert_close(a_flex(x), a_sdpa(x), atol=1e-5, rtol=1e-4)
     assert (32, "cpu") in a_flex._block_masks  # cached per (T, device)
-    with pytest.raises(UserError, match="no backward pass on CPU"):
+    with pytest.raises(ConfigError, match="no backward pass on CPU"):
         a_flex(x.requires_grad_())
 
 
@@ -266,19 +267,26 @@ def test_all_options_with_moe(model):
 # ------------------------------------------------------------------ refusals
 
 
-def test_check_compat_refuses_impossible_combinations():
+def check(cfg):
+    check_model_config(cfg.model, cfg.train.device, cfg.train.batch_size)
+
+
+def test_check_model_config_refuses_impossible_combinations():
     ok = small(attention="local", shuffle_query_frac=0.2, orthogonal_qkv=True)
-    check_compat(ok)
+    check(ok)
     bad = small(shuffle_query_frac=0.2, shuffle_query_mode="batch")
     bad.train.batch_size = 1
-    with pytest.raises(UserError, match="shuffle_query_mode past"):
-        check_compat(bad)
+    with pytest.raises(ConfigError, match="shuffle_query_mode past") as e:
+        check(bad)
+    assert "raise --batch_size or use --shuffle_query_mode past" in cli_message(e.value)
     bad.model.attn.shuffle_query_mode = "past"
-    check_compat(bad)
+    check(bad)
     flex = small(attention="local", attn_backend="flex")
     flex.train.device = "cpu"
-    with pytest.raises(UserError, match="attn_backend sdpa"):
-        check_compat(flex)
+    with pytest.raises(ConfigError, match="attn_backend sdpa") as e:
+        check(flex)
+    assert cli_message(e.value) == ("--attn_backend flex has no backward pass on CPU; use --attn_backend sdpa "
+                                    "(or auto)")
     flex.train.device, flex.model.dropout = "cuda", 0.1
-    with pytest.raises(UserError, match="dropout"):
-        check_compat(flex)
+    with pytest.raises(ConfigError, match="dropout"):
+        check(flex)

@@ -1,5 +1,5 @@
 """Optimizers: parameter groups and weight decay, LAMB and Lion against their papers' update rules on
-hand-computed steps, Muon + AdamW as one optimizer, exact checkpoint resume for every --opt, clear errors."""
+hand-computed steps, Muon + AdamW as one optimizer, exact checkpoint resume for every optimizer, the registry's state sizes, clear errors."""
 
 import sys
 
@@ -8,10 +8,11 @@ import torch
 import torch.nn as nn
 
 from lmsprint.config import RunConfig, apply_values
-from lmsprint.errors import UserError
+from lmsprint.errors import CheckpointError, ConfigError, UserError, cli_message
 from lmsprint.model.loss import lm_loss
 from lmsprint.model.transformer import Transformer
-from lmsprint.optim.optimizers import CombinedOptimizer, build_optimizer, check_compat, param_roles
+from lmsprint.optim import check_optim_config, optimizer_state_bytes
+from lmsprint.optim.optimizers import OPTIMIZERS, CombinedOptimizer, build_optimizer, param_roles
 
 V, T = 61, 16
 
@@ -132,7 +133,7 @@ def test_combined_state_refuses_a_different_optimizer():
     cfg.optim.opt = "muon"
     muon = build_optimizer(Transformer(cfg.model), cfg.optim, "cpu")
     adamw = build_optimizer(Transformer(cfg.model), small().optim, "cpu")
-    with pytest.raises(UserError, match="same --opt"):
+    with pytest.raises(CheckpointError, match="same opt"):
         muon.load_state_dict(adamw.state_dict())
 
 
@@ -239,20 +240,39 @@ def test_missing_pytorch_optimizer_is_one_line(monkeypatch):
         build_optimizer(Transformer(cfg.model), cfg.optim, "cpu")
 
 
-def test_missing_muon_is_one_line(monkeypatch):
-    monkeypatch.delattr(torch.optim, "Muon")  # what an older torch looks like
-    cfg = small()
-    cfg.optim.opt = "muon"
-    with pytest.raises(UserError, match="torch.optim.Muon"):
-        check_compat(cfg)
-    with pytest.raises(UserError, match="torch.optim.Muon"):
-        build_optimizer(Transformer(cfg.model), cfg.optim, "cpu")
-
-
-def test_check_compat_optimizer_rules():
+def test_check_optim_config_optimizer_rules():
     cfg = small()
     cfg.optim.opt, cfg.optim.nesterov, cfg.optim.momentum = "sgd", True, 0.0
-    with pytest.raises(UserError, match="--nesterov needs --momentum"):
-        check_compat(cfg)
+    with pytest.raises(ConfigError, match="nesterov needs momentum") as e:
+        check_optim_config(cfg)
+    assert cli_message(e.value).startswith("--nesterov needs --momentum > 0")
     cfg.optim.momentum = 0.9
-    check_compat(cfg)
+    check_optim_config(cfg)
+    check_optim_config(cfg.optim)  # an OptimConfig alone works too
+    cfg.optim.opt = "adamax"
+    with pytest.raises(ConfigError) as e:
+        build_optimizer(Transformer(cfg.model), cfg.optim, "cpu")
+    assert cli_message(e.value) == "--opt 'adamax' is not one of: " + ", ".join(OPTIMIZERS)
+
+
+def _state_numel(opt) -> int:
+    """Elements of every tensor an optimizer holds in its state (step counters excluded)."""
+    return sum(v.numel() for st in opt.state.values() for k, v in st.items()
+               if torch.is_tensor(v) and k != "step" and v.ndim > 0)
+
+
+@pytest.mark.parametrize("name,kw", [("adamw", {}), ("sgd", {"momentum": 0.9}), ("sgd", {"momentum": 0.0}),
+                                     ("lamb", {}), ("lion", {}), ("muon", {})])
+def test_state_bytes_match_what_the_optimizer_holds(name, kw):
+    """The registry's state size is what the optimizer really allocates after a step (fp32 state)."""
+    if name in ("lamb", "lion"):
+        pytest.importorskip("pytorch_optimizer")  # optional dependency of lmsprint
+    cfg = small(moe_num_experts=2, moe_num_experts_per_tok=1, tie_embeddings=False)
+    apply_values(cfg, {"opt": name, **kw})
+    torch.manual_seed(0)
+    net = Transformer(cfg.model)
+    opt = build_optimizer(net, cfg.optim, "cpu")
+    train_steps(net, opt, 1, seed=0)
+    assert optimizer_state_bytes(cfg.optim, net) == 4 * _state_numel(opt)
+    n = sum(p.numel() for p in net.parameters())
+    assert optimizer_state_bytes(cfg.optim, n) >= optimizer_state_bytes(cfg.optim, net)

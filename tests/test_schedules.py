@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lmsprint.config import OptimConfig, RunConfig
-from lmsprint.errors import UserError
-from lmsprint.optim.optimizers import check_compat
+from lmsprint.errors import ConfigError, cli_message
+from lmsprint.optim import check_optim_config
 from lmsprint.optim.schedules import lr_multiplier
 
 
@@ -78,7 +78,8 @@ def test_progress_from_steps_or_time_is_the_same_function():
 def test_wsd_phases_must_fit():
     cfg = RunConfig()
     cfg.optim.scheduler, cfg.optim.warmup_percent, cfg.optim.wsd_decay_frac = "wsd", 0.5, 0.6
-    with pytest.raises(UserError, match="wsd_decay_frac"):
-        check_compat(cfg)
+    with pytest.raises(ConfigError, match="wsd_decay_frac") as e:
+        check_optim_config(cfg)
+    assert cli_message(e.value).startswith("--warmup_percent 0.5 + --wsd_decay_frac 0.6 exceed 1")
     cfg.optim.wsd_decay_frac = 0.5
-    check_compat(cfg)
+    check_optim_config(cfg)

@@ -498,9 +498,12 @@ def validate(cfg: RunConfig) -> None:
                         f"{t.batch_size * t.acc_steps}")
     if not math.isfinite(cfg.optim.lr):
         raise UserError("--lr must be finite")
-    from .optim.optimizers import check_compat  # combinations of attention / schedule / optimizer options
+    from .model import check_model_config  # combinations of model / optimizer / schedule options (-> check_run)
+    from .optim import check_optim_config
 
-    check_compat(cfg)
+    micro = int(t.micro_batch) if str(t.micro_batch).isdigit() else (t.batch_size if t.micro_batch == "" else 0)
+    check_model_config(cfg.model, t.device, micro)
+    check_optim_config(cfg)
 
 
 def _divisor_near(n: int, k: int) -> int:

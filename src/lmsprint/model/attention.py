@@ -4,26 +4,27 @@ Interface used by the Transformer: `Attention(cfg: ModelConfig, layer_idx)`, `fo
 `rope` is `(cos, sin)` or None.
 
 Variants:
-- `--attention causal` (default): full causal attention through `scaled_dot_product_attention` (flash on GPU).
-- `--attention local --attention_window W`: sliding window, token i sees keys j with i - W < j <= i.
-- `--attention global_local`: a per-layer pattern (`--attention_pattern SSSL`, S = local layer, L = global layer,
-  tiled over the layers) and/or a per-head split (`--local_heads k`: the first k heads of every non-S layer are
+- `attention causal` (default): full causal attention through `scaled_dot_product_attention` (flash on GPU).
+- `attention local`, `attention_window W`: sliding window, token i sees keys j with i - W < j <= i.
+- `attention global_local`: a per-layer pattern (`attention_pattern SSSL`, S = local layer, L = global layer,
+  tiled over the layers) and/or a per-head split (`local_heads k`: the first k heads of every non-S layer are
   local, the others global). On CUDA windows run through FlexAttention block masks (compiled; the block mask is
-  cached per (T, device)) so out-of-window blocks are skipped; on CPU, with `--attn_backend sdpa`, or when dropout
+  cached per (T, device)) so out-of-window blocks are skipped; on CPU, with `attn_backend sdpa`, or when dropout
   is active, SDPA with a boolean mask runs instead (FlexAttention has neither dropout nor a CPU backward). When the
   window covers the whole sequence the layer is plain causal attention and takes the flash path.
-- `--shuffle_query_frac p --shuffle_query_mode batch|past`: while training, a fraction p of query rows (all heads
+- `shuffle_query_frac p --shuffle_query_mode batch|past`: while training, a fraction p of query rows (all heads
   of one (sequence, position)) is replaced by another row: the same position of another sequence of the batch
   (batch) or an earlier position of the same sequence (past). Both keep the model causal. The swap happens on the
   projected queries before RoPE, so the row keeps the rotation of the position it is used at. Random masks are
   drawn with torch.rand on the device: no host sync, compile friendly.
-- `--orthogonal_qkv`: the Q, K and V projections of every head are (head_dim x n_embd) matrices with orthonormal
+- `orthogonal_qkv`: the Q, K and V projections of every head are (head_dim x n_embd) matrices with orthonormal
   rows, held as ONE weight of shape (3 * n_head, head_dim, n_embd) under
   `torch.nn.utils.parametrizations.orthogonal` (Householder map), applied as one (3 * n_embd, n_embd) matmul.
   The underlying parameter is `c_attn.parametrizations.weight.original`; its diagonal holds fixed +-1 signs that
   must not be weight-decayed (lmsprint.optim puts it in the no-decay group).
 
-`check_attention_compat(cfg)` refuses the combinations that cannot run (called from optim.check_compat).
+`check_attention_config(model_cfg, device, micro_batch)` refuses the combinations that cannot run (ConfigError);
+model.check_model_config calls it.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from torch.nn.utils.parametrizations import orthogonal
 
 from ..config import ModelConfig
-from ..errors import UserError
+from ..errors import ConfigError
 from .layers import apply_rope
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -72,21 +75,12 @@ def _flex_attention():
     """FlexAttention compiled once per process (eager FlexAttention materializes the scores)."""
     global _flex_fn
     if _flex_fn is None:
-        from torch.nn.attention.flex_attention import flex_attention
-
         _flex_fn = torch.compile(flex_attention, dynamic=False) if torch.cuda.is_available() else flex_attention
     return _flex_fn
 
 
-def _is_compiling() -> bool:
-    comp = getattr(torch, "compiler", None)
-    return bool(comp is not None and hasattr(comp, "is_compiling") and comp.is_compiling())
-
-
 def make_block_mask(T: int, window: int, n_head: int, n_local: int, device):
     """FlexAttention BlockMask of the same pattern as `window_mask`."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     if n_local >= n_head:
         def mask_mod(b, h, q_idx, kv_idx):
             return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
@@ -129,8 +123,6 @@ class OrthogonalQKV(nn.Module):
 
     def __init__(self, n_embd: int, n_head: int, bias: bool):
         super().__init__()
-        from torch.nn.utils.parametrizations import orthogonal
-
         self.n_embd = n_embd
         self.weight = nn.Parameter(torch.randn(3 * n_head, n_embd // n_head, n_embd))
         self.bias = nn.Parameter(torch.zeros(3 * n_embd)) if bias else None
@@ -201,13 +193,13 @@ class Attention(nn.Module):
             return q.is_cuda and dropout_p == 0.0
         # explicitly asked for flex
         if dropout_p > 0:
-            raise UserError("--attn_backend flex does not support --dropout; use --attn_backend sdpa or --dropout 0")
+            raise ConfigError(FLEX_DROPOUT)
         if not q.is_cuda and torch.is_grad_enabled() and q.requires_grad:
-            raise UserError("--attn_backend flex has no backward pass on CPU; use --attn_backend sdpa (or auto)")
+            raise ConfigError(FLEX_CPU)
         return True
 
     def _block_mask(self, T: int, device):
-        if _is_compiling():  # traced into the graph; no Python-side cache mutation while tracing
+        if torch.compiler.is_compiling():  # traced into the graph; no Python-side cache mutation while tracing
             return make_block_mask(T, self.window, self.n_head, self.n_local, device)
         key = (T, str(device))
         bm = self._block_masks.get(key)
@@ -219,32 +211,25 @@ class Attention(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # config compatibility
 
+FLEX_DROPOUT = "`attn_backend` flex does not support `dropout`; use `attn_backend` sdpa or `dropout` 0"
+FLEX_CPU = "`attn_backend` flex has no backward pass on CPU; use `attn_backend` sdpa (or auto)"
 
-def check_attention_compat(cfg) -> None:
-    """Refuse attention options that cannot run together (cfg: RunConfig). Raises UserError."""
-    m, a, t = cfg.model, cfg.model.attn, cfg.train
-    if a.shuffle_query_frac > 0 and a.shuffle_query_mode == "batch":
-        micro = int(t.micro_batch) if str(t.micro_batch).isdigit() else (t.batch_size if t.micro_batch == "" else 0)
-        if micro == 1:
-            raise UserError("--shuffle_query_mode batch needs at least 2 sequences per micro-batch; raise "
-                            "--batch_size or use --shuffle_query_mode past")
+
+def check_attention_config(model_cfg: ModelConfig, device: str = "auto", micro_batch: int = 0) -> None:
+    """Refuse attention options that cannot run together; raises ConfigError.
+
+    `device`: the requested device ("cpu", "cuda", "auto", ...); `micro_batch`: sequences per micro-batch when
+    known in advance (0 = not known, e.g. chosen at run time)."""
+    a = model_cfg.attn
+    if a.shuffle_query_frac > 0 and a.shuffle_query_mode == "batch" and micro_batch == 1:
+        raise ConfigError("`shuffle_query_mode` batch needs at least 2 sequences per micro-batch; raise "
+                          "`batch_size` or use `shuffle_query_mode` past")
     if a.attn_backend == "flex":
-        if t.device == "cpu":
-            raise UserError("--attn_backend flex has no backward pass on CPU; use --attn_backend sdpa (or auto)")
-        if m.dropout > 0:
-            raise UserError("--attn_backend flex does not support --dropout; use --attn_backend sdpa or --dropout 0")
-    if a.attn_backend == "flex" and not _has_flex():
-        raise UserError("--attn_backend flex needs torch.nn.attention.flex_attention (torch >= 2.5); "
-                        "use --attn_backend sdpa")
-
-
-def _has_flex() -> bool:
-    try:
-        import torch.nn.attention.flex_attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        if device == "cpu":
+            raise ConfigError(FLEX_CPU)
+        if model_cfg.dropout > 0:
+            raise ConfigError(FLEX_DROPOUT)
 
 
 __all__ = ["Attention", "OrthogonalQKV", "shuffle_queries", "window_mask", "make_block_mask",
-           "local_heads_of_layer", "check_attention_compat"]
+           "local_heads_of_layer", "check_attention_config"]

@@ -30,8 +30,8 @@ router probability of e; ST-MoE z-loss `mean_n(logsumexp(logits_n)^2)`. expert_c
 construction and reports a balance loss of 0.
 
 Execution: one stable argsort of the N*k expert ids orders the assignments by expert; one gather builds the
-expert input rows; experts run as grouped matmuls (`torch.nn.functional.grouped_mm`, or `torch._grouped_mm`
-on older releases) over rows padded per expert to a multiple of 8 (16-byte aligned groups; the last expert
+expert input rows; experts run as grouped matmuls (`torch.nn.functional.grouped_mm`, `torch._grouped_mm` where
+the public name is missing) over rows padded per expert to a multiple of 8 (16-byte aligned groups; the last expert
 absorbs the static tail so the buffer shape never depends on the routing); one gather + one batched (N,1,k) x
 (N,k,d) product combines the k outputs of each token with its routing weights. Where grouped_mm is missing or
 does not support the device/dtype (probed once per (device, dtype) and cached; the probe runs eagerly even
@@ -54,25 +54,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ModelConfig
 from .. import keys
+from ..config import ModelConfig
+from ..errors import ConfigError
 from .mlp import make_dense_mlp
 
 GROUP_ALIGN = 8  # rows per expert group are padded to a multiple of this (16 bytes of bf16 per column)
 
-_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+# the public name appeared after the private op (torch._grouped_mm exists in every supported release)
+_grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm
 _PROBED: dict = {}
 
 
-def _assume_constant(fn):
-    """Run `fn` eagerly at trace time and treat its result as a constant under torch.compile."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "assume_constant_result"):
-        return compiler.assume_constant_result(fn)
-    return fn
-
-
-@_assume_constant
+# run eagerly at trace time; its result is a constant under torch.compile
+@torch.compiler.assume_constant_result
 def grouped_mm_supported(device: torch.device, dtype: torch.dtype, traced: bool = False) -> bool:
     """Whether grouped_mm runs forward and backward correctly for this device and dtype (probed once, cached).
 
@@ -85,8 +80,6 @@ def grouped_mm_supported(device: torch.device, dtype: torch.dtype, traced: bool 
 
 
 def _probe(device, dtype) -> bool:
-    if _grouped_mm is None:
-        return False
     # grad on: the first MoE forward may run under no_grad (eval, generation), and a False would be cached
     with torch.enable_grad():
         return _probe_grad(device, dtype)
@@ -299,12 +292,12 @@ class MoE(nn.Module):
 
     # ------------------------------------------------------------------ experts
     def _grouped_ok(self, xc: torch.Tensor) -> bool:
-        if self.use_grouped is False or _grouped_mm is None:
+        if self.use_grouped is False:
             return False
         esize = torch.empty((), dtype=xc.dtype).element_size()
         if (self.dim * esize) % 16 or (self.hidden * esize) % 16:  # grouped GEMM needs 16-byte row strides
             return False
-        traced = bool(torch.compiler.is_compiling()) if hasattr(torch, "compiler") else False
+        traced = bool(torch.compiler.is_compiling())
         return grouped_mm_supported(xc.device, xc.dtype, traced)
 
     def _matmul(self, rows: torch.Tensor, w: torch.Tensor, offs: Optional[torch.Tensor]) -> torch.Tensor:
@@ -332,3 +325,15 @@ class MoE(nn.Module):
         else:
             act = F.gelu(hdn)
         return self._bias(self._matmul(act, self.w_out, offs), self.b_out, e_rows)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# config compatibility
+
+
+def check_moe_config(model_cfg: ModelConfig) -> None:
+    """Refuse MoE options that cannot run together; raises ConfigError."""
+    m = model_cfg.moe
+    if m.moe_num_experts > 1 and m.moe_num_experts_per_tok > m.moe_num_experts:
+        raise ConfigError(f"`moe_num_experts_per_tok` {m.moe_num_experts_per_tok} exceeds `moe_num_experts` "
+                          f"{m.moe_num_experts}; pick k <= number of experts")

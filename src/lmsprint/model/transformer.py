@@ -24,12 +24,11 @@ from ..config import ModelConfig
 from .attention import Attention
 from .layers import make_norm, rope_cache
 from .mlp import make_dense_mlp
+from .moe import MoE
 
 
 def make_ffn(cfg: ModelConfig, layer_idx: int) -> nn.Module:
     if cfg.is_moe_layer(layer_idx):
-        from .moe import MoE
-
         return MoE(cfg)
     return make_dense_mlp(cfg.mlp_kind, cfg.n_embd, cfg.mlp_hidden, cfg.bias, cfg.dropout)
 

@@ -1,8 +1,8 @@
-"""Optimizers: `build_optimizer(model, optim_cfg, device_type) -> torch.optim.Optimizer` for --opt
+"""Optimizers: `build_optimizer(model, optim_cfg, device_type) -> torch.optim.Optimizer` for `opt`
 adamw | sgd | lamb | lion | muon, with the parameter groups every optimizer shares.
 
 Parameter roles (see `param_roles`):
-- `matrix`: 2-D weights of hidden layers (attention and MLP projections)      -> weight decay; Muon under --opt muon
+- `matrix`: 2-D weights of hidden layers (attention and MLP projections)      -> weight decay; Muon under `opt` muon
 - `expert`: 3-D+ weight tensors, e.g. MoE expert stacks (E, d_in, d_out)      -> weight decay; AdamW under muon
 - `head`:   an untied output head                                               -> weight decay; AdamW under muon
 - `embed`:  nn.Embedding weights (and so the tied head)                         -> no decay
@@ -13,32 +13,37 @@ Every param group carries "base_lr" (the peak lr) and "role"; the training loop 
 
 Optimizers:
 - adamw: torch.optim.AdamW, fused on CUDA, foreach elsewhere.
-- sgd: torch.optim.SGD with --momentum / --nesterov; weight decay is SGD's (coupled L2) decay.
+- sgd: torch.optim.SGD with `momentum` / `nesterov`; weight decay is SGD's (coupled L2) decay.
 - lamb: pytorch_optimizer.Lamb (You et al. 2019) with the weight decay inside the trust ratio as in the paper
-  (weight_decouple=False) and `--lamb_clamp` as the clip of the weight norm (phi). Like the paper's v3 and the
+  (weight_decouple=False) and `lamb_clamp` as the clip of the weight norm (phi). Like the paper's v3 and the
   library, the moments are not bias-corrected (this only changes the balance of the Adam ratio and the decay
   term in the first ~1/(1-beta2) steps, the trust ratio normalizes the rest away); `adam_debias=True` keeps the
   library from dividing the step size by 1 - beta1^t, which would inflate early steps up to 10x.
-- lion: pytorch_optimizer.Lion (Chen et al. 2023) with decoupled weight decay, betas = (--beta1, --beta2).
-- muon: torch.optim.Muon (Newton-Schulz orthogonalized Nesterov momentum, lr = --muon_lr, momentum =
-  --muon_momentum, decoupled decay --weight_decay) for the 2-D `matrix` params, AdamW (lr = --lr) for embeddings,
+- lion: pytorch_optimizer.Lion (Chen et al. 2023) with decoupled weight decay, betas = (`beta1`, `beta2`).
+- muon: torch.optim.Muon (Newton-Schulz orthogonalized Nesterov momentum, lr = `muon_lr`, momentum =
+  `muon_momentum`, decoupled decay `weight_decay`) for the 2-D `matrix` params, AdamW (lr = `lr`) for embeddings,
   head, norms, biases and 3-D expert tensors (torch's Muon accepts 2-D params only), as modded-nanogpt splits
   them; both are wrapped in one `CombinedOptimizer` so the loop, grad scaler and checkpoints see one optimizer.
 
-`check_compat(cfg)` refuses option combinations that cannot run, with one UserError line; the config validation
-calls it.
+The registry `OPTIMIZERS` (name -> `OptimizerSpec`: builder, optimizer-state bytes per parameter role, compat
+rule) is the one list of optimizers: adding one means a builder and a registry entry here, plus its test.
+`optimizer_state_bytes(optim_cfg, model)` is the state memory the micro-batch search reserves;
+`check_optimizer_config(optim_cfg)` raises ConfigError for combinations that cannot run.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from collections import OrderedDict
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Union
 
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
+from ..config import OptimConfig
+from ..errors import CheckpointError, ConfigError
+from ..hw import unwrap
 
 DECAY_ROLES = ("matrix", "expert", "head")
 
@@ -49,8 +54,6 @@ DECAY_ROLES = ("matrix", "expert", "head")
 
 def param_roles(model: nn.Module) -> "OrderedDict[str, tuple[str, nn.Parameter]]":
     """name -> (role, param) for every trainable parameter (shared/tied parameters once)."""
-    from ..train.distributed import unwrap
-
     model = unwrap(model)
     embeds = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     head = getattr(model, "lm_head", None)
@@ -141,8 +144,8 @@ class CombinedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         names = state_dict.get("combined") if isinstance(state_dict, dict) else None
         if names != [type(o).__name__ for o in self.optimizers]:
-            raise UserError(f"checkpoint optimizer state is for {names or 'a single optimizer'}, not "
-                            f"{[type(o).__name__ for o in self.optimizers]}; resume with the same --opt")
+            raise CheckpointError(f"checkpoint optimizer state is for {names or 'a single optimizer'}, not "
+                                  f"{[type(o).__name__ for o in self.optimizers]}; resume with the same `opt`")
         for o, sd in zip(self.optimizers, state_dict["optimizers"]):
             o.load_state_dict(sd)
 
@@ -154,15 +157,19 @@ class CombinedOptimizer(torch.optim.Optimizer):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# build
+# builders
 
 
 def _pytorch_optimizer(name: str):
     try:
-        import pytorch_optimizer
+        import pytorch_optimizer  # lazy: optional dependency (lmsprint[optim]), only for lamb and lion
     except ImportError:
-        raise UserError(f"--opt {name.lower()} needs the pytorch-optimizer package; pip install pytorch-optimizer")
+        raise ConfigError(_needs_pytorch_optimizer(name.lower()))
     return getattr(pytorch_optimizer, name)
+
+
+def _needs_pytorch_optimizer(name: str) -> str:
+    return f"`opt` {name} needs the pytorch-optimizer package; pip install pytorch-optimizer"
 
 
 def _adamw(groups: list[dict], cfg, device_type: str) -> torch.optim.Optimizer:
@@ -170,58 +177,108 @@ def _adamw(groups: list[dict], cfg, device_type: str) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **kw)
 
 
-def build_optimizer(model: nn.Module, optim_cfg, device_type: str = "cpu") -> torch.optim.Optimizer:
-    """The optimizer of --opt over `model`'s parameters; every param group has "base_lr"."""
-    cfg = optim_cfg
-    roles = param_roles(model)
-    if cfg.opt == "adamw":
-        return _adamw(_groups(roles, ALL_ROLES, cfg.lr, cfg.weight_decay), cfg, device_type)
-    if cfg.opt == "sgd":
-        return torch.optim.SGD(_groups(roles, ALL_ROLES, cfg.lr, cfg.weight_decay), lr=cfg.lr,
-                               momentum=cfg.momentum, nesterov=cfg.nesterov)
-    if cfg.opt == "lamb":
-        opt = _pytorch_optimizer("Lamb")(_groups(roles, ALL_ROLES, cfg.lr, cfg.weight_decay), lr=cfg.lr,
-                                          betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decouple=False,
-                                          adam_debias=True)  # step size = lr, not lr / (1 - beta1^t)
-        opt.clamp = cfg.lamb_clamp if cfg.lamb_clamp > 0 else float("inf")  # phi(||w||) = min(||w||, clamp)
-        return opt
-    if cfg.opt == "lion":
-        return _pytorch_optimizer("Lion")(_groups(roles, ALL_ROLES, cfg.lr, cfg.weight_decay), lr=cfg.lr,
-                                          betas=(cfg.beta1, cfg.beta2), weight_decouple=True)
-    if cfg.opt == "muon":
-        if not hasattr(torch.optim, "Muon"):
-            raise UserError(f"--opt muon needs torch.optim.Muon, missing in torch {torch.__version__}; upgrade torch "
-                            "or choose another --opt")
-        muon_groups = _groups(roles, ("matrix",), cfg.muon_lr, cfg.weight_decay)
-        adam_groups = _groups(roles, ("expert", "head", "embed", "other"), cfg.lr, cfg.weight_decay)
-        parts = []
-        if muon_groups:
-            parts.append(torch.optim.Muon(muon_groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
-                                          weight_decay=cfg.weight_decay, nesterov=True))
-        if adam_groups:
-            parts.append(_adamw(adam_groups, cfg, device_type))
-        return CombinedOptimizer(parts)
-    raise UserError(f"--opt '{cfg.opt}' is not one of: adamw, sgd, lamb, lion, muon")
+def _build_adamw(roles, cfg, device_type):
+    return _adamw(_groups(roles, ALL_ROLES, cfg.lr, cfg.weight_decay), cfg, device_type)
+
+
+def _build_sgd(roles, cfg, device_type):
+    return torch.optim.SGD(_groups(roles, ALL_ROLES, cfg.lr, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov)
+
+
+def _build_lamb(roles, cfg, device_type):
+    opt = _pytorch_optimizer("Lamb")(_groups(roles, ALL_ROLES, cfg.lr, cfg.weight_decay), lr=cfg.lr,
+                                      betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decouple=False,
+                                      adam_debias=True)  # step size = lr, not lr / (1 - beta1^t)
+    opt.clamp = cfg.lamb_clamp if cfg.lamb_clamp > 0 else float("inf")  # phi(||w||) = min(||w||, clamp)
+    return opt
+
+
+def _build_lion(roles, cfg, device_type):
+    return _pytorch_optimizer("Lion")(_groups(roles, ALL_ROLES, cfg.lr, cfg.weight_decay), lr=cfg.lr,
+                                      betas=(cfg.beta1, cfg.beta2), weight_decouple=True)
+
+
+def _build_muon(roles, cfg, device_type):
+    muon_groups = _groups(roles, ("matrix",), cfg.muon_lr, cfg.weight_decay)
+    adam_groups = _groups(roles, ("expert", "head", "embed", "other"), cfg.lr, cfg.weight_decay)
+    parts = []
+    if muon_groups:
+        parts.append(torch.optim.Muon(muon_groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+                                      weight_decay=cfg.weight_decay, nesterov=True))
+    if adam_groups:
+        parts.append(_adamw(adam_groups, cfg, device_type))
+    return CombinedOptimizer(parts)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# compatibility of options
+# compatibility rules
 
 
-def check_compat(cfg) -> None:
-    """Refuse combinations of options that cannot work together (cfg: RunConfig); one UserError line."""
-    from ..model.attention import check_attention_compat
-    from .schedules import check_schedule_compat
+def _check_sgd(cfg) -> None:
+    if cfg.nesterov and cfg.momentum <= 0:
+        raise ConfigError("`nesterov` needs `momentum` > 0")
 
-    check_attention_compat(cfg)
-    msg = check_schedule_compat(cfg)
-    if msg:
-        raise UserError(msg)
-    o = cfg.optim
-    if o.opt == "sgd" and o.nesterov and o.momentum <= 0:
-        raise UserError("--nesterov needs --momentum > 0")
-    if o.opt == "muon" and not hasattr(torch.optim, "Muon"):
-        raise UserError(f"--opt muon needs torch.optim.Muon, missing in torch {torch.__version__}; upgrade torch or "
-                        "choose another --opt")
-    if o.opt in ("lamb", "lion") and importlib.util.find_spec("pytorch_optimizer") is None:
-        raise UserError(f"--opt {o.opt} needs the pytorch-optimizer package; pip install pytorch-optimizer")
+
+def _check_pytorch_optimizer(cfg) -> None:
+    if importlib.util.find_spec("pytorch_optimizer") is None:
+        raise ConfigError(_needs_pytorch_optimizer(cfg.opt))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# registry
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer: how to build it, the state it keeps, and what it refuses.
+
+    build(roles, optim_cfg, device_type) -> torch.optim.Optimizer, roles as `param_roles` returns them;
+    state_bytes(optim_cfg, role) -> bytes of optimizer state per parameter of that role (fp32 state);
+    check(optim_cfg) -> None, raising ConfigError for options this optimizer cannot run with."""
+
+    build: Callable[[dict, OptimConfig, str], torch.optim.Optimizer]
+    state_bytes: Callable[[OptimConfig, str], int]
+    check: Optional[Callable[[OptimConfig], None]] = None
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    # exp_avg + exp_avg_sq
+    "adamw": OptimizerSpec(_build_adamw, lambda cfg, role: 8),
+    # momentum_buffer only when momentum is on
+    "sgd": OptimizerSpec(_build_sgd, lambda cfg, role: 4 if cfg.momentum > 0 else 0, _check_sgd),
+    # exp_avg + exp_avg_sq
+    "lamb": OptimizerSpec(_build_lamb, lambda cfg, role: 8, _check_pytorch_optimizer),
+    # exp_avg
+    "lion": OptimizerSpec(_build_lion, lambda cfg, role: 4, _check_pytorch_optimizer),
+    # Muon's momentum_buffer on the 2-D matrices, AdamW's two moments on everything else
+    "muon": OptimizerSpec(_build_muon, lambda cfg, role: 4 if role == "matrix" else 8),
+}
+
+
+def _spec(name: str) -> OptimizerSpec:
+    spec = OPTIMIZERS.get(name)
+    if spec is None:
+        raise ConfigError(f"`opt` '{name}' is not one of: {', '.join(OPTIMIZERS)}")
+    return spec
+
+
+def build_optimizer(model: nn.Module, optim_cfg, device_type: str = "cpu") -> torch.optim.Optimizer:
+    """The optimizer `optim_cfg.opt` over `model`'s parameters; every param group has "base_lr"."""
+    return _spec(optim_cfg.opt).build(param_roles(model), optim_cfg, device_type)
+
+
+def optimizer_state_bytes(optim_cfg, params: Union[nn.Module, int]) -> int:
+    """Bytes of optimizer state `optim_cfg.opt` keeps for `params`: a model (counted per parameter role, exact for
+    muon's split) or a parameter count (every parameter counted at the rate of the non-matrix roles)."""
+    spec = _spec(optim_cfg.opt)
+    if isinstance(params, int):
+        return params * spec.state_bytes(optim_cfg, "other")
+    return sum(p.numel() * spec.state_bytes(optim_cfg, role) for role, p in param_roles(params).values())
+
+
+def check_optimizer_config(optim_cfg) -> None:
+    """Refuse optimizer options that cannot run together (ConfigError)."""
+    spec = _spec(optim_cfg.opt)
+    if spec.check is not None:
+        spec.check(optim_cfg)

@@ -4,13 +4,13 @@ The training loop sets `group["lr"] = group["base_lr"] * m` for every param grou
 AdamW's groups follow the same shape at their own peak lr). `progress` in [0, 1] is `step / iterations` or
 `elapsed_train_time / time_budget`; nothing here keeps state, so resuming a run resumes its schedule exactly.
 
-Schedules (`--scheduler`):
+Schedules (`scheduler`):
 - `cos`: llm-baselines' schedule, `torch.optim.lr_scheduler.OneCycleLR(pct_start=warmup_percent,
   anneal_strategy='cos', cycle_momentum=False, div_factor, final_div_factor)`: cosine warmup from lr/div_factor
   to lr at `warmup_percent`, then cosine anneal to (lr/div_factor)/final_div_factor (llm-baselines' defaults
   100 and 0.1: start at lr/100, end at lr/10).
 - `linear`: the same with linear ramps (`anneal_strategy='linear'`).
-- `none`: constant 1.0 with no warmup, as llm-baselines' `--scheduler none` (use `wsd --wsd_decay_frac 0` for
+- `none`: constant 1.0 with no warmup, as llm-baselines' `scheduler` none (use wsd with `wsd_decay_frac` 0 for
   warmup + constant).
 - `wsd` (warmup-stable-decay): linear warmup from 1/div_factor to 1 over `warmup_percent`, constant, then linear
   decay to 0 over the last `wsd_decay_frac` of the run.
@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 from typing import Optional
+
+from ..errors import ConfigError
 
 
 def _anneal_cos(start: float, end: float, pct: float) -> float:
@@ -73,10 +75,9 @@ def lr_multiplier(progress: float, optim_cfg, total_steps: Optional[int] = None)
     raise ValueError(f"unknown scheduler {kind!r}")
 
 
-def check_schedule_compat(cfg) -> Optional[str]:
-    """Error message if the schedule options cannot work together (cfg: RunConfig), else None."""
-    o = cfg.optim
+def check_schedule_config(optim_cfg) -> None:
+    """Refuse schedule options that cannot work together (ConfigError)."""
+    o = optim_cfg
     if o.scheduler == "wsd" and o.warmup_percent + o.wsd_decay_frac > 1.0:
-        return (f"--warmup_percent {o.warmup_percent} + --wsd_decay_frac {o.wsd_decay_frac} exceed 1; "
-                "lower one of them so warmup and decay fit in the run")
-    return None
+        raise ConfigError(f"`warmup_percent` {o.warmup_percent} + `wsd_decay_frac` {o.wsd_decay_frac} exceed 1; "
+                          "lower one of them so warmup and decay fit in the run")

@@ -126,9 +126,13 @@ class Trainer:
         check_available(cfg)
         # a resume reads its checkpoint first: a missing or corrupt one is reported before any other work
         resume_state = ckpt.load_checkpoint(ckpt.checkpoint_path(self.resume_dir)) if self.resume_dir else None
-        from ..optim.optimizers import check_compat
+        from ..model import check_model_config
+        from ..optim import check_optim_config
 
-        check_compat(cfg)  # also for configs read back from a run directory on --resume
+        t = cfg.train  # also for configs read back from a run directory on --resume
+        check_model_config(cfg.model, t.device, int(t.micro_batch) if str(t.micro_batch).isdigit() else
+                           (t.batch_size if t.micro_batch == "" else 0))
+        check_optim_config(cfg)
         seed_everything(cfg.train.seed)
         enable_tf32()
         self.dtype = resolve_dtype(cfg.train.dtype, dev)
