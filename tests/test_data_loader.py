@@ -10,7 +10,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lmsprint.data.loader import BatchSampler, n_val_windows, open_tokens, to_device, val_batches
-from lmsprint.data.prepare import open_split
 from lmsprint.errors import UserError
 
 T = 32
@@ -21,7 +20,7 @@ def _tokens(n=5000, seed=0):
 
 
 def test_sampler_windows_are_real_slices(shakespeare_manifest):
-    train = open_split(shakespeare_manifest, "train")
+    train = open_tokens(shakespeare_manifest.train_path, shakespeare_manifest.dtype)
     s = BatchSampler(train, T, 8, seed=1337)
     x, y = s.get(3)
     assert x.shape == y.shape == (8, T) and x.dtype == y.dtype == torch.int64
@@ -90,7 +89,7 @@ def test_gloo_ranks_reassemble_the_global_batch(tmp_path):
 
 
 def test_val_batches_fixed_and_sharded(shakespeare_manifest):
-    val = open_split(shakespeare_manifest, "val")
+    val = open_tokens(shakespeare_manifest.val_path, shakespeare_manifest.dtype)
     first = [x for x, _ in val_batches(val, T, 5, max_tokens=T * 23)]
     again = [x for x, _ in val_batches(val, T, 5, max_tokens=T * 23)]
     assert [b.shape[0] for b in first] == [5, 5, 5, 5, 3]

