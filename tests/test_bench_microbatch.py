@@ -1,4 +1,4 @@
-"""Micro-batching (lmsprint.train.microbatch): resolution of --micro_batch and gradient equality across splits."""
+"""Micro-batching (lmsprint.train.step): resolution of --micro_batch and gradient equality across splits."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from lmsprint.config import build_config
 from lmsprint.errors import UserError
 from lmsprint.model.transformer import Transformer
-from lmsprint.train.microbatch import LossHead, accumulate_gradients, resolve_micro_batch
+from lmsprint.train.step import LossHead, accumulate_gradients, resolve_micro_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from lmsprint.config import build_config
-from lmsprint.errors import UserError
+from lmsprint.errors import CheckpointError, UserError
 from lmsprint.model.transformer import Transformer
-from lmsprint.train import checkpoint as ckpt
+from lmsprint.train import state as ckpt
 from lmsprint import rundir as runs
 from lmsprint.train.evaluate import evaluate
 from lmsprint.train.generate import generate_tokens
@@ -60,7 +60,7 @@ def test_parameter_counts_match_llm_baselines(flags, expected_m):
 
 def test_run_name_is_derived_from_the_flags_that_matter():
     cfg = small_cfg(model="llama2", moe_num_experts=4, moe_num_experts_per_tok=2, label_smoothing=0.1, seed=3)
-    assert runs.run_name(cfg) == "llama2_l2_d64_moe4k2_ls0.1_s3"
+    assert runs.run_name(cfg) == "llama2_l2_d64_moe4k2_s3_ls0.1"
     assert runs.run_name(small_cfg(exp_name="mine", run_prefix="p_")) == "p_mine"
 
 
@@ -103,7 +103,7 @@ def test_config_round_trip_and_metrics_truncation(tmp_path):
     runs.truncate_metrics(d, 3)
     assert [r["iter"] for r in runs.read_metrics(d)] == [0, 1, 2]
     runs.truncate_metrics(d, 10)
-    assert runs.count_metric_rows(d) == 3
+    assert len(runs.read_metrics(d)) == 3
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -130,6 +130,23 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path):
         fh.truncate(size // 2)
     with pytest.raises(UserError, match="missing or corrupt"):
         ckpt.load_checkpoint(path)
+
+
+def test_checkpoint_of_another_format_version_is_refused(tmp_path):
+    path = str(tmp_path / "latest.pt")
+    ckpt.save_checkpoint(path, {"model": {}, "step": 1})
+    assert ckpt.load_checkpoint(path)["format"] == ckpt.FORMAT_VERSION
+    state = torch.load(path, weights_only=False)
+    for other in (ckpt.FORMAT_VERSION + 1, None):
+        if other is None:
+            state.pop("format")
+        else:
+            state["format"] = other
+        torch.save(state, path)
+        with pytest.raises(CheckpointError, match=f"format version {other}, this lmsprint reads version "
+                           f"{ckpt.FORMAT_VERSION}") as e:
+            ckpt.load_checkpoint(path)
+        assert "\n" not in str(e.value)
 
 
 # ---------------------------------------------------------------------------------------------------- eval

@@ -5,7 +5,9 @@
 - `OOM_ERRORS`: the out-of-memory exception classes (catch these to translate or probe).
 - `PEAK_BF16`, `peak_flops(device)`, `peak_flops_for_name(name)`, `measure_peak_flops(device)`: the MFU
   denominator, from the GPU's name or measured with a large matmul; `sync(device)` waits for the device.
-- `count_host_syncs()`, `cuda_sync_errors(device)`: host-device sync detection (bench --check_sync, tests).
+- `count_host_syncs()`, `host_resident(device, optimizer)`, `cuda_sync_errors(device)`: host-device sync
+  detection (bench --check_sync, tests).
+- `mfu(...)`: model FLOPs utilization, the one formula training and bench report; `enable_tf32()`.
 - `unwrap(model)`: the plain module under DDP / torch.compile wrappers.
 
 Imports nothing of lmsprint except `errors`, so every layer above may use it.
@@ -199,6 +201,17 @@ def count_host_syncs(exempt=None, dispatch: bool = True):
                 setattr(torch.Tensor, m, saved[m])
 
 
+def host_resident(device, optimizer):
+    """Predicate for `count_host_syncs(exempt=...)`: tensors that are on the host by design, not by a sync.
+
+    On CUDA every CPU tensor qualifies; on CPU, the optimizer's per-parameter step counters (kept on the host
+    on CUDA too by torch's non-capturable optimizers)."""
+    if torch.device(device).type != "cpu":
+        return lambda t: t.device.type == "cpu"
+    ids = {id(v) for st in optimizer.state.values() for k, v in st.items() if k == "step"}
+    return lambda t: id(t) in ids
+
+
 @contextlib.contextmanager
 def cuda_sync_errors(device, enabled: bool = True):
     """On CUDA, make any synchronizing call raise (torch.cuda.set_sync_debug_mode('error')); no-op elsewhere."""
@@ -211,3 +224,19 @@ def cuda_sync_errors(device, enabled: bool = True):
     finally:
         if use:
             torch.cuda.set_sync_debug_mode(prev)
+
+
+def mfu(flops_per_token: float, tokens_per_s: Optional[float], peak: Optional[float], n_devices: int = 1
+        ) -> Optional[float]:
+    """Model FLOPs utilization: achieved training FLOP/s over the peak of `n_devices` accelerators; None when the
+    peak or the rate is unknown."""
+    if not peak or tokens_per_s is None:
+        return None
+    return flops_per_token * tokens_per_s / (peak * n_devices)
+
+
+def enable_tf32() -> None:
+    """Let CUDA matmuls and convolutions use TF32 tensor cores (float32 code only; autocast is unaffected)."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

@@ -3,7 +3,7 @@
 `init_distributed(device, backend)` reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK; with one process it does
 nothing and returns a single-process `World`. Backend: nccl on CUDA, gloo on CPU, unless one is given.
 All helpers (`all_reduce_sum`, `all_reduce_mean`, `barrier`, `broadcast_object`) are no-ops in one process,
-so the training loop calls them unconditionally.
+so the training loop calls them unconditionally. Device resolution is `hw.resolve_device`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..errors import UserError
+from ..errors import ConfigError
+from ..hw import resolve_device
 
 
 @dataclass
@@ -34,26 +36,6 @@ class World:
         return self.rank == 0
 
 
-def resolve_device(spec: str) -> str:
-    """auto -> cuda if available else cpu; validates cuda / cuda:N."""
-    spec = (spec or "auto").strip()
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
-        return "cpu"
-    if spec == "cuda" or spec.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {spec} requested but CUDA is not available; use --device cpu or auto")
-        if ":" in spec:
-            idx = spec.split(":", 1)[1]
-            if not idx.isdigit() or int(idx) >= torch.cuda.device_count():
-                raise UserError(f"--device {spec}: no such GPU ({torch.cuda.device_count()} visible)")
-        return spec
-    if spec == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    raise UserError(f"--device '{spec}' is not one of auto, cpu, cuda, cuda:N")
-
-
 def init_distributed(device_spec: str = "auto", backend: Optional[str] = None) -> World:
     """Initialise torch.distributed from torchrun's env vars (if WORLD_SIZE > 1) and pick this rank's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -66,35 +48,19 @@ def init_distributed(device_spec: str = "auto", backend: Optional[str] = None) -
         torch.cuda.set_device(local_rank)
     backend = backend or ("nccl" if device.startswith("cuda") else "gloo")
     if backend == "nccl" and not device.startswith("cuda"):
-        raise UserError("--distributed_backend nccl needs CUDA devices; use gloo on CPU")
+        raise ConfigError("`distributed_backend` nccl needs CUDA devices; use gloo on CPU")
     if not dist.is_initialized():
         kw = {"device_id": torch.device(device)} if backend == "nccl" else {}
-        try:
-            dist.init_process_group(backend=backend, **kw)
-        except TypeError:  # older signature without device_id
-            dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, **kw)
     return World(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
 def wrap_ddp(model: torch.nn.Module, world: World) -> torch.nn.Module:
     if not world.distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     ids = [torch.device(world.device).index] if world.device.startswith("cuda") else None
     # the only buffers are constant RoPE tables: no need to broadcast them before every forward
     return DDP(model, device_ids=ids, broadcast_buffers=False)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model under DDP and/or torch.compile wrappers (for state dicts, generation, accounting)."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def all_reduce_sum(t: torch.Tensor, world: World) -> torch.Tensor:

@@ -19,7 +19,8 @@ import torch
 from ..data.loader import to_device
 from ..model.loss import lm_loss
 from .. import keys
-from .distributed import World, all_reduce_sum, unwrap
+from ..hw import unwrap
+from .distributed import World, all_reduce_sum
 
 
 def evaluate(model: torch.nn.Module, batches: Iterable, token_bytes: Optional[np.ndarray], device: str,

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .distributed import unwrap
+from ..hw import unwrap
 
 
 @torch.no_grad()

@@ -1,0 +1,29 @@
+"""`check_run(cfg)`: everything that must hold before a run (or a bench step) is built, in one call.
+
+The config's own checks (`cfg.validate()`: each option, then the pure-config cross-field rules), then what the
+implementations support: the model's (`model.check_model_config`) and the optimizer's and schedule's
+(`optim.check_optim_config`). Called by training (also for configs read back on --resume), bench and sweep.
+Raises ConfigError naming the options.
+"""
+
+from __future__ import annotations
+
+from ..model import check_model_config
+from ..optim import check_optim_config
+
+
+def fixed_micro_batch(cfg) -> int:
+    """Sequences per micro-batch when known before the model exists (`micro_batch` '' or N), else 0 (auto)."""
+    t = cfg.train
+    mb = str(t.micro_batch or "").strip()
+    if mb == "":
+        return t.batch_size
+    return int(mb) if mb.isdigit() else 0
+
+
+def check_run(cfg):
+    """Validate `cfg` as a whole run; returns it."""
+    cfg.validate()
+    check_model_config(cfg.model, cfg.train.device, fixed_micro_batch(cfg))
+    check_optim_config(cfg)
+    return cfg

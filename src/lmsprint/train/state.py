@@ -1,0 +1,147 @@
+"""Checkpoints: their schema (what a run saves so a resume is exact), atomic save, and checked load.
+
+A checkpoint is one `torch.save`d dict, format `FORMAT_VERSION`:
+  format, model, optimizer, scaler (float16 only), step, sampler, rng (python, numpy, torch cpu, cuda),
+  train_time, eval_time, compile_time, config, metrics_state {rows, samples_bytes, n_evals, last_val, acc}
+where `acc` holds the metric accumulators between log steps, so that a resumed run (same run dir, metrics.jsonl
+and samples.txt cut back to the checkpoint) logs exactly what an uninterrupted run would.
+
+- `capture(trainer)` / `restore(trainer, state)`: the Trainer's side of that schema.
+Where checkpoints live in a run directory is `rundir.checkpoint_path`'s business.
+- `save_checkpoint(path, state)`: temporary file in the same directory, fsync, `os.replace`, so a kill at any
+  moment leaves either the old or the new checkpoint, never a torn one.
+- `load_checkpoint(path)`: a missing, unreadable or other-version file is a one-line `CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+from ..hw import unwrap
+from ..rundir import samples_path
+
+FORMAT_VERSION = 1
+_HINT = "resume from another run or start a new one without `resume`"
+
+
+# ---------------------------------------------------------------------------------------------------- file
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Atomically write `state` (+ its format version) to `path` (tmp file, fsync, os.replace, fsync dir)."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save({"format": FORMAT_VERSION, **state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    try:  # make the rename itself durable
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Load a checkpoint written by `save_checkpoint`; CheckpointError if it is missing, corrupt or of another
+    format version."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} is missing or corrupt (no such file); {_HINT}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated zip, unpickling errors, ...
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is missing or corrupt ({msg}); {_HINT}")
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise CheckpointError(f"checkpoint {path} is missing or corrupt (not an lmsprint checkpoint); {_HINT}")
+    version = state.get("format")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}, this lmsprint reads version "
+                              f"{FORMAT_VERSION}; {_HINT}")
+    return state
+
+
+def rng_state() -> dict:
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"].cpu())
+    if "cuda" in st and torch.cuda.is_available():
+        cuda = st["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+# ---------------------------------------------------------------------------------------------------- schema
+
+
+def capture(tr) -> dict:
+    """The checkpoint of a Trainer `tr` (see the module doc for the keys)."""
+    acc, clock, step = tr.acc, tr.clock, tr.step_fn
+    samples = samples_path(tr.run_dir)
+    return {
+        "model": unwrap(tr.model).state_dict(),
+        "optimizer": step.optimizer.state_dict(),
+        "scaler": step.scaler.state_dict() if step.scaler is not None else None,
+        "step": tr.step,
+        "sampler": tr.sampler.state_dict(),
+        "rng": rng_state(),
+        "train_time": clock.train_time,
+        "eval_time": clock.eval_time,
+        "compile_time": clock.compile_time,
+        "config": tr.cfg.to_dict(),
+        "metrics_state": {
+            "rows": tr.rows,
+            "samples_bytes": os.path.getsize(samples) if os.path.exists(samples) else 0,
+            "n_evals": tr.n_evals,
+            "last_val": tr.last_val,
+            "acc": {"steps": acc["steps"], "n": acc["n"], "loss": acc["loss"].cpu(), "ce": acc["ce"].cpu(),
+                    "aux": {k: v.cpu() for k, v in acc["aux"].items()}},
+        },
+    }
+
+
+def restore(tr, st: dict) -> None:
+    """Load checkpoint `st` into Trainer `tr` (model, optimizer, scaler, counters, clock, accumulators, RNG)."""
+    step = tr.step_fn
+    try:
+        unwrap(tr.model).load_state_dict(st["model"])
+        step.optimizer.load_state_dict(st["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint of {tr.resume_dir} does not match this model/optimizer "
+                              f"({str(e).splitlines()[0][:120]}); resume with the run's own config")
+    if step.scaler is not None and st.get("scaler"):
+        step.scaler.load_state_dict(st["scaler"])
+    tr.step = int(st["step"])
+    if st.get("sampler") is not None:
+        tr.sampler.load_state_dict(st["sampler"])
+    tr.clock.train_time = float(st["train_time"])
+    tr.clock.eval_time = float(st.get("eval_time", 0.0))
+    tr.clock.compile_time = float(st.get("compile_time", 0.0))
+    ms = st["metrics_state"]
+    tr.rows, tr.n_evals, tr.last_val = ms["rows"], ms["n_evals"], ms.get("last_val", {})
+    a = ms["acc"]
+    dev = tr.device
+    tr.acc = {"steps": a["steps"], "n": a["n"], "loss": a["loss"].to(dev), "ce": a["ce"].to(dev),
+              "aux": {k: v.to(dev) for k, v in a["aux"].items()}}
+    set_rng_state(st["rng"])
