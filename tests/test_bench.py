@@ -6,9 +6,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from lmsprint.bench import (_run_one_inprocess, _run_one_subprocess, format_table, peak_flops, peak_flops_for_name,
-                            run_suite, suite_configs)
+from lmsprint.bench.measure import build_bench_step, config_from_args, synthetic_batches
+from lmsprint.bench.suite import _run_one_inprocess, _run_one_subprocess, format_table, run_suite, suite_configs
+from lmsprint.cli.bench import add_bench_arguments
+from lmsprint.config import SuggestingParser, build_config
+from lmsprint.hw import peak_flops, peak_flops_for_name
 
 TINY = ["--n_layer", "2", "--n_embd", "32", "--n_head", "2", "--sequence_length", "16", "--vocab_size", "64",
         "--batch_size", "2", "--acc_steps", "2", "--threads", "1"]
@@ -75,13 +79,10 @@ def test_suite_configs_cover_the_issues():
                                                        "--moe_num_experts_per_tok", "2"]
     assert "4096" in gpu["llama2-local-4k-flex-compiled"] and "flex" in gpu["llama2-local-4k-flex-compiled"]
     # the dense model of equal active FLOPs has an MLP twice the experts' hidden size
-    from lmsprint.bench import _cli_values, add_bench_arguments
-    from lmsprint.config import SuggestingParser, build_config
-
     def cfg_of(flags):
         p = SuggestingParser()
         add_bench_arguments(p)
-        return build_config(_cli_values(p.parse_args(flags)))
+        return config_from_args(p.parse_args(flags))
 
     for suite in (gpu, cpu):
         moe, dense = cfg_of(suite["llama2-moe4top2-compiled"]), cfg_of(suite["llama2-dense2x-compiled"])
@@ -119,16 +120,11 @@ def test_failures_are_rows():
 
 @pytest.mark.parametrize("opt,cls", [("sgd", "SGD"), ("muon", "CombinedOptimizer"), ("adamw", "AdamW")])
 def test_bench_step_uses_the_training_optimizer(opt, cls):
-    import torch
-
-    from lmsprint.bench import BenchStep
-    from lmsprint.config import build_config
-
     cfg = build_config({"config_format": "demo", "n_layer": "1", "n_embd": "32", "n_head": "2",
                         "sequence_length": "16", "vocab_size": "64", "batch_size": "2", "acc_steps": "1", "opt": opt})
-    step = BenchStep(cfg, torch.device("cpu"))
+    step = build_bench_step(cfg, torch.device("cpu"))
     assert type(step.optimizer).__name__ == cls
     assert all("base_lr" in g for g in step.optimizer.param_groups)
     before = [p.detach().clone() for p in step.model.parameters()]
-    step(*step.batches(1)[0])
+    step(*synthetic_batches(step, 1)[0])
     assert any(not torch.equal(a, p) for a, p in zip(before, step.model.parameters()))

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from lmsprint.config import build_config
-from lmsprint.errors import UserError
+from lmsprint.errors import UserError, cli_message
 from lmsprint import rundir as runs
-from lmsprint.train.loop import OOM_ERRORS, oom_user_error
+from lmsprint.hw import OOM_ERRORS
+from lmsprint.train.step import oom_user_error
 
 TINY = ["--n_layer", "1", "--n_embd", "16", "--n_head", "2", "--sequence_length", "8", "--batch_size", "2",
         "--acc_steps", "1", "--iterations", "2", "--progress", "false", "--eval_freq", "100",
@@ -118,6 +119,6 @@ def test_cuda_out_of_memory_becomes_a_user_error():
     err = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.1 GiB total)")
     ue = oom_user_error(err, build_config({"batch_size": 8, "acc_steps": 2}))
     assert isinstance(ue, UserError)
-    msg = str(ue)
+    msg = cli_message(ue)
     assert "\n" not in msg and "out of GPU memory" in msg
     assert "--batch_size 4 --acc_steps 4" in msg and "--micro_batch auto" in msg

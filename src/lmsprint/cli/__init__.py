@@ -1,7 +1,10 @@
-"""The `lmsprint` command line: subcommands registered by module, errors as one line with exit code 2.
+"""The `lmsprint` command line: the parser, the subcommands, and the one place errors become a line of text.
 
-Each subcommand lives in the module that owns the concern and exposes `add_arguments(parser)` and
-`run(args) -> int`. This file only wires them up and turns `UserError` into `lmsprint: error: ...` + exit 2.
+Each subcommand group is a module of this package exposing `add_<name>_arguments(parser)` and
+`run_<name>(args) -> int`: `train.py` (train, eval, generate), `prepare.py`, `bench.py`, `compare.py`, `sweep.py`.
+`main()` wires them up and turns any `UserError` (including the domain errors ConfigError, DataError,
+CheckpointError) into `lmsprint: error: <message>` on one line with exit status 2; `errors.cli_message` words
+option names as flags (`--name`).
 """
 
 from __future__ import annotations
@@ -10,17 +13,17 @@ import importlib
 import sys
 from typing import Optional
 
-from .config import SuggestingParser
-from .errors import EXIT_USAGE, UserError, cli_message
+from ..config import SuggestingParser
+from ..errors import EXIT_USAGE, UserError, cli_message
 
 SUBCOMMANDS = {
-    "train": ("lmsprint.train.commands", "train a model (llm-baselines flags + --time_budget, --resume)"),
-    "prepare": ("lmsprint.data.prepare", "tokenize a dataset into token files + manifest"),
-    "eval": ("lmsprint.train.commands", "re-evaluate a run's checkpoint on the val split"),
-    "generate": ("lmsprint.train.commands", "sample text from a run's checkpoint"),
-    "bench": ("lmsprint.bench", "time training steps on synthetic tokens (tokens/s, MFU, memory)"),
-    "compare": ("lmsprint.track.compare", "compare runs: table, seed groups, plots, report"),
-    "sweep": ("lmsprint.track.sweep", "run a grid of flag values x seeds, resumable"),
+    "train": ("lmsprint.cli.train", "train a model (llm-baselines flags + --time_budget, --resume)"),
+    "prepare": ("lmsprint.cli.prepare", "tokenize a dataset into token files + manifest"),
+    "eval": ("lmsprint.cli.train", "re-evaluate a run's checkpoint on the val split"),
+    "generate": ("lmsprint.cli.train", "sample text from a run's checkpoint"),
+    "bench": ("lmsprint.cli.bench", "time training steps on synthetic tokens (tokens/s, MFU, memory)"),
+    "compare": ("lmsprint.cli.compare", "compare runs: table, seed groups, plots, report"),
+    "sweep": ("lmsprint.cli.sweep", "run a grid of flag values x seeds, resumable"),
 }
 
 
@@ -33,7 +36,7 @@ def build_parser(only: Optional[str] = None) -> SuggestingParser:
         p = sub.add_parser(name, help=help_, description=help_)
         if only is not None and name != only:
             continue
-        mod = importlib.import_module(module)
+        mod = importlib.import_module(module)  # by name: only the subcommand being run is imported
         getattr(mod, f"add_{name}_arguments")(p)
         p.set_defaults(_run=getattr(mod, f"run_{name}"))
     return parser

@@ -1,0 +1,8 @@
+"""`lmsprint bench`: time training steps on synthetic tokens.
+
+- `measure.py`: one config -> one result row (tokens/s, MFU, peak memory, compile time, host syncs), timing the
+  training step that `lmsprint train` runs (`train.step.build_train_step`).
+- `suite.py`: the suite of configs (each in its own subprocess or in-process), its table, notes and the
+  reference figures it is read against.
+The command line (arguments, printing) is `cli/bench.py`. Nothing here imports the tracking layer.
+"""

@@ -1,0 +1,79 @@
+"""`lmsprint bench`: arguments and output of one measurement (`bench/measure.py`) or of the suite
+(`bench/suite.py`). Every model/optim/train flag of `lmsprint train` works, plus --warmup/--steps, --compile,
+--check_sync, --peak_flops/--measure_peak and --json; `--suite gpu|cpu` runs the suite, `--out DIR` writes
+bench.json and bench.md. Imports only torch and the standard library beyond lmsprint, so
+`python -m lmsprint bench` runs on a bare GPU box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from ..bench.measure import add_measure_arguments, bench_config, config_from_args
+from ..bench.suite import fmt_si, run_suite
+from ..errors import UserError
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    g = add_measure_arguments(parser)
+    g.add_argument("--json", action="store_true", help="print one machine-readable JSON line")
+    g.add_argument("--suite", choices=["gpu", "cpu"], default=None, help="run the benchmark suite (one table)")
+    g.add_argument("--only", default="", help="suite: comma-separated substrings of config names to run")
+    g.add_argument("--config_timeout", type=float, default=None, help="suite: seconds per config (gpu 150, cpu 60)")
+    g.add_argument("--suite_budget", type=float, default=None, help="suite: total seconds; later configs are "
+                   "skipped as rows (gpu 450, cpu 110)")
+    g.add_argument("--out", default=None, help="suite: folder for bench.json and bench.md")
+    g.add_argument("--isolate", default=None, choices=["subprocess", "inprocess"], help="suite: run each config in "
+                   "its own subprocess (default on gpu) or in this process after torch._dynamo.reset() (default on cpu)")
+
+
+def _run_suite(args, threads) -> int:
+    gpu = args.suite == "gpu"
+    warmup = args.warmup if args.warmup is not None else (2 if gpu else 1)
+    steps = args.steps if args.steps is not None else (6 if gpu else 2)
+    only = [o for o in args.only.split(",") if o.strip()]
+    backend = args.compile_backend if args.compile_backend or gpu else "aot_eager"
+    extra = ["--compile_backend", backend or "inductor"] + (["--threads", str(threads)] if threads else [])
+    isolate = (args.isolate or ("subprocess" if gpu else "inprocess")) == "subprocess"
+    if args.peak_flops:
+        extra += ["--peak_flops", str(args.peak_flops)]
+    res = run_suite(args.suite, warmup, steps, args.config_timeout or (150 if gpu else 60),
+                    args.suite_budget or (450 if gpu else 110), only, extra, args.out, isolate=isolate)
+    print(json.dumps({k: res[k] for k in ("suite", "rows", "notes")}) if args.json else res["table"])
+    return 0 if any(r.get("ok") for r in res["rows"]) else 1
+
+
+def _print_row(row: dict, check_sync: bool) -> None:
+    mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "- (unknown peak; pass --peak_flops)"
+    print(f"device {row['device']}, torch {row['torch']}, {row['model']} "
+          f"{row['params_active'] / 1e6:.1f}M active / {row['params_total'] / 1e6:.1f}M params")
+    print(f"{row['tokens_per_step']} tokens/step ({row['micro_batch']} x {row['n_micro']} micro-batches), "
+          f"{row['step_s'] * 1e3:.1f} ms/step")
+    print(f"tokens/s {row['tokens_per_s']:,.0f} | MFU {mfu} | peak mem {fmt_si(row['peak_mem_bytes'], 'B')} | "
+          f"compile {row['compile_s']:.1f}s" + (f" | host syncs {row['host_syncs']} {row['host_sync_detail'] or ''}"
+                                             if check_sync else ""))
+
+
+def run_bench(args) -> int:
+    threads = args.threads if args.threads is not None else (1 if args.suite == "cpu" else None)
+    if threads is not None:
+        if threads < 1:
+            raise UserError("--threads must be >= 1")
+        torch.set_num_threads(threads)
+    if args.suite:
+        return _run_suite(args, threads)
+    cfg = config_from_args(args)
+    warmup = 3 if args.warmup is None else args.warmup
+    steps = 10 if args.steps is None else args.steps
+    if warmup < 0 or steps < 1:
+        raise UserError("--warmup must be >= 0 and --steps >= 1")
+    row = bench_config(cfg, warmup, steps, args.check_sync, args.peak_flops, args.measure_peak,
+                       args.compile_backend or "inductor")
+    if args.json:
+        print(json.dumps(row))
+    else:
+        _print_row(row, args.check_sync)
+    return 0
