@@ -6,11 +6,15 @@ import time
 import pytest
 import torch
 
-from lmsprint.bench import BenchStep, count_host_syncs, host_resident
+from lmsprint.bench.measure import build_bench_step, synthetic_batches
 from lmsprint.config import build_config
+from lmsprint.hw import count_host_syncs, host_resident
 from lmsprint.model.loss import lm_loss
 from lmsprint.model.transformer import Transformer
-from lmsprint.train.microbatch import LossHead
+from lmsprint.track.sinks import Sinks
+from lmsprint.train.distributed import World
+from lmsprint.train.step import LossHead
+from lmsprint.train.trainer import Trainer
 
 TINY = {"n_layer": 2, "n_embd": 64, "n_head": 4, "sequence_length": 32, "vocab_size": 128, "batch_size": 2,
         "acc_steps": 2}
