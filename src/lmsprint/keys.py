@@ -1,7 +1,14 @@
-"""Metric names, written once and used by metrics.jsonl, wandb, TensorBoard and `compare` alike.
+"""Metric names, written once and used by metrics.jsonl, wandb, TensorBoard and `compare` alike, and the table of
+validation metrics (`VAL_METRICS`) that compare's columns, its best-group direction and the plots are made from.
 
 llm-baselines' names are kept (`iter`, `train/loss`, `val/loss`, `val/perplexity`, `val/acc`, `lr`).
+Adding a validation metric: a `ValMetric` row here + the code computing it (`train/evaluate.py`).
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
 
 ITER = "iter"
 TRAIN_LOSS = "train/loss"          # the objective actually optimised (smoothed CE + MoE aux terms)
@@ -24,3 +31,25 @@ MOE_DROPPED = "moe/dropped_frac"
 
 # summary.json holds the final full-val numbers under these keys
 FINAL = "final"
+
+
+@dataclass(frozen=True)
+class ValMetric:
+    """One validation metric: its key, the short column label, the number format, which direction is better, and
+    the axis label of its plot (None: not plotted)."""
+    key: str
+    label: str
+    fmt: str
+    lower_is_better: bool
+    plot_label: Optional[str] = None
+
+
+# in the order of compare's columns
+VAL_METRICS = (
+    ValMetric(VAL_LOSS, "val loss", "{:.4f}", lower_is_better=True),
+    ValMetric(VAL_ACC, "val acc", "{:.4f}", lower_is_better=False, plot_label="val next-token accuracy"),
+    ValMetric(VAL_PPL, "val ppl", "{:.2f}", lower_is_better=True),
+    ValMetric(VAL_BPB, "val bpb", "{:.4f}", lower_is_better=True, plot_label="val bits per byte"),
+)
+VAL_KEYS = tuple(m.key for m in VAL_METRICS)
+VAL_BY_KEY = {m.key: m for m in VAL_METRICS}

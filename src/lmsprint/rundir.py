@@ -1,12 +1,20 @@
-"""Run directories: one new directory per run, never reused, plus the files that describe a run.
+"""Run directories: one new directory per run, never reused, and every file name inside one.
 
-- `run_name(cfg)`: exp_name or a name derived from the model and the flags that matter
-  (`<run_prefix><model>_l<n_layer>_d<n_embd>[_moe{E}k{K}][_ls{eps}]..._s<seed>`).
+Layout of `<results_base_folder>/<run name>[-N]/` (the names below are defined here and nowhere else):
+    config.yaml          the resolved nested `RunConfig.to_dict()`            write_config / read_config(_dict)
+    summary.json         status running -> complete | failed, final metrics   write_summary / read_summary / status
+    metrics.jsonl        one JSON row per log call                            metrics_path / read_metrics
+    samples.txt          generated text samples                               samples_path
+    eval.json            `lmsprint eval` results                              eval_path
+    checkpoints/latest.pt                                                     checkpoint_path / has_checkpoint
+    wandb/ (run_id), tb/ the optional sinks' folders                          wandb_dir / wandb_id_path / tb_dir
+and `<results_base_folder>/latest`, a pointer file naming the newest run.
+
+- `run_name(cfg)`: exp_name, or a name joined from the options' `name_part` metadata (config.run_name_parts).
 - `create_run_dir(cfg)`: atomic `os.mkdir` with a numeric suffix (-2, -3, ...) so that two identical commands,
   even concurrent ones, get two directories; records the `latest` pointer file (written atomically).
+- `is_run_dir(path)`: a folder holding config.yaml (the first file `lmsprint train` writes into a run).
 - `resolve_run_dir(spec, base)`: a run directory path or `latest` -> an existing run directory.
-- `write_config` / `read_config`: config.yaml, the resolved nested `RunConfig.to_dict()`.
-- `write_summary` / `read_summary`: summary.json (status running -> complete | failed), written atomically.
 - `truncate_metrics(run_dir, n_rows)`: keep the first n_rows complete rows of metrics.jsonl (used by resume).
 Nothing here overwrites or deletes another run's files.
 """
@@ -20,7 +28,7 @@ from typing import Optional
 
 import yaml
 
-from .config import RunConfig
+from .config import RunConfig, run_name_parts
 from .errors import UserError
 from .files import atomic_write_text
 
@@ -29,36 +37,70 @@ CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.txt"
+EVAL_FILE = "eval.json"
 CKPT_DIR = "checkpoints"
+LATEST_CKPT = "latest.pt"
+WANDB_DIR = "wandb"                 # wandb.init(dir=run_dir) itself writes into <run_dir>/wandb
+WANDB_ID_FILE = "run_id"           # inside WANDB_DIR: the wandb run id a resumed run continues
+TB_DIR = "tb"
+
+
+# ---------------------------------------------------------------------------------------------------- paths
+
+
+def config_path(run_dir: str) -> str:
+    return os.path.join(run_dir, CONFIG_FILE)
+
+
+def summary_path(run_dir: str) -> str:
+    return os.path.join(run_dir, SUMMARY_FILE)
+
+
+def metrics_path(run_dir: str) -> str:
+    return os.path.join(run_dir, METRICS_FILE)
+
+
+def samples_path(run_dir: str) -> str:
+    return os.path.join(run_dir, SAMPLES_FILE)
+
+
+def eval_path(run_dir: str) -> str:
+    return os.path.join(run_dir, EVAL_FILE)
+
+
+def checkpoint_path(run_dir: str, name: str = LATEST_CKPT) -> str:
+    return os.path.join(run_dir, CKPT_DIR, name)
+
+
+def has_checkpoint(run_dir: str) -> bool:
+    return os.path.isfile(checkpoint_path(run_dir))
+
+
+def wandb_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, WANDB_DIR)
+
+
+def wandb_id_path(run_dir: str) -> str:
+    return os.path.join(run_dir, WANDB_DIR, WANDB_ID_FILE)
+
+
+def tb_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, TB_DIR)
 
 
 # ---------------------------------------------------------------------------------------------------- names
 
 
-def _fmt(v) -> str:
-    s = f"{v:g}" if isinstance(v, float) else str(v)
-    return s.replace("/", "-").replace(" ", "")
-
-
 def run_name(cfg: RunConfig) -> str:
-    """exp_name if given, else a name derived from the model shape and the flags that differ from the defaults."""
+    """`<run_prefix><exp_name>` if exp_name is given, else `<run_prefix>` + the options' name parts joined by `_`
+    (each option declares its piece with `name_part` metadata, e.g. `llama2_l2_d64_moe4k2_ls0.1_s3`)."""
     if cfg.train.exp_name:
         return cfg.train.run_prefix + cfg.train.exp_name
-    m, moe, a, t, o = cfg.model, cfg.model.moe, cfg.model.attn, cfg.train, cfg.optim
-    parts = [f"{m.model}_l{m.n_layer}_d{m.n_embd}"]
-    if moe.moe_num_experts > 1:
-        parts.append(f"moe{moe.moe_num_experts}k{moe.moe_num_experts_per_tok}")
-    if t.label_smoothing > 0:
-        parts.append(f"ls{_fmt(t.label_smoothing)}")
-    if a.attention != "causal":
-        parts.append(a.attention + (f"{a.attention_window}" if a.attention in ("local", "global_local") else ""))
-    if o.opt != "adamw":
-        parts.append(o.opt)
-    if cfg.time_budget_s:
-        parts.append(f"tb{_fmt(t.time_budget)}")
-    parts.append(f"s{t.seed}")
-    name = t.run_prefix + "_".join(parts)
+    name = cfg.train.run_prefix + "_".join(run_name_parts(cfg))
     return "".join(c if c.isalnum() or c in "-_.+" else "-" for c in name)
+
+
+# ---------------------------------------------------------------------------------------------------- directories
 
 
 def create_run_dir(cfg: RunConfig) -> str:
@@ -85,13 +127,33 @@ def write_latest_pointer(base: str, run_dir: str) -> None:
     atomic_write_text(os.path.join(base, LATEST_POINTER), os.path.basename(os.path.normpath(run_dir)) + "\n")
 
 
+def is_latest_pointer(path: str) -> bool:
+    """Whether `path` is a results folder's `latest` pointer file (a shell glob `exps/*` passes it along)."""
+    return os.path.basename(path) == LATEST_POINTER and os.path.isfile(path)
+
+
 def is_run_dir(path: str) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_FILE))
+    """A run directory holds config.yaml: `lmsprint train` writes it right after creating the folder, before
+    any summary, and every command that reads a run needs it."""
+    return os.path.isdir(path) and os.path.isfile(config_path(path))
+
+
+def list_run_dirs(base: str) -> list[str]:
+    """The run directories directly inside `base`, sorted by name ([] if `base` is not a folder)."""
+    if not os.path.isdir(base):
+        return []
+    return [p for p in (os.path.join(base, d) for d in sorted(os.listdir(base))) if is_run_dir(p)]
+
+
+def last_modified(run_dir: str) -> float:
+    """Newest modification time of the run's config, summary and metrics files."""
+    return max(os.path.getmtime(p) for p in (summary_path(run_dir), metrics_path(run_dir), config_path(run_dir))
+               if os.path.exists(p))
 
 
 def resolve_run_dir(spec: str, base: str = "./exps") -> str:
     """'latest' -> newest run in `base` (pointer file, else newest summary/metrics mtime); a path -> that run."""
-    if spec != "latest":
+    if spec != LATEST_POINTER:
         if not is_run_dir(spec):
             raise UserError(f"'{spec}' is not a run directory (no {CONFIG_FILE}); pass a folder created by "
                             "`lmsprint train` or 'latest'")
@@ -102,28 +164,32 @@ def resolve_run_dir(spec: str, base: str = "./exps") -> str:
             cand = os.path.join(base, fh.read().strip())
         if is_run_dir(cand):
             return cand
-    runs = [os.path.join(base, d) for d in os.listdir(base)] if os.path.isdir(base) else []
-    runs = [r for r in runs if is_run_dir(r)]
+    runs = list_run_dirs(base)
     if not runs:
         raise UserError(f"no runs found in '{base}'; train one first or pass --results_base_folder / a run directory")
-
-    def mtime(r):
-        ts = [os.path.getmtime(os.path.join(r, f)) for f in (SUMMARY_FILE, METRICS_FILE, CONFIG_FILE)
-              if os.path.exists(os.path.join(r, f))]
-        return max(ts)
-
-    return max(runs, key=mtime)
+    return max(runs, key=last_modified)
 
 
 # ---------------------------------------------------------------------------------------------------- files
 
 
 def write_config(run_dir: str, cfg: RunConfig) -> None:
-    atomic_write_text(os.path.join(run_dir, CONFIG_FILE), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(config_path(run_dir), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def read_config_dict(run_dir: str) -> dict:
+    """config.yaml as the plain nested dict it holds ({} if missing or unreadable); no validation, so that runs
+    of other versions can still be listed and compared."""
+    try:
+        with open(config_path(run_dir)) as fh:
+            d = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError):
+        return {}
+    return d if isinstance(d, dict) else {}
 
 
 def read_config(run_dir: str) -> RunConfig:
-    path = os.path.join(run_dir, CONFIG_FILE)
+    path = config_path(run_dir)
     try:
         with open(path) as fh:
             d = yaml.safe_load(fh)
@@ -137,33 +203,55 @@ def read_config(run_dir: str) -> RunConfig:
 
 
 def write_summary(run_dir: str, summary: dict) -> None:
-    atomic_write_text(os.path.join(run_dir, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(summary_path(run_dir), json.dumps(summary, indent=2) + "\n")
 
 
 def read_summary(run_dir: str) -> Optional[dict]:
+    """summary.json as a dict, or None if it is missing or not a JSON object."""
     try:
-        with open(os.path.join(run_dir, SUMMARY_FILE)) as fh:
-            return json.load(fh)
+        with open(summary_path(run_dir)) as fh:
+            d = json.load(fh)
     except (OSError, ValueError):
         return None
+    return d if isinstance(d, dict) else None
+
+
+def status(run_dir: str) -> str:
+    """The summary's status (running | complete | failed), or 'no summary'."""
+    return (read_summary(run_dir) or {}).get("status") or "no summary"
+
+
+def write_eval(run_dir: str, results: dict) -> None:
+    atomic_write_text(eval_path(run_dir), json.dumps(results, indent=2) + "\n")
 
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def count_metric_rows(run_dir: str) -> int:
-    path = os.path.join(run_dir, METRICS_FILE)
-    if not os.path.exists(path):
-        return 0
-    with open(path) as fh:
-        return sum(1 for line in fh if line.endswith("\n"))
+def read_metrics(run_dir: str) -> list[dict]:
+    """The rows of metrics.jsonl: complete lines only (a run still going may have a half-written last line),
+    skipping any line that is not a JSON object."""
+    rows = []
+    path = metrics_path(run_dir)
+    if os.path.exists(path):
+        with open(path) as fh:
+            for line in fh:
+                if not line.endswith("\n"):
+                    break
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+    return rows
 
 
 def truncate_metrics(run_dir: str, n_rows: int) -> None:
     """Keep the first `n_rows` complete lines of metrics.jsonl (drops rows written after a checkpoint and any
     half-written last line), atomically."""
-    path = os.path.join(run_dir, METRICS_FILE)
+    path = metrics_path(run_dir)
     if not os.path.exists(path):
         return
     with open(path) as fh:
@@ -176,14 +264,3 @@ def truncate_file(path: str, n_bytes: int) -> None:
     if os.path.exists(path) and os.path.getsize(path) > n_bytes:
         with open(path, "r+b") as fh:
             fh.truncate(n_bytes)
-
-
-def read_metrics(run_dir: str) -> list[dict]:
-    path = os.path.join(run_dir, METRICS_FILE)
-    rows = []
-    if os.path.exists(path):
-        with open(path) as fh:
-            for line in fh:
-                if line.endswith("\n"):
-                    rows.append(json.loads(line))
-    return rows
