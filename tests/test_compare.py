@@ -14,12 +14,16 @@ import yaml
 from lmsprint.cli import main
 from lmsprint.config import build_config
 from lmsprint.errors import UserError
-from lmsprint.track import compare as C
+from lmsprint.rundir import write_latest_pointer
+from lmsprint.track import discover, report, stats
 from lmsprint.track.plots import val_curve
 
 
-def make_run(base, name, *, status="complete", seed=0, val_loss=3.0, n_evals=3, **flags):
-    """A run directory as `lmsprint train` leaves it: config.yaml, metrics.jsonl, summary.json."""
+def make_run(base, name, *, status="complete", seed=0, val_loss=3.0, val_acc=None, n_evals=3, **flags):
+    """A run directory as `lmsprint train` leaves it: config.yaml, metrics.jsonl, summary.json.
+
+    val_acc defaults to 0.6 - val_loss / 10, so that runs differ in accuracy as they do in loss."""
+    val_acc = 0.6 - val_loss / 10 if val_acc is None else val_acc
     d = os.path.join(base, name)
     os.makedirs(os.path.join(d, "checkpoints"))
     values = {"config_format": "demo", "n_layer": 1, "n_embd": 32, "n_head": 4, "sequence_length": 32,
@@ -33,7 +37,7 @@ def make_run(base, name, *, status="complete", seed=0, val_loss=3.0, n_evals=3, 
         it = 10 * i
         rows.append({"iter": it, "train/loss": val_loss + 1.0 / i, "tokens": it * 128, "time/train_s": 0.5 * i,
                      "perf/tokens_per_s": 256.0})
-        rows.append({"iter": it, "val/loss": val_loss + 0.5 / i, "val/acc": 0.3 - 0.1 / i, "val/bpb": 1.5 + 0.2 / i,
+        rows.append({"iter": it, "val/loss": val_loss + 0.5 / i, "val/acc": val_acc - 0.1 / i, "val/bpb": 1.5 + 0.2 / i,
                      "val/perplexity": float(np.exp(val_loss + 0.5 / i)), "tokens": it * 128})
     with open(os.path.join(d, "metrics.jsonl"), "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
@@ -42,7 +46,7 @@ def make_run(base, name, *, status="complete", seed=0, val_loss=3.0, n_evals=3, 
                "params_total": 12345, "params_active": 12345, "iterations_done": 10 * n_evals,
                "tokens": 1280 * n_evals, "time/train_s": 0.5 * n_evals, "time/eval_s": 0.1, "time/compile_s": 0.0,
                "perf/tokens_per_s": 2560.0, "perf/mfu": None,
-               "final": {"val/loss": val_loss, "val/perplexity": float(np.exp(val_loss)), "val/acc": 0.31,
+               "final": {"val/loss": val_loss, "val/perplexity": float(np.exp(val_loss)), "val/acc": val_acc,
                          "val/bpb": val_loss / 2, "eval_tokens": 4096} if done else None,
                "seed": seed, "data_seed": 1337, "finished_at": "2025-01-01T00:00:00" if done else None}
     with open(os.path.join(d, "summary.json"), "w") as fh:
@@ -62,73 +66,87 @@ def runs(tmp_path):
 
 
 def test_table_has_final_metrics_and_only_differing_keys(runs):
-    c = C.compare([runs])
+    c = report.compare([runs])
     assert [r.name for r in c.runs] == sorted(r.name for r in c.runs) and len(c.runs) == 6
     assert c.diff == ["seed", "label_smoothing"] or set(c.diff) == {"seed", "label_smoothing"}
-    header, rows = C.run_table(c.runs, c.diff)
+    header, rows = report.run_table(c.runs, c.diff)
     for col in ["val loss", "val acc", "val ppl", "val bpb", "tokens", "train time", "tokens/s", "params", "active",
                 "label_smoothing", "seed"]:
         assert col in header
     assert "lr" not in header and "exp_name" not in header and "n_layer" not in header
     row = dict(zip(header, rows[[r.name for r in c.runs].index("ls01_s1")]))
     assert row["val loss"] == "3.1500" and row["val bpb"] == "1.5750" and row["label_smoothing"] == "0.1"
-    assert row["val ppl"] == f"{np.exp(3.15):.2f}" and row["val acc"] == "0.3100"
+    assert row["val ppl"] == f"{np.exp(3.15):.2f}" and row["val acc"] == "0.2850"
     assert row["tokens"] == "3.84k" and row["train time"] == "1.5s" and row["params"] == "12.3k"
     assert row["status"] == "complete"
     text = c.text()
-    assert "ls01_s1" in text and C.NOISE_RULE in text
+    assert "ls01_s1" in text and stats.NOISE_RULE in text
 
 
 def test_seed_groups_mean_sd_and_within_noise(runs):
-    c = C.compare([runs])
+    c = report.compare([runs])
     assert len(c.groups) == 2
     by = {g.label: g for g in c.groups}
     a, b = by["label_smoothing=0"], by["label_smoothing=0.1"]
     m, s = a.mean_sd("val/loss")
     ref = np.array([3.0, 3.1, 3.2])
     assert m == pytest.approx(ref.mean()) and s == pytest.approx(ref.std(ddof=1))  # sample sd
-    assert C.noise_verdict(a, b, "val/loss") == "within noise"  # |3.1 - 3.15| = 0.05 < 0.1 + 0.1
-    header, rows = C.group_table(c.groups, "val/loss")
+    assert stats.noise_verdict(a, b, "val/loss") == "within noise"  # |3.1 - 3.15| = 0.05 < 0.1 + 0.1
+    header, rows = report.group_table(c.groups, "val/loss")
     cells = {r[0]: dict(zip(header, r)) for r in rows}
     assert cells["label_smoothing=0"]["val/loss vs best"].startswith("best")
     assert cells["label_smoothing=0.1"]["val/loss vs best"] == "+0.0500: within noise"
     assert cells["label_smoothing=0"]["val loss mean ± sd"] == "3.1000 ± 0.1000"
     assert cells["label_smoothing=0"]["seeds"] == "0,1,2"
+    # group A is best in both: lowest loss (3.1 < 3.15) and highest accuracy (0.29 > 0.285)
+    assert stats.best_group(c.groups, "val/loss") is a and stats.best_group(c.groups, "val/acc") is a
+    header, rows = report.group_table(c.groups, "val/acc")
+    cells = {r[0]: dict(zip(header, r)) for r in rows}
+    assert cells["label_smoothing=0"]["val/acc vs best"].startswith("best")
+    assert cells["label_smoothing=0.1"]["val/acc vs best"] == "-0.0050: within noise"
 
 
 def test_beyond_noise_and_single_seed(tmp_path):
     base = str(tmp_path)
-    for s, v in enumerate([3.0, 3.02]):
-        make_run(base, f"a{s}", seed=s, val_loss=v, lr=1e-3)
-    for s, v in enumerate([2.5, 2.51]):
-        make_run(base, f"b{s}", seed=s, val_loss=v, lr=3e-3)
-    make_run(base, "c0", seed=0, val_loss=2.4, lr=1e-2)
-    c = C.compare([base])
+    # lr=0.01 has the lowest loss but the lowest accuracy; lr=0.001 the highest loss but the highest accuracy
+    for s, (v, acc) in enumerate([(3.0, 0.45), (3.02, 0.46)]):
+        make_run(base, f"a{s}", seed=s, val_loss=v, val_acc=acc, lr=1e-3)
+    for s, (v, acc) in enumerate([(2.5, 0.30), (2.51, 0.31)]):
+        make_run(base, f"b{s}", seed=s, val_loss=v, val_acc=acc, lr=3e-3)
+    make_run(base, "c0", seed=0, val_loss=2.4, val_acc=0.20, lr=1e-2)
+    c = report.compare([base])
     by = {g.label: g for g in c.groups}
-    assert C.noise_verdict(by["lr=0.001"], by["lr=0.003"], "val/loss") == "beyond noise"
-    assert C.noise_verdict(by["lr=0.01"], by["lr=0.003"], "val/loss") == C.SINGLE_SEED
+    assert stats.noise_verdict(by["lr=0.001"], by["lr=0.003"], "val/loss") == "beyond noise"
+    assert stats.noise_verdict(by["lr=0.01"], by["lr=0.003"], "val/loss") == stats.SINGLE_SEED
     # the rule is exactly |mean_a - mean_b| < sd_a + sd_b (strict): sd of (1, 2, 3) is 1, so the bound is 2
     def grp(vals):
-        return C.Group("g", [C.Run("p", f"r{i}", "complete", {}, {}, [], {"val/loss": v}) for i, v in
+        return stats.Group("g", [discover.Run("p", f"r{i}", "complete", {}, {}, [], {"val/loss": v}) for i, v in
                              enumerate(vals)], ())
 
     base_g = grp([1.0, 2.0, 3.0])
     assert base_g.mean_sd("val/loss") == (2.0, 1.0)
-    assert C.noise_verdict(base_g, grp([2.5, 3.5, 4.5]), "val/loss") == "within noise"   # 1.5 < 2
-    assert C.noise_verdict(base_g, grp([3.0, 4.0, 5.0]), "val/loss") == "beyond noise"   # 2 == 2: not within
-    assert C.noise_verdict(base_g, grp([4.0]), "val/loss") == C.SINGLE_SEED
-    header, rows = C.group_table(c.groups, "val/loss")
+    assert stats.noise_verdict(base_g, grp([2.5, 3.5, 4.5]), "val/loss") == "within noise"   # 1.5 < 2
+    assert stats.noise_verdict(base_g, grp([3.0, 4.0, 5.0]), "val/loss") == "beyond noise"   # 2 == 2: not within
+    assert stats.noise_verdict(base_g, grp([4.0]), "val/loss") == stats.SINGLE_SEED
+    header, rows = report.group_table(c.groups, "val/loss")
     best = [r for r in rows if r[-1].startswith("best")]
-    assert best[0][0] == "lr=0.01" and C.SINGLE_SEED in best[0][-1]
-    # acc: higher is better
-    assert C.best_group(c.groups, "val/acc") is not None
+    assert best[0][0] == "lr=0.01" and stats.SINGLE_SEED in best[0][-1]
+    assert stats.best_group(c.groups, "val/loss") is by["lr=0.01"]  # lower is better
+    # accuracy: higher is better, so the best group is another one
+    assert stats.best_group(c.groups, "val/acc") is by["lr=0.001"]
+    assert by["lr=0.001"].mean_sd("val/acc")[0] == pytest.approx(0.455)
+    header, rows = report.group_table(c.groups, "val/acc")
+    verdicts = {r[0]: r[-1] for r in rows}
+    assert verdicts["lr=0.001"] == "best"  # two seeds: no single-seed note
+    assert verdicts["lr=0.003"] == "-0.1500: beyond noise"
+    assert verdicts["lr=0.01"] == f"-0.2550: {stats.SINGLE_SEED}"
 
 
 def test_incomplete_runs_are_marked_or_skipped(runs, capsys):
     make_run(runs, "ls0_s3", status="running", seed=3, val_loss=9.0, label_smoothing=0.0)
     make_run(runs, "ls0_s4", status="failed", seed=4, val_loss=9.0, label_smoothing=0.0)
-    c = C.compare([runs])
-    header, rows = C.run_table(c.runs, c.diff)
+    c = report.compare([runs])
+    header, rows = report.run_table(c.runs, c.diff)
     marked = {r[0]: r[1] for r in rows if r[0].endswith("*")}
     assert marked == {"ls0_s3*": "running", "ls0_s4*": "failed"}
     # their numbers are the last logged ones; they are not part of the seed statistics
@@ -136,7 +154,7 @@ def test_incomplete_runs_are_marked_or_skipped(runs, capsys):
     assert row["val loss"] == f"{9.0 + 0.5 / 3:.4f}"
     assert sum(g.n for g in c.groups) == 6
     assert any("not complete" in n for n in c.notes)
-    c2 = C.compare([runs], only_complete=True)
+    c2 = report.compare([runs], only_complete=True)
     assert len(c2.runs) == 6 and any("skipped 2 run(s)" in n for n in c2.notes)
 
 
@@ -144,24 +162,22 @@ def test_find_runs_dirs_globs_and_nested_folders(tmp_path):
     make_run(str(tmp_path / "exps"), "solo")
     make_run(str(tmp_path / "exps" / "sweep-lr"), "lr=1_seed=0")
     make_run(str(tmp_path / "exps" / "sweep-lr"), "lr=2_seed=0")
-    found = C.find_runs([str(tmp_path / "exps")])
+    found = discover.find_runs([str(tmp_path / "exps")])
     assert sorted(os.path.basename(p) for p in found) == ["lr=1_seed=0", "lr=2_seed=0", "solo"]
-    assert len(C.find_runs([str(tmp_path / "exps" / "sweep-lr" / "lr=*")])) == 2
-    assert len(C.find_runs([str(tmp_path / "exps" / "solo"), str(tmp_path / "exps" / "solo")])) == 1
+    assert len(discover.find_runs([str(tmp_path / "exps" / "sweep-lr" / "lr=*")])) == 2
+    assert len(discover.find_runs([str(tmp_path / "exps" / "solo"), str(tmp_path / "exps" / "solo")])) == 1
     with pytest.raises(UserError, match="no run directories"):
-        C.find_runs([str(tmp_path / "nothing*")])
+        discover.find_runs([str(tmp_path / "nothing*")])
 
 
 def test_shell_glob_of_a_results_folder_includes_the_latest_pointer(tmp_path):
     """`lmsprint compare exps/*` also passes the `latest` pointer file: it names a run already in the list."""
-    from lmsprint.rundir import write_latest_pointer
-
     make_run(str(tmp_path / "exps"), "a")
     b = make_run(str(tmp_path / "exps"), "b")
     write_latest_pointer(str(tmp_path / "exps"), str(b))
     specs = sorted(str(p) for p in (tmp_path / "exps").iterdir())  # what the shell expands exps/* to
     assert any(s.endswith("latest") for s in specs)
-    assert sorted(os.path.basename(p) for p in C.find_runs(specs)) == ["a", "b"]
+    assert sorted(os.path.basename(p) for p in discover.find_runs(specs)) == ["a", "b"]
 
 
 def test_val_curve_carries_time_forward():
@@ -193,7 +209,7 @@ def test_cli_report_with_plots(runs, tmp_path, capsys, monkeypatch):
     assert "never overwritten" in capsys.readouterr().err
     # the default folder is new each time
     monkeypatch.chdir(tmp_path)
-    assert C.unique_out_dir(None) != C.unique_out_dir(None)
+    assert report.unique_out_dir(None) != report.unique_out_dir(None)
     made = sorted(os.listdir(tmp_path / "reports"))
     assert len(made) == 2 and all(m.startswith("compare-") for m in made)
 

@@ -1,4 +1,5 @@
-"""PNG plots of validation curves for `lmsprint compare`: val bpb and val acc against training time and tokens.
+"""PNG plots of validation curves for `lmsprint compare`: each val metric with a plot label in keys.VAL_METRICS
+(val acc, val bpb) against training time and tokens.
 
 `val_curve(run_rows, tokens_per_step)` pulls (train seconds, tokens, value) points out of metrics.jsonl rows (a row
 that lacks tokens/time gets the last value logged before it, or iter * tokens_per_step). `plot_curves(...)`
@@ -13,8 +14,8 @@ from typing import Optional, Sequence
 
 from .. import keys as K
 
-# (metric key, label) x (x key, label, file stem)
-METRICS = [(K.VAL_BPB, "val bits per byte"), (K.VAL_ACC, "val next-token accuracy")]
+# (metric key, axis label) for every val metric with a plot label in keys.VAL_METRICS, x (x key, label, file stem)
+METRICS = [(m.key, m.plot_label) for m in K.VAL_METRICS if m.plot_label]
 X_AXES = [(K.TRAIN_TIME, "training time (s)", "time"), (K.TOKENS, "training tokens", "tokens")]
 
 

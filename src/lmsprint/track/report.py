@@ -1,0 +1,205 @@
+"""What `lmsprint compare` shows: the run table, the seed-group table, as text or markdown, and the report folder
+(report.md embedding the PNG plots, plus runs.csv), and `compare(specs)` which ties discovery, statistics and
+formatting together.
+
+Run table: final val metrics (columns from keys.VAL_METRICS), training tokens, training time, tokens/s, total and
+active parameters, and only the config keys whose values differ between the runs. A run that is not complete is
+marked `*` (its numbers are the last logged ones) and left out of the seed statistics. The report folder (--out,
+default ./reports/compare-<timestamp>) is never overwritten.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from .. import keys as K
+from ..errors import UserError
+from .discover import Run, find_runs, load_run
+from .plots import plot_curves
+from .stats import (NOISE_RULE, SINGLE_SEED, Group, best_group, differing_keys, fmt_val, group_runs, noise_verdict,
+                    norm)
+
+# ---------------------------------------------------------------------------------------------------- formatting
+
+
+def _si(v, unit: str = "") -> str:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return "-"
+    for div, suf in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{suf}{unit}"
+    return f"{v:.3g}{unit}"
+
+
+def _secs(v) -> str:
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return "-"
+    if v < 120:
+        return f"{v:.1f}s"
+    if v < 7200:
+        return f"{v / 60:.1f}m"
+    return f"{v / 3600:.2f}h"
+
+
+def _num(v, fmt: str) -> str:
+    return fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
+def _pm(m, s, fmt) -> str:
+    if m is None:
+        return "-"
+    return f"{fmt.format(m)} ± {fmt.format(s)}" if s is not None else f"{fmt.format(m)} (n=1)"
+
+
+def run_table(runs: list[Run], diff: list[str]) -> tuple[list[str], list[list[str]]]:
+    header = ["run", "status"] + [m.label for m in K.VAL_METRICS] + [
+        "tokens", "train time", "tokens/s", "params", "active"] + diff
+    rows = []
+    for r in runs:
+        mark = "" if r.complete else "*"
+        rows.append([r.name + mark, r.status] + [_num(r.final.get(m.key), m.fmt) for m in K.VAL_METRICS] + [
+            _si(r.get(K.TOKENS)), _secs(r.get(K.TRAIN_TIME)), _si(r.get(K.TOKENS_PER_S)),
+            _si(r.summary.get("params_total")), _si(r.summary.get("params_active"))] + [
+            fmt_val(r.flat.get(k)) for k in diff])
+    return header, rows
+
+
+def group_table(groups: list[Group], metric: str) -> tuple[list[str], list[list[str]]]:
+    best = best_group(groups, metric)
+    header = ["group", "n", "seeds"] + [f"{m.label} mean ± sd" for m in K.VAL_METRICS] + [f"{metric} vs best"]
+    rows = []
+    for g in groups:
+        seeds = ",".join(fmt_val(r.flat.get("seed")) for r in g.runs)
+        if len({norm(r.flat.get("data_seed")) for r in g.runs}) > 1:
+            seeds += " data_seed " + ",".join(fmt_val(r.flat.get("data_seed")) for r in g.runs)
+        if best is None:
+            verdict = "-"
+        elif g is best:
+            verdict = "best" + (f" ({SINGLE_SEED})" if g.n < 2 else "")
+        else:
+            d = g.mean_sd(metric)[0] - best.mean_sd(metric)[0]
+            verdict = f"{d:+.4f}: {noise_verdict(g, best, metric)}"
+        rows.append([g.label, str(g.n), seeds] + [_pm(*g.mean_sd(m.key), m.fmt) for m in K.VAL_METRICS] + [verdict])
+    return header, rows
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    esc = lambda c: str(c).replace("|", "\\|")  # noqa: E731
+    out = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------- comparison
+
+
+@dataclass
+class Comparison:
+    runs: list
+    diff: list
+    groups: list
+    metric: str
+    notes: list
+
+    def text(self) -> str:
+        parts = [text_table(*run_table(self.runs, self.diff))]
+        if self.groups:
+            parts += ["", f"seed groups (complete runs; verdicts on {self.metric}):",
+                      text_table(*group_table(self.groups, self.metric)), NOISE_RULE]
+        parts += self.notes
+        return "\n".join(parts)
+
+
+def compare(specs: list[str], metric: str = K.VAL_LOSS, only_complete: bool = False) -> Comparison:
+    runs = [load_run(p) for p in find_runs(specs)]
+    notes = []
+    pending = [r for r in runs if not r.complete]
+    if pending and only_complete:
+        notes.append(f"skipped {len(pending)} run(s) not complete: " + ", ".join(
+            f"{r.name} ({r.status})" for r in pending))
+        runs = [r for r in runs if r.complete]
+    elif pending:
+        notes.append(f"* not complete ({len(pending)} run(s)): numbers are the last logged ones, not a final "
+                     "evaluation; left out of the seed groups")
+    if not runs:
+        raise UserError("none of the runs is complete; drop --only_complete to see unfinished runs")
+    diff = differing_keys(runs)
+    groups = group_runs(runs, diff)
+    return Comparison(runs=runs, diff=diff, groups=groups, metric=metric, notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------------- report folder
+
+
+def unique_out_dir(out: Optional[str]) -> str:
+    """Create and return the report folder: --out if new/empty, else ./reports/compare-<timestamp>[-N]."""
+    if out:
+        if os.path.isdir(out) and os.listdir(out) or os.path.isfile(out):
+            raise UserError(f"--out '{out}' already exists and is not empty; reports are never overwritten, "
+                            "choose a new folder")
+        os.makedirs(out, exist_ok=True)
+        return out
+    base = os.path.join("reports", "compare-" + time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs("reports", exist_ok=True)
+    for i in range(1, 10000):
+        path = base if i == 1 else f"{base}-{i}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise UserError("cannot find a free report folder name under ./reports; pass --out")
+
+
+def write_report(c: Comparison, out_dir: str, specs: list[str]) -> str:
+    """Plots + runs.csv + report.md into out_dir; returns the path of report.md."""
+    os.makedirs(out_dir, exist_ok=True)
+    gindex = {}
+    for i, g in enumerate(c.groups):
+        for j, r in enumerate(g.runs):
+            gindex[r.path] = (i, j)
+    series = []
+    for n, r in enumerate(c.runs):
+        gi, si = gindex.get(r.path, (len(c.groups) + n, 1))
+        series.append({"label": r.name + ("" if r.complete else " *"), "rows": r.rows, "color_index": gi,
+                       "style_index": si, "tokens_per_step": r.tokens_per_step})
+    plots = plot_curves(series, out_dir)
+
+    header, rows = run_table(c.runs, c.diff)
+    with open(os.path.join(out_dir, "runs.csv"), "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path"] + header)
+        for r, row in zip(c.runs, rows):
+            w.writerow([r.path] + row)
+
+    md = ["# Run comparison", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from: "
+          + ", ".join(f"`{s}`" for s in specs), "",
+          f"{len(c.runs)} runs. Final metrics are the final evaluation of each run (plain cross-entropy); "
+          "only config keys that differ between runs are shown.", "", "## Runs", "", md_table(header, rows), ""]
+    for note in c.notes:
+        md += [note, ""]
+    if c.groups:
+        md += ["## Seed groups", "", f"Runs that differ only by seed/data_seed, verdicts on `{c.metric}` "
+               "against the best group.", "", md_table(*group_table(c.groups, c.metric)), "",
+               NOISE_RULE[0].upper() + NOISE_RULE[1:] + ".", ""]
+    md += ["## Curves", ""]
+    if plots:
+        for title, name in plots:
+            md += [f"### {title}", "", f"![{title}]({name})", ""]
+    else:
+        md += ["No validation points were logged, so there is nothing to plot.", ""]
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w") as fh:
+        fh.write("\n".join(md))
+    return path
