@@ -12,7 +12,7 @@ import pytest
 
 from lmsprint.cli import main
 from lmsprint.errors import UserError
-from lmsprint.track import compare as C
+from lmsprint.track import report, stats
 from lmsprint.track import sweep as S
 
 TINY = ["--config_format", "demo", "--dataset", "shakespeare-char", "--n_layer", "1", "--n_embd", "32", "--n_head",
@@ -72,7 +72,6 @@ def test_dry_run_plans_commands(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    pytest.importorskip("lmsprint.train.commands")
     root = tmp_path_factory.mktemp("sweep")
     base = str(root / "exps")
     argv = ["sweep", "--grid", "label_smoothing=0,0.1", "--seeds", "0", "--name", "ls", "--",
@@ -107,18 +106,18 @@ def test_sweep_runs_every_point_in_its_own_dir(sweep):
 
 
 def test_compare_real_runs_table_and_report(sweep, tmp_path):
-    c = C.compare([sweep["dir"]])
+    c = report.compare([sweep["dir"]])
     assert c.diff == ["label_smoothing"]  # seed, exp_name, folders are the same or ignored
-    header, rows = C.run_table(c.runs, c.diff)
+    header, rows = report.run_table(c.runs, c.diff)
     for r, row in zip(c.runs, rows):
         cells = dict(zip(header, row))
         s = _summary(r.path)
         assert cells["val loss"] == f"{s['final']['val/loss']:.4f}" and cells["val bpb"] == f"{s['final']['val/bpb']:.4f}"
         assert cells["status"] == "complete" and cells["tokens"] == "1.54k"  # 6 steps x 8 x 32
     assert [g.n for g in c.groups] == [1, 1]
-    assert C.SINGLE_SEED in C.text_table(*C.group_table(c.groups, "val/loss"))
+    assert stats.SINGLE_SEED in report.text_table(*report.group_table(c.groups, "val/loss"))
     out = tmp_path / "rep"
-    C.write_report(c, str(out), [sweep["dir"]])
+    report.write_report(c, str(out), [sweep["dir"]])
     md = (out / "report.md").read_text()
     for p in ("val_bpb_vs_time.png", "val_bpb_vs_tokens.png", "val_acc_vs_time.png", "val_acc_vs_tokens.png"):
         assert (out / p).is_file() and f"]({p})" in md
@@ -170,7 +169,6 @@ def test_sweep_restart_skips_finished_and_resumes_interrupted(sweep, capfd):
 
 
 def test_a_failing_run_does_not_stop_the_sweep(tmp_path, capfd):
-    pytest.importorskip("lmsprint.train.commands")
     base = str(tmp_path / "exps")
     missing = [str(tmp_path / "no_such_corpus_a.txt"), str(tmp_path / "no_such_corpus_b.txt")]
     rc = main(["sweep", "--grid", "dataset=" + ",".join(missing), "--name", "bad", "--", *TINY,

@@ -131,7 +131,6 @@ def test_missing_package_fails_at_start_with_pip_hint(monkeypatch):
 
 def test_missing_wandb_cli_one_line_exit_2(tmp_path):
     """A real interpreter where `import wandb` fails: the train command stops before making a run directory."""
-    pytest.importorskip("lmsprint.train.commands")
     code = "import sys; sys.modules['wandb'] = None; from lmsprint.cli import main; raise SystemExit(main(sys.argv[1:]))"
     out = subprocess.run([sys.executable, "-c", code, "train", "--config_format", "demo", "--wandb",
                           "--results_base_folder", str(tmp_path / "exps"), "--iterations", "2"],

@@ -8,11 +8,12 @@ Only rank 0 writes (`enabled=False` elsewhere makes every call a no-op).
   `pip install 'lmsprint[...]'` extra when an asked-for sink's package is missing.
 - wandb: run name `<wandb_run_prefix><run dir name>`, files under `<run_dir>/wandb`, the resolved config, metrics
   against "iter" (the llm-baselines keys as they are), MoE expert load split into `moe/load/l{i}/e{j}` scalars plus
-  a `moe/load_table` (layers x experts, logged with each sample), a growing `samples` table of generated text (one row per `log_text`), and the final metrics
-  in `wandb.run.summary`. A resumed run directory continues the same wandb run (its id is kept in
+  a `moe/load_table` (layers x experts, logged with each sample), a growing `samples` table of generated text
+  (one row per `log_text`), and the final metrics in `wandb.run.summary`. A resumed run directory continues the same wandb run (its id is kept in
   `<run_dir>/wandb/run_id`). Works online, offline (`WANDB_MODE=offline`, later `wandb sync <run_dir>/wandb/
   offline-run-*`) and disabled (`WANDB_MODE=disabled`).
 - TensorBoard: `torch.utils.tensorboard.SummaryWriter` into `<run_dir>/tb`, scalars against "iter".
+Every path inside the run directory comes from `lmsprint.rundir`.
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ import secrets
 import string
 from typing import Any, Optional
 
-from ..errors import UserError
 from .. import keys as K
+from .. import rundir
+from ..errors import UserError
 
-WANDB_SUBDIR = "wandb"
-TB_SUBDIR = "tb"
 SAMPLES_TABLE = "samples"
 
 
@@ -86,7 +86,7 @@ def _wandb_mode() -> str:
 
 def _wandb_logged_in() -> bool:
     """True if online wandb has credentials (env, settings or .netrc), without prompting or network calls."""
-    import wandb
+    import wandb  # lazy: optional dependency (pip install 'lmsprint[wandb]')
 
     try:
         return bool(wandb.login(prompt=False, verify=False))
@@ -136,27 +136,21 @@ class Sinks:
         if not enabled:
             return
         check_available(cfg)
-        self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+        self._jsonl = open(rundir.metrics_path(run_dir), "a")
         if cfg.log.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # lazy: needs the optional tensorboard package
 
-            self._tb = SummaryWriter(log_dir=os.path.join(run_dir, TB_SUBDIR))
+            self._tb = SummaryWriter(log_dir=rundir.tb_dir(run_dir))
         if cfg.log.wandb:
             self._init_wandb()
 
     # ------------------------------------------------------------------ wandb
-    @property
-    def wandb_run(self):
-        """The live wandb run (None when --wandb is off or on ranks other than 0)."""
-        return self._wandb
-
     def _init_wandb(self) -> None:
-        import wandb
+        import wandb  # lazy: optional dependency (pip install 'lmsprint[wandb]')
 
         cfg = self.cfg
-        wdir = os.path.join(self.run_dir, WANDB_SUBDIR)
-        os.makedirs(wdir, exist_ok=True)
-        id_file = os.path.join(wdir, "run_id")
+        os.makedirs(rundir.wandb_dir(self.run_dir), exist_ok=True)
+        id_file = rundir.wandb_id_path(self.run_dir)
         if os.path.exists(id_file):  # a resumed run directory continues its wandb run
             with open(id_file) as fh:
                 run_id = fh.read().strip()
@@ -214,7 +208,7 @@ class Sinks:
         """A generated sample: appended to samples.txt; wandb gets the growing table of all samples so far."""
         if not self.enabled:
             return
-        with open(os.path.join(self.run_dir, "samples.txt"), "a") as fh:
+        with open(rundir.samples_path(self.run_dir), "a") as fh:
             fh.write(f"--- iter {step} ---\n{text}\n")
         if self._tb is not None:
             self._tb.add_text(SAMPLES_TABLE, f"**{prompt}**{text[len(prompt):] if text.startswith(prompt) else text}",
