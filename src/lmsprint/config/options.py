@@ -1,0 +1,244 @@
+"""What one option knows about itself, and how one raw value becomes a typed, checked value.
+
+- `option(default, help, ...)`: a dataclass field whose metadata holds every fact about the flag (help, choices,
+  check, metavar, cli, bounds, resume_safe, bookkeeping, sweep_reserved, name_part); see `option` for each key.
+- value checks for `check=` (`positive`, `nonneg`, `frac`, `frac_open`, `duration_check`, ...): each returns an
+  error message or None.
+- `parse_duration`, `parse_bool`.
+- `convert(name, f, tp, value)`: a raw value (a CLI string or a config-file scalar) to the option's type, strictly:
+  a bool is not a number, `²` is not a digit, `1.5` is not an integer.
+- `value_problem(f, tp, v)`: the type / finiteness / range check every numeric option gets, whatever its source.
+- `iter_fields(obj_or_cls)`: walk a dataclass tree; `unknown_name_error`: one line naming the closest valid name.
+
+Nothing here knows which options exist (that is `schema.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import decimal
+import difflib
+import math
+import re
+from dataclasses import field
+from typing import Any, Callable, Iterable, Optional, Union, get_args, get_origin, get_type_hints
+
+from ..errors import ConfigError, UserError
+
+# Integer options must fit in a signed 32-bit int unless they say otherwise (`bounds=`): shapes, counts and
+# intervals beyond it cannot be allocated or run (an embedding of 2**31 rows is terabytes) and fail deep inside
+# torch instead of here. Seeds take anything torch.manual_seed and numpy's generators take: 0 .. 2**63-1.
+INT_MAX = 2**31 - 1
+SEED_MAX = 2**63 - 1
+DEFAULT_INT_BOUNDS = (-INT_MAX, INT_MAX)
+
+
+def option(default: Any, help: str, choices: Optional[list] = None,
+           check: Optional[Callable[[Any], Optional[str]]] = None, metavar: Optional[str] = None, cli: bool = True,
+           *, bounds: Optional[tuple[int, int]] = None, resume_safe: bool = False, bookkeeping: bool = False,
+           sweep_reserved: Optional[str] = None,
+           name_part: Optional[Callable[[Any, Any], Optional[str]]] = None):
+    """A config field and every fact about its flag.
+
+    - `help`, `choices` (None allowed = unset), `check(v) -> message | None`, `metavar`, `cli` (False: not a flag).
+    - `bounds=(lo, hi)`: inclusive range of an integer option (default `DEFAULT_INT_BOUNDS`).
+    - `resume_safe=True`: may be given with `--resume` without changing the run (devices, logging, caching).
+    - `bookkeeping=True`: differs between runs without changing what was trained; `compare` ignores it.
+    - `sweep_reserved="reason"`: `lmsprint sweep` sets it itself for every run; the reason is shown if a user does.
+    - `name_part(value, cfg) -> str | None`: this option's piece of the derived run name (None: no piece).
+    """
+    md = {"help": help, "choices": choices, "check": check, "metavar": metavar, "cli": cli, "bounds": bounds,
+          "resume_safe": resume_safe, "bookkeeping": bookkeeping, "sweep_reserved": sweep_reserved,
+          "name_part": name_part}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=md)
+    return field(default=default, metadata=md)
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+
+
+def positive(v):
+    return None if v is not None and v > 0 else "must be > 0"
+
+
+def nonneg(v):
+    return None if v is not None and v >= 0 else "must be >= 0"
+
+
+def frac(v):
+    return None if 0.0 <= v <= 1.0 else "must be in [0, 1]"
+
+
+def frac_open(v):
+    return None if 0.0 <= v < 1.0 else "must be in [0, 1)"
+
+
+def duration_check(v):
+    try:
+        parse_duration(v)
+    except ValueError:
+        return f"cannot parse '{v}' as a duration; use e.g. 90s, 5m, 3h or 1h30m"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- parsing
+
+_UNIT = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+
+
+def parse_duration(text: Optional[str]) -> Optional[float]:
+    """'90s' / '5m' / '3h' / '1h30m' / '600' (seconds) -> seconds; None/''/'0' -> None. Raises ValueError."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float)):
+        return float(text) if text > 0 else None
+    s = str(text).strip().lower()
+    if s in ("", "0", "none", "off"):
+        return None
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)", s)
+    if not parts or re.sub(r"[0-9.\sa-z]", "", s) or "".join(a + b for a, b in parts) != s.replace(" ", ""):
+        raise ValueError(text)
+    total = 0.0
+    for num, unit in parts:
+        unit = unit or None
+        if unit not in _UNIT:
+            raise ValueError(text)
+        total += float(num) * _UNIT[unit]
+    if total <= 0 or not math.isfinite(total):
+        raise ValueError(text)
+    return total
+
+
+def parse_bool(v) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "y", "on"):
+        return True
+    if s in ("0", "false", "no", "n", "off"):
+        return False
+    raise ValueError(v)
+
+
+# ASCII digits only (str.isdigit and int() also take '²', '١' and '1_000'); an exponent form must be an exact integer
+_INT = re.compile(r"[+-]?[0-9]+")
+_INT_EXP = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?[eE]\+?[0-9]{1,3}")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)", re.IGNORECASE)
+_KIND = {bool: "true/false", int: "an integer", float: "a number"}
+
+
+def base_type(tp):
+    """Optional[X] -> X."""
+    if get_origin(tp) is Union:
+        return [a for a in get_args(tp) if a is not type(None)][0]
+    return tp
+
+
+def _shown(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _to_int(value) -> int:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    if isinstance(value, str):
+        s = value.strip()
+        if _INT.fullmatch(s):
+            return int(s)
+        if _INT_EXP.fullmatch(s):
+            d = decimal.Decimal(s)
+            if d == d.to_integral_value():
+                return int(d)
+    raise ValueError(value)
+
+
+def _to_float(value) -> float:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, (int, float)):
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond float range: refused as not finite by value_problem
+            return math.inf if value > 0 else -math.inf
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value.strip())  # inf / nan parse here and are refused by value_problem with a clear reason
+    raise ValueError(value)
+
+
+def convert(name: str, f: dataclasses.Field, tp, value):
+    """A raw value (CLI string or config-file scalar) -> the field's type; ConfigError naming the option."""
+    base = base_type(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and base is not str):
+        if get_origin(tp) is Union or f.default is None:
+            return None
+        raise ConfigError(f"`{name}` cannot be empty; {f.metadata['help']}")
+    try:
+        if base is bool:
+            return parse_bool(value)
+        if base is int:
+            return _to_int(value)
+        if base is float:
+            return _to_float(value)
+        if isinstance(value, (list, dict, set, tuple)):
+            raise ValueError(value)
+        return str(value)
+    except (TypeError, ValueError, decimal.InvalidOperation):
+        raise ConfigError(f"`{name}`: '{_shown(value)}' is not {_KIND.get(base, 'a string')}")
+
+
+def value_problem(f: dataclasses.Field, tp, v) -> Optional[str]:
+    """Type, finiteness and range of a (non-None) numeric value, whatever set it; an error message or None."""
+    base = base_type(tp)
+    if base is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            return "must be an integer"
+        lo, hi = f.metadata.get("bounds") or DEFAULT_INT_BOUNDS
+        if v > hi:
+            return f"must be at most {hi}"
+        if v < lo:
+            return f"must be at least {lo}"
+    elif base is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return "must be a number"
+        if not math.isfinite(v):
+            return "must be a finite number"
+    elif base is bool and not isinstance(v, bool):
+        return "must be true or false"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- walking
+
+
+def iter_fields(obj_or_cls, prefix: tuple = ()):
+    """Yield (path, dataclass_field, type) for every leaf option in a dataclass tree, depth first, in field order."""
+    cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from iter_fields(tp, prefix + (f.name,))
+        else:
+            yield prefix + (f.name,), f, tp
+
+
+def owner(cfg, path: tuple):
+    """The section object holding the option at `path`."""
+    obj = cfg
+    for p in path[:-1]:
+        obj = getattr(obj, p)
+    return obj
+
+
+def unknown_name_error(name: str, names: Iterable[str], where: str = "flag") -> UserError:
+    """'unknown flag 'lrr'; did you mean --lr?' (the hint names the closest of `names`)."""
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.5)
+    hint = f"; did you mean --{close[0]}?" if close else "; see lmsprint train --help"
+    return UserError(f"unknown {where} '{name}'{hint}")

@@ -1,0 +1,16 @@
+"""Presets of defaults (`--config_format base|demo`): flag values applied over the dataclass defaults and under
+the config file and the CLI flags (see `io.build_config`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # llm-baselines' hackathon defaults: GPT-2 124M shapes, SlimPajama-6B, 25k iterations of 32x4x512 tokens
+    "base": {"dataset": "slimpajama"},
+    # a real but small run that finishes in a few minutes on 2 CPU cores
+    "demo": {"dataset": "shakespeare", "n_layer": 4, "n_head": 4, "n_embd": 128, "sequence_length": 128,
+             "batch_size": 16, "acc_steps": 1, "iterations": 100000, "time_budget": "120s", "lr": 3e-3,
+             "eval_freq": 40, "eval_tokens": 16 * 128 * 4, "warmup_percent": 0.05, "log_interval": 5,
+             "grad_clip": 1.0, "ckpt_interval": "1m", "sample_tokens": 120, "eval_seq_prefix": "ROMEO:"},
+}
