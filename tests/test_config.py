@@ -1,11 +1,16 @@
-"""The config tree: generated flags, presets, config files, precedence, validation messages."""
+"""The config tree: generated flags, presets, config files, precedence, validation messages, option metadata, and
+the strict type / finiteness / range checks every number from the CLI or a config file gets."""
 
 import argparse
+import os
+import subprocess
+import sys
 
 import pytest
 
-from lmsprint.config import (FLAGS, PRESETS, RunConfig, SuggestingParser, add_flags, build_config, parse_duration)
-from lmsprint.errors import UserError
+from lmsprint.config import (FLAGS, PRESETS, RunConfig, SuggestingParser, add_flags, apply_values, build_config,
+                             coerce, flags_where, get_value, parse_duration, run_name_parts, set_value)
+from lmsprint.errors import ConfigError, UserError, cli_message
 
 
 def parse(argv):
@@ -88,7 +93,7 @@ def test_round_trip_dict():
 def test_bad_input_is_one_line(argv, needle):
     with pytest.raises(UserError) as e:
         parse(argv)
-    msg = str(e.value)
+    msg = cli_message(e.value)  # what the CLI prints
     assert needle in msg and "\n" not in msg
 
 
@@ -132,3 +137,164 @@ def test_help_lists_every_flag():
     for name, (path, f, tp) in FLAGS.items():
         if f.metadata.get("cli", True):
             assert f"--{name}" in text
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+
+def test_config_errors_name_options_without_cli_wording():
+    with pytest.raises(ConfigError) as e:
+        build_config({"n_embd": "100", "n_head": "12"})
+    assert str(e.value).startswith("n_embd 100 is not divisible by n_head 12")  # from Python: no flags
+    assert cli_message(e.value).startswith("--n_embd 100 is not divisible by --n_head 12")
+
+
+# ---------------------------------------------------------------------------------------------------- metadata
+# the hand-kept lists these flags replace (train/commands.py RESUME_SAFE, track/compare.py IGNORED_KEYS,
+# track/sweep.py RESERVED), transcribed: the metadata must say exactly the same
+
+
+def test_resume_safe_flags():
+    assert set(flags_where("resume_safe")) == {
+        "device", "progress", "data_dir", "data_in_ram", "num_proc", "compile", "compile_mode", "ckpt_interval",
+        "save_checkpoint_freq", "wandb", "wandb_project", "wandb_run_prefix", "wandb_entity", "tensorboard",
+        "distributed_backend", "results_base_folder", "attn_backend"}
+
+
+def test_bookkeeping_flags():
+    assert set(flags_where("bookkeeping")) == {
+        "exp_name", "run_prefix", "results_base_folder", "resume", "wandb", "wandb_project", "wandb_run_prefix",
+        "wandb_entity", "tensorboard", "progress", "data_dir", "num_proc", "log_interval", "ckpt_interval",
+        "save_checkpoint_freq"}
+
+
+def test_sweep_reserved_flags_and_reasons():
+    reasons = {k: FLAGS[k][1].metadata["sweep_reserved"] for k in flags_where("sweep_reserved")}
+    assert reasons == {"seed": "use --seeds 0,1,2 instead of a seed flag or grid",
+                       "exp_name": "the sweep names each run", "run_prefix": "the sweep names each run",
+                       "resume": "rerun the same sweep command to resume it"}
+
+
+def test_flags_where_is_in_field_order():
+    order = list(FLAGS)
+    names = flags_where("resume_safe")
+    assert names == sorted(names, key=order.index)
+    assert flags_where("no_such_key") == []
+
+
+@pytest.mark.parametrize("values,parts", [
+    ({}, ["base_l12_d768", "s0"]),
+    ({"model": "llama2", "n_layer": "4", "n_embd": "128", "n_head": "4", "seed": "7"}, ["llama2_l4_d128", "s7"]),
+    ({"moe_num_experts": "1"}, ["base_l12_d768", "s0"]),
+    ({"moe_num_experts": "8", "moe_num_experts_per_tok": "2", "label_smoothing": "0.1"},
+     ["base_l12_d768", "moe8k2", "s0", "ls0.1"]),
+    ({"attention": "local", "attention_window": "64"}, ["base_l12_d768", "local64", "s0"]),
+    ({"attention": "global_local", "local_heads": "2"}, ["base_l12_d768", "global_local256", "s0"]),
+    ({"opt": "adamw"}, ["base_l12_d768", "s0"]),
+    ({"opt": "lion"}, ["base_l12_d768", "lion", "s0"]),
+    ({"time_budget": "5m"}, ["base_l12_d768", "tb5m", "s0"]),
+    ({"time_budget": "0"}, ["base_l12_d768", "s0"]),
+    ({"time_budget": "1h 30m"}, ["base_l12_d768", "tb1h30m", "s0"]),
+])
+def test_run_name_parts(values, parts):
+    assert run_name_parts(build_config(values)) == parts
+
+
+def test_get_and_set_by_flag_name():
+    cfg = build_config({})
+    set_value(cfg, "lr", 0.5)
+    assert cfg.optim.lr == 0.5 and get_value(cfg, "lr") == 0.5
+    apply_values(cfg, {"n_layer": "3"})
+    assert cfg.model.n_layer == 3
+
+
+# ---------------------------------------------------------------------------------------------------- numbers
+# issue 10 class 1: every number from the CLI or a config file is checked once, for type, finiteness and range
+
+
+@pytest.mark.parametrize("values,needle", [
+    ({"micro_batch": "\u00b2"}, "--micro_batch \u00b2: must be empty, 'auto' or a positive integer"),
+    ({"batch_size": "\u00b2"}, "--batch_size: '\u00b2' is not an integer"),
+    ({"n_layer": "\u0661\u0662"}, "is not an integer"),       # Arabic-Indic digits: int() takes them, we do not
+    ({"n_layer": "1_000"}, "--n_layer: '1_000' is not an integer"),
+    ({"n_layer": "1.55e1"}, "is not an integer"),
+    ({"lr": "1_0"}, "--lr: '1_0' is not a number"),
+    ({"weight_decay": "inf"}, "--weight_decay inf: must be a finite number"),
+    ({"moe_capacity_factor": "inf"}, "--moe_capacity_factor inf: must be a finite number"),
+    ({"lr": "nan"}, "--lr nan: must be a finite number"),
+    ({"lr": "-inf"}, "--lr -inf: must be a finite number"),
+    ({"rope_theta": "1e999"}, "must be a finite number"),
+    ({"eval_tokens": "inf"}, "--eval_tokens: 'inf' is not an integer"),
+    ({"seed": "99999999999999999999999"}, "--seed 99999999999999999999999: must be at most 9223372036854775807"),
+    ({"seed": "-1"}, "--seed -1: must be at least 0"),
+    ({"data_seed": str(2**64)}, "--data_seed 18446744073709551616: must be at most 9223372036854775807"),
+    ({"vocab_size": "100000000000"}, "--vocab_size 100000000000: must be at most 2147483647"),
+    ({"n_layer": "1e999"}, "--n_layer 1.00e+999: must be at most 2147483647"),
+    ({"micro_batch": "99999999999"}, "--micro_batch 99999999999: must be empty"),
+])
+def test_numbers_are_checked_for_type_finiteness_and_range(values, needle):
+    with pytest.raises(ConfigError) as e:
+        build_config(values)
+    msg = cli_message(e.value)
+    assert needle in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("values", [{"n_layer": "1e2"}, {"n_layer": "1.5e1"}, {"lr": ".5"}, {"lr": "3e-4"},
+                                    {"seed": str(2**63 - 1)}, {"micro_batch": "8"}, {"vocab_size": str(2**31 - 1)}])
+def test_numbers_that_are_fine(values):
+    build_config(values)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("n_layer: true\n", "--n_layer: 'true' is not an integer"),
+    ("lr: false\n", "--lr: 'false' is not a number"),
+    ("n_layer: 2.5\n", "--n_layer: '2.5' is not an integer"),
+    ("weight_decay: .inf\n", "--weight_decay inf: must be a finite number"),
+    ("lr: .nan\n", "--lr nan: must be a finite number"),
+    ("vocab_size: 100000000000\n", "--vocab_size 100000000000: must be at most 2147483647"),
+    ("exp_name: [a, b]\n", "--exp_name: '['a', 'b']' is not a string"),
+])
+def test_config_file_numbers_are_checked(tmp_path, text, needle):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        parse(["--config", str(f)])
+    assert needle in cli_message(e.value)
+
+
+def test_config_file_whole_floats_are_integers(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("n_layer: 3.0\n")
+    assert parse(["--config", str(f)]).model.n_layer == 3
+
+
+def test_values_set_from_python_are_checked_too():
+    cfg = RunConfig()
+    cfg.model.n_layer = True
+    with pytest.raises(ConfigError, match="n_layer True: must be an integer"):
+        cfg.validate()
+    cfg = RunConfig()
+    cfg.optim.lr = float("inf")
+    with pytest.raises(ConfigError, match="lr inf: must be a finite number"):
+        cfg.validate()
+
+
+def test_coerce_refuses_bools_for_numbers():
+    with pytest.raises(ConfigError):
+        coerce("batch_size", True)
+    assert coerce("lr", 1) == 1.0 and coerce("bias", "no") is False
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--micro_batch", "\u00b2"], "lmsprint: error: --micro_batch \u00b2: must be empty, 'auto' or a positive integer"),
+    (["--weight_decay", "inf"], "lmsprint: error: --weight_decay inf: must be a finite number"),
+])
+def test_cli_refuses_bad_numbers_in_one_line(tmp_path, argv, needle):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
+    p = subprocess.run([sys.executable, "-m", "lmsprint", "train", *argv, "--results_base_folder",
+                        str(tmp_path / "exps")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       encoding="utf-8", timeout=300)
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert lines == [needle], p.stderr[-2000:]
+    assert not (tmp_path / "exps").exists()  # refused before any run directory is made
