@@ -49,7 +49,8 @@ def _cases(manifest, root):
     return {
         "n_embd_n_head": (["--n_embd", "65", "--n_head", "4"] + d, "not divisible by --n_head"),
         "sequence_length": (["--sequence_length", "0"] + d, "--sequence_length 0: must be >= 1"),
-        "unknown_dataset": (["--dataset", str(root / "no_such_dataset"), "--data_dir", str(root / "dc")], ""),
+        "unknown_dataset": (["--dataset", str(root / "no_such_dataset"), "--data_dir", str(root / "dc")],
+                            "unknown dataset"),
         "unknown_model": (["--model", "gpt5"] + d, "--model 'gpt5' is not one of"),
         "unknown_flag": (["--n_layers", "2"] + d, "did you mean --n_layer?"),
         "vocab_too_small": (TINY + ["--vocab_size", "1000"] + d, "smaller than the gpt2 tokenizer"),
