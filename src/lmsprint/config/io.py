@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-import yaml
-
 try:
     import tomllib  # the standard library's TOML reader, Python >= 3.11
 except ModuleNotFoundError:  # Python 3.10: YAML config files only
@@ -26,6 +24,9 @@ from .schema import RunConfig, apply_values, flatten
 
 def load_config_file(path: str) -> dict:
     """Read a YAML (.yaml/.yml) or TOML (.toml) file into a flat {flag: value} dict."""
+    # lazy: `lmsprint bench` must run on a bare GPU box with only torch, numpy and tiktoken installed
+    import yaml
+
     if not os.path.isfile(path):
         raise UserError(f"config file '{path}' not found; pass an existing .yaml/.yml/.toml file to --config")
     try:
