@@ -1,0 +1,1 @@
+"""lmsprint.evals: downstream benchmarks (lm-evaluation-harness) on exported models."""

@@ -1,0 +1,102 @@
+"""lmsprint weights as `model.safetensors`: saving and loading a state_dict without pickle.
+
+`save_weights(path, state_dict, model_config=None, extra=None)` writes the tensors with `safetensors`
+atomically (temporary file in the same folder, fsync, `os.replace`), with string metadata:
+- `format`: "pt" (what transformers expects of a safetensors file), `lmsprint_format`: WEIGHTS_FORMAT;
+- `model_config`: the ModelConfig as JSON (so the file alone rebuilds the model), when given;
+- `lmsprint_version`, `torch_version`: what wrote it;
+- `aliases`: JSON {key: stored key} for tensors that share memory with another one (tied weights): safetensors
+  refuses shared storage, so each one is stored once and restored as the same tensor on load;
+- whatever `extra` holds (str -> str).
+
+`load_weights(path) -> (state_dict, metadata)` reads it back (no pickle, no code execution) and re-links
+aliases; `model_config_of(metadata)` returns the ModelConfig. Tensors sharing memory only partly (slices of one
+storage) are stored as copies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Mapping, Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .. import __version__
+from ..config import ModelConfig, RunConfig
+from ..errors import CheckpointError
+
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FORMAT = "1"
+
+
+def _storage_key(t: torch.Tensor):
+    return (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+            t.dtype)
+
+
+def save_weights(path: str, state_dict: Mapping[str, torch.Tensor], model_config: Optional[ModelConfig] = None,
+                 extra: Optional[Mapping[str, str]] = None) -> None:
+    """Atomically write `state_dict` to `path` as safetensors (tied tensors stored once, see module doc)."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict = {}
+    storages: set = set()
+    for key, t in state_dict.items():
+        t = t.detach()
+        sk = _storage_key(t)
+        if sk in seen:
+            aliases[key] = seen[sk]
+            continue
+        seen[sk] = key
+        ptr = (t.device.type, t.untyped_storage().data_ptr())
+        shares = ptr in storages
+        storages.add(ptr)
+        tensors[key] = t.cpu().clone().contiguous() if shares or not t.is_contiguous() else t.cpu()
+    meta = {"format": "pt", "lmsprint_format": WEIGHTS_FORMAT, "lmsprint_version": __version__,
+            "torch_version": torch.__version__, "aliases": json.dumps(aliases)}
+    if model_config is not None:
+        meta["model_config"] = json.dumps(dataclasses.asdict(model_config))
+    meta.update({str(k): str(v) for k, v in (extra or {}).items()})
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_weights(path: str, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a file written by `save_weights` -> (state_dict, metadata); CheckpointError if unreadable."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"weights file {path} is missing")
+    try:
+        with safe_open(path, framework="pt", device=device) as fh:
+            meta = dict(fh.metadata() or {})
+            sd = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as e:  # truncated header, not a safetensors file, ...
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"weights file {path} is corrupt or not safetensors ({msg})")
+    for key, target in json.loads(meta.get("aliases", "{}")).items():
+        sd[key] = sd[target]
+    return sd, meta
+
+
+def model_config_of(meta: Mapping[str, str]) -> ModelConfig:
+    """The ModelConfig saved in a weights file's metadata (validated like a run's config)."""
+    if "model_config" not in meta:
+        raise CheckpointError("the weights file has no model config in its metadata; it was not written by "
+                              "lmsprint's save_weights with a model config")
+    cfg = RunConfig.from_dict({"model": json.loads(meta["model_config"])})
+    return cfg.validate().model
+
+
+__all__ = ["WEIGHTS_FILE", "save_weights", "load_weights", "model_config_of"]
