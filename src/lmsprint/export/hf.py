@@ -34,7 +34,7 @@ from typing import Mapping
 import torch
 from safetensors.torch import save_file
 
-from .. import __version__
+from ..version import __version__
 from ..config import ModelConfig
 from ..errors import ConfigError, UserError
 from ..model.attention import OrthogonalQKV

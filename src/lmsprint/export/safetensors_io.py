@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .. import __version__
+from ..version import __version__
 from ..config import ModelConfig, RunConfig
 from ..errors import CheckpointError
 
