@@ -69,12 +69,14 @@ _NAMED_BY_SWEEP = "the sweep names each run"
 
 @dataclass
 class DataConfig:
-    dataset: str = option("shakespeare", "data source: a named source (see `lmsprint prepare --help`) or a path to a "
-                       "local file/folder of .txt/.jsonl/.parquet")
+    dataset: str = option("shakespeare", "data source: a named source (see `lmsprint prepare --help`), "
+                       "hf:ORG/NAME[:CONFIG] for any hub dataset, or a path: a file/folder of .txt/.jsonl/.parquet, a "
+                       "nanoGPT folder (train.bin/val.bin, read in place) or a datasets save_to_disk folder")
     data_dir: str = option("./data_cache", "where prepared token files + manifests are cached (shared by runs)",
                         resume_safe=True, bookkeeping=True)
-    tokenizer: Optional[str] = option(None, "tokenizer: gpt2 or char (default: the dataset's own)",
-                                   choices=[None, "gpt2", "char"])
+    tokenizer: Optional[str] = option(None, "tokenizer: gpt2, char, or a Hugging Face tokenizer.json file or tokenizer "
+                                   "folder (default: the dataset's own)", metavar="gpt2|char|PATH",
+                                   check=lambda v: None if v.strip() else "must be gpt2, char or a path")
     data_in_ram: bool = option(False, "load the token files into RAM instead of memory-mapping them",
                             resume_safe=True)
     data_seed: int = option(1337, "seed of the training batch sampler (independent of --seed)", bounds=_SEED)
@@ -82,6 +84,8 @@ class DataConfig:
                                         "shakespeare, 0.005 for other sources)",
                                         check=lambda v: None if 0 < v < 0.5 else "must be in (0, 0.5)")
     max_docs: int = option(0, "prepare at most this many documents from the source (0 = all)", check=nonneg)
+    text_field: str = option("text", "the field (column) holding the text in .jsonl/.parquet files, datasets folders "
+                          "and hub datasets", check=lambda v: None if v.strip() else "must not be empty")
     num_proc: int = option(0, "tokenizer processes for prepare (0 = all cores)", check=nonneg, resume_safe=True,
                         bookkeeping=True)
 

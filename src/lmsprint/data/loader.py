@@ -24,13 +24,13 @@ from ..errors import ConfigError, DataError
 def open_tokens(path: str, dtype: str, in_ram: bool = False) -> np.ndarray:
     """Flat token array of a .bin file; DataError when it is missing, empty or not a whole number of tokens."""
     if not os.path.isfile(path):
-        raise DataError(f"token file {path} is missing; run lmsprint prepare --dataset ... (or delete its data "
-                        "directory so that it is prepared again)")
+        raise DataError(f"token file {path} is missing; prepare the data again into a new `data_dir` "
+                        "(lmsprint prepare --dataset ... --data_dir ...)")
     dt = np.dtype(dtype)
     size = os.path.getsize(path)
     if size == 0 or size % dt.itemsize:
         raise DataError(f"token file {path} is truncated ({size} bytes is not a whole number of {dt.name} tokens); "
-                        "delete its data directory and run lmsprint prepare again")
+                        "prepare the data again into a new `data_dir` (lmsprint prepare --dataset ... --data_dir ...)")
     if in_ram:
         return np.fromfile(path, dtype=dt)
     return np.memmap(path, dtype=dt, mode="r")

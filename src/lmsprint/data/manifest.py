@@ -38,7 +38,7 @@ class Manifest:
     sha256: dict
     created: str
     dataset: str = ""
-    vocab: Optional[str] = None  # the char tokenizer's characters, in id order
+    vocab: Optional[str] = None  # what rebuilds the tokenizer: char's characters in id order, or an HF tokenizer.json
     eot: Optional[int] = None
     train_docs: int = 0
     val_docs: int = 0
@@ -49,8 +49,9 @@ class Manifest:
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("dir")
-        d["train_path"] = os.path.basename(self.train_path)
-        d["val_path"] = os.path.basename(self.val_path)
+        for k in ("train_path", "val_path"):  # files outside the directory (a nanoGPT folder) keep their full path
+            p = getattr(self, k)
+            d[k] = os.path.basename(p) if os.path.dirname(os.path.abspath(p)) == os.path.abspath(self.dir) else p
         return d
 
     def summary(self) -> str:
@@ -93,7 +94,8 @@ def load_manifest(dir: str, verify: bool = True) -> Manifest:
         known = {f.name for f in dataclasses.fields(Manifest)}
         m = Manifest(**{k: v for k, v in d.items() if k in known})
     except (ValueError, TypeError, KeyError) as e:
-        raise DataError(f"{path} is damaged ({type(e).__name__}: {e}); delete '{dir}' and run lmsprint prepare again")
+        raise DataError(f"{path} is damaged ({type(e).__name__}: {e}); prepare the data again into a new "
+                        "`data_dir` (lmsprint prepare --dataset ... --data_dir ...)")
     if verify:
         verify_manifest(m)
     return m
@@ -104,11 +106,13 @@ def verify_manifest(m: Manifest) -> None:
     item = np.dtype(m.dtype).itemsize
     for split, path, n in (("train", m.train_path, m.train_tokens), ("val", m.val_path, m.val_tokens)):
         if not os.path.isfile(path):
-            raise DataError(f"{split} token file {path} is missing; delete '{m.dir}' and run lmsprint prepare again")
+            raise DataError(f"{split} token file {path} is missing; prepare the data again into a new `data_dir` "
+                            "(lmsprint prepare --dataset ... --data_dir ...)")
         size = os.path.getsize(path)
         if size != n * item:
             raise DataError(f"{split} token file {path} is truncated or wrong ({size} bytes, manifest says {n} "
-                            f"{m.dtype} tokens = {n * item} bytes); delete '{m.dir}' and run lmsprint prepare again")
+                            f"{m.dtype} tokens = {n * item} bytes); prepare the data again into a new `data_dir` "
+                            "(lmsprint prepare --dataset ... --data_dir ...)")
 
 
 def check_tokenizer(m: Manifest, tokenizer: Optional[str]) -> None:

