@@ -15,7 +15,8 @@ from lmsprint.config import DataConfig
 from lmsprint.data.loader import open_tokens
 from lmsprint.data.encode import measure_tokenize_speed
 from lmsprint.data.manifest import MANIFEST, check_vocab, load_manifest
-from lmsprint.data.prepare import PARTIAL, is_val_doc, prepare
+from lmsprint.data.prepare import PARTIAL, prepare
+from lmsprint.data.split import split_document
 from lmsprint.data.sources import shakespeare_documents
 from lmsprint.data.tokenizer import get_tokenizer
 from lmsprint.errors import ConfigError, DataError, UserError, cli_message
@@ -45,29 +46,39 @@ def _local_docs():
 def _expected_ids(docs, val_fraction):
     tok = get_tokenizer("gpt2")
     out = {"train": [], "val": []}
-    for i, d in enumerate(docs):
-        out["val" if is_val_doc(i, val_fraction) else "train"] += tok.encode(d) + [tok.eot]
+    for d in docs:
+        for side, text in split_document(d, val_fraction):
+            out[side] += tok.encode(text) + [tok.eot]
     return {k: np.array(v, dtype=np.uint16) for k, v in out.items()}
+
+
+def _segments(docs, val_fraction):
+    out = {"train": [], "val": []}
+    for d in docs:
+        for side, text in split_document(d, val_fraction):
+            out[side].append(text)
+    return out
 
 
 def test_shakespeare_gpt2(shakespeare_manifest):
     m = shakespeare_manifest
     assert m.tokenizer == "gpt2" and m.dtype == "uint16" and m.n_vocab == 50257 and m.eot == 50256
-    assert m.train_docs + m.val_docs == len(shakespeare_documents()) and m.val_docs >= 50
+    assert m.docs == len(shakespeare_documents()) and m.val_docs >= 50 and m.version == 2
     assert 4e6 < m.train_bytes + m.val_bytes < 6e6 and m.train_tokens > 1_000_000 and m.val_tokens > 100_000
+    assert 0.05 < m.val_achieved == m.val_tokens / (m.train_tokens + m.val_tokens) < 0.2 and m.val_target == 0.1
     assert m.sha256 == {"train": _sha(m.train_path), "val": _sha(m.val_path)}
     train, val = open_split(m, "train"), open_split(m, "val")
     assert len(train) == m.train_tokens and len(val) == m.val_tokens
     tok = get_tokenizer(m)
     assert int(tok.token_bytes()[val].sum()) == m.val_bytes
-    # val and train are disjoint sets of whole documents, and together they are the source
+    # val and train are disjoint segments (documents or runs of their pieces), and together they are the source
     val_docs = [tok.decode(d) for d in _split_docs(np.asarray(val), m.eot)]
     train_docs = [tok.decode(d) for d in _split_docs(np.asarray(train), m.eot)]
     assert len(val_docs) == m.val_docs and len(train_docs) == m.train_docs
     assert not set(val_docs) & set(train_docs)
-    assert sorted(val_docs + train_docs) == sorted(shakespeare_documents())
-    assert val_docs[0].startswith("A Midsummer Night's Dream\n\nACT I\n\nSCENE I.")
-    assert "THESEUS:\nNow, fair Hippolyta" in val_docs[0] and "**" not in val_docs[0] and "_" not in val_docs[0]
+    expected = _segments(shakespeare_documents(), 0.1)
+    assert val_docs == expected["val"] and train_docs == expected["train"]
+    assert "**" not in "".join(val_docs) and "_" not in "".join(val_docs)
 
 
 def test_prepare_is_cached(shakespeare_manifest):
@@ -87,9 +98,10 @@ def test_shakespeare_char(tmp_path):
     tok = get_tokenizer(load_manifest(m.dir))
     val = tok.decode(open_split(m, "val"))
     train = tok.decode(open_split(m, "train"))
-    assert val == "".join(d for i, d in enumerate(docs) if is_val_doc(i, 0.1))
-    assert train == "".join(d for i, d in enumerate(docs) if not is_val_doc(i, 0.1))
-    assert m.val_docs == 4 and m.train_tokens == m.train_bytes - train.count("—") * 2
+    # 40 scenes are about 0.2M characters: the floor raises the val fraction from 0.1 to its 10% cap: still 0.1
+    expected = _segments(docs, m.val_target)
+    assert m.val_target == 0.1 and val == "".join(expected["val"]) and train == "".join(expected["train"])
+    assert m.val_docs == len(expected["val"]) and m.train_tokens == m.train_bytes - train.count("—") * 2
 
 
 def _write_local(kind, root, docs):
@@ -119,7 +131,8 @@ def test_local_files(tmp_path, kind):
     expected = _expected_ids(docs, 0.1)
     assert np.array_equal(open_split(m, "train"), expected["train"])
     assert np.array_equal(open_split(m, "val"), expected["val"])
-    assert (m.train_docs, m.val_docs) == (27, 3)
+    expected_segments = _segments(docs, 0.1)
+    assert (m.train_docs, m.val_docs) == (len(expected_segments["train"]), len(expected_segments["val"]))
     assert m.train_bytes + m.val_bytes == sum(len(d.encode()) for d in docs)
     assert os.path.basename(m.dir).startswith(f"local-src_{kind}-") and m.dir.endswith("-v0.1")
 
@@ -131,7 +144,7 @@ def test_single_txt_file_is_split_into_paragraphs(tmp_path):
                 progress=False)
     assert m.tokenizer == "char" and os.path.basename(m.dir).endswith("-char")
     assert m.vocab == "".join(sorted(set(text.replace("\n\n", "\n"))))
-    assert m.train_docs + m.val_docs == len([p for p in text.split("\n\n") if p.strip()])
+    assert m.docs >= len([p for p in text.split("\n\n") if p.strip()]) and m.train_docs and m.val_docs
 
 
 def test_resume_after_interrupt_gives_the_same_files(tmp_path):
@@ -202,7 +215,7 @@ def test_cli_prepare_and_offline_hub(tmp_path, capsys):
     path = _write_local("jsonl", tmp_path / "src", _local_docs())
     assert main(["prepare", "--dataset", path, "--data_dir", str(tmp_path / "c"), "--quiet", "--max_docs", "10"]) == 0
     out = capsys.readouterr().out
-    assert "tokenizer   gpt2" in out and "9 documents" in out and "1 documents" in out
+    assert "tokenizer   gpt2" in out and "% of the tokens" in out
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     r = subprocess.run([sys.executable, "-m", "lmsprint", "prepare", "--dataset", "wikitext", "--data_dir",
                         str(tmp_path / "c"), "--quiet"], env=env, capture_output=True, text=True, timeout=120)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 from ..config import FLAGS, add_flags, build_config
 from ..data.encode import measure_tokenize_speed
+from ..data.manifest import verify_manifest
 from ..data.prepare import prepare
 
 
@@ -18,6 +20,8 @@ def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bench_tokenizer", action="store_true", help="measure 1-process vs --num_proc-process "
                    "tokenization speed on 10 MB of text, then exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--verify", action="store_true", help="hash the token files in full and compare them with the "
+                   "manifest's SHA-256 (opening them checks only sampled blocks of files over 32 MiB)")
 
 
 def run_prepare(args) -> int:
@@ -32,4 +36,10 @@ def run_prepare(args) -> int:
         return 0
     m = prepare(cfg.data, progress=not args.quiet)
     print(m.summary())
+    if args.verify:
+        t0 = time.perf_counter()
+        verify_manifest(m, full=True)
+        size = os.path.getsize(m.train_path) + os.path.getsize(m.val_path)
+        print(f"verified    train.bin and val.bin match the manifest's SHA-256 ({size / 1e6:.1f} MB in "
+              f"{time.perf_counter() - t0:.2f}s)")
     return 0

@@ -2,20 +2,24 @@
 
 `prepare(data_cfg) -> Manifest` is idempotent: the cache directory is `data_dir/<dataset key>[-<tokenizer>]`
 (plus `-n<max_docs>` / `-v<val_fraction>` when those are set), and a finished one is only checked, not rebuilt.
-Documents are split into train and val by their index (`is_val_doc`: a fixed, evenly spread, disjoint set of
-documents is val), tokenized by an `encode.Encoder` (worker processes), and written as shards with a progress
-record under `.partial/`; an interrupted prepare continues from the last finished shard. The token files are then
-concatenated, hashed, and the manifest (manifest.py) is written last, atomically: a directory with a manifest is
-complete. For GPT-2 every document is followed by <|endoftext|>. The `prepare` command lives in cli/prepare.py.
+Local files are first checked against the text policy (textfiles.py: undecodable bytes replaced and counted, files
+that are mostly not text and broken JSON lines refused). Documents are cut into pieces at paragraph boundaries and
+each piece goes to val when a hash of its text falls below the val fraction (split.py; the fraction is raised
+toward a floor of val tokens when the corpus is small), so the split holds close to that share of the tokens
+whatever the file layout. The pieces are tokenized by an `encode.Encoder` (worker processes) and written as shards
+with a progress record under `.partial/`; an interrupted prepare continues from the last finished shard. The token
+files are then concatenated, hashed (in full, plus sampled blocks and the largest id: integrity.py), and the
+manifest (manifest.py) is written last, atomically: a directory with a manifest is complete. For GPT-2 every
+segment (a document, or a run of its pieces on one side of the split) is followed by <|endoftext|>. A source that
+fails while it is read (a damaged parquet file, say) ends in one DataError naming the document. The `prepare`
+command lives in cli/prepare.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
-import math
 import os
 import shutil
 import sys
@@ -24,11 +28,14 @@ from typing import Iterator, Optional
 
 from tqdm import tqdm
 
-from ..errors import DataError
+from ..errors import DataError, UserError
 from .encode import Encoder
+from .integrity import Hasher, sample_blocks
 from .manifest import (FORMAT_VERSION, MANIFEST, Manifest, check_tokenizer, load_manifest, write_json_atomic,
                        write_manifest)
-from .sources import Source, resolve_source, shakespeare_chars, shakespeare_documents, tokenizer_name
+from .sources import Source, local_files, resolve_source, shakespeare_chars, shakespeare_documents, tokenizer_name
+from .split import estimate_tokens, floor_warning, split_document, val_target
+from .textfiles import replaced_warning, scan_local_files
 from .tokenfiles import adopt_token_folder
 from .tokenizer import char_vocab, tokenizer_key, tokenizer_state
 
@@ -39,11 +46,6 @@ except ImportError:
 
 PARTIAL = ".partial"
 SHARD_CHARS = 64 * 2**20  # characters of text per resumable shard
-
-
-def is_val_doc(i: int, val_fraction: float) -> bool:
-    """Document i is in the val split: the first one and then one every 1/val_fraction, evenly spread."""
-    return i == 0 or math.floor(i * val_fraction) > math.floor((i - 1) * val_fraction)
 
 
 def cache_dir(data_cfg, source: Source) -> str:
@@ -58,8 +60,29 @@ def cache_dir(data_cfg, source: Source) -> str:
 
 
 def _docs(source: Source, skip: int, max_docs: int) -> Iterator[str]:
-    it = source.documents(skip)
-    return itertools.islice(it, max(0, max_docs - skip)) if max_docs else it
+    """The source's documents from `skip` on (at most up to `max_docs`); a failure while reading them (a damaged file,
+    a decoder error) is one DataError naming the source and the document."""
+    i = skip
+    try:
+        it = source.documents(skip)
+        for doc in (itertools.islice(it, max(0, max_docs - skip)) if max_docs else it):
+            yield doc
+            i += 1
+    except UserError:
+        raise
+    except Exception as e:  # any reader failure (pyarrow, json, decoding) is the data's, reported in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DataError(f"reading {source.description} failed at document {i + 1:,} ({type(e).__name__}"
+                        f"{': ' + first[:200] if first else ''}); repair or remove the damaged file")
+
+
+def _source_bytes(data_cfg, source: Source, files: Optional[list]) -> Optional[int]:
+    """The size of the source's text when it is known before reading it (embedded text, local files), else None."""
+    if source.kind == "embedded":
+        return sum(len(d.encode("utf-8")) for d in shakespeare_documents()[:data_cfg.max_docs or None])
+    if files is not None:
+        return sum(os.path.getsize(f) for f in files)  # with `max_docs` an upper bound: the floor may fall short
+    return None
 
 
 def _tqdm(progress: bool, **kw):
@@ -105,10 +128,17 @@ def _lock(out: str):
 def _build(data_cfg, source: Source, out: str, progress: bool, shard_docs, stop_after_shards) -> Manifest:
     tokenizer = source.default_tokenizer
     val_fraction = data_cfg.val_fraction or source.default_val_fraction
+    files = local_files(os.path.abspath(data_cfg.dataset)) if source.kind == "local" else None
+    replaced = scan_local_files(files) if files else {}
+    if replaced:
+        print(replaced_warning(replaced), file=sys.stderr)
+    fixed = getattr(source, "fixed_split", None)  # a source with its own val split keeps it
+    target = val_fraction if fixed else val_target(val_fraction, estimate_tokens(_source_bytes(data_cfg, source,
+                                                                                               files), tokenizer))
     partial = os.path.join(out, PARTIAL)
     record_path = os.path.join(partial, "progress.json")
     fingerprint = {"version": FORMAT_VERSION, "source": source.key, "tokenizer": tokenizer,
-                   "val_fraction": val_fraction, "max_docs": data_cfg.max_docs}
+                   "val_fraction": val_fraction, "val_target": target, "max_docs": data_cfg.max_docs}
     state = None
     if os.path.isfile(record_path):
         try:
@@ -137,10 +167,12 @@ def _build(data_cfg, source: Source, out: str, progress: bool, shard_docs, stop_
         write_json_atomic(record_path, state)
     enc = Encoder(tokenizer, state["vocab"], data_cfg.num_proc)
     try:
-        _write_shards(source, data_cfg, enc, state, partial, record_path, val_fraction, progress, shard_docs,
+        _write_shards(source, data_cfg, enc, state, partial, record_path, target, progress, shard_docs,
                       stop_after_shards)
     finally:
         enc.close()
+    state["replaced_bytes"], state["val_target"] = {os.path.relpath(f, data_cfg.dataset) if os.path.isdir(
+        data_cfg.dataset) else os.path.basename(f): n for f, n in replaced.items()}, target
     return _finish(data_cfg, source, out, enc, state, val_fraction, progress)
 
 
@@ -158,10 +190,11 @@ def _write_shards(source, data_cfg, enc, state, partial, record_path, val_fracti
         n_chars = n = 0
         for doc in docs:
             if doc:
-                val = source.fixed_split(i) if source.fixed_split else is_val_doc(i, val_fraction)
-                s = "val" if val else "train"
-                split_docs[s].append(doc)
-                split_bytes[s] += len(doc.encode("utf-8"))
+                fixed = getattr(source, "fixed_split", None)
+                for s, text in ([("val" if fixed(i) else "train", doc)] if fixed else
+                                split_document(doc, val_fraction)):
+                    split_docs[s].append(text)
+                    split_bytes[s] += len(text.encode("utf-8"))
                 n_chars += len(doc)
             i += 1
             n += 1
@@ -200,12 +233,12 @@ def _finish(data_cfg, source, out, enc, state, val_fraction, progress) -> Manife
     if totals["val_docs"] == 0 or totals["train_docs"] == 0:
         raise DataError(f"{source.key} has {state['docs_done']} non-empty documents, too few for a train and a val "
                         "split; use more documents (`max_docs`) or a larger `val_fraction`")
-    digests = {}
+    digests, max_id, blocks = {}, {}, {}
     bar = _tqdm(progress, desc="writing token files", unit="B", unit_scale=True,
                 total=(totals["train_tokens"] + totals["val_tokens"]) * enc.dtype.itemsize)
     for s in ("train", "val"):
         final = os.path.join(out, f"{s}.bin")
-        h = hashlib.sha256()
+        h = Hasher(str(enc.dtype))
         with open(final + ".tmp", "wb") as dst:
             for sh in shards:
                 with open(os.path.join(partial, f"shard_{sh['index']:06d}.{s}.bin"), "rb") as src:
@@ -217,15 +250,24 @@ def _finish(data_cfg, source, out, enc, state, val_fraction, progress) -> Manife
                         dst.write(chunk)
                         bar.update(len(chunk))
         os.replace(final + ".tmp", final)
-        digests[s] = h.hexdigest()
+        digests[s], max_id[s], blocks[s] = h.sha.hexdigest(), h.max_id, sample_blocks(final)
     bar.close()
+    total = totals["train_tokens"] + totals["val_tokens"]
     m = Manifest(dir=os.path.abspath(out), source=source.description, tokenizer=enc.name, dtype=str(enc.dtype),
                  n_vocab=enc.tok.n_vocab, train_path=os.path.join(os.path.abspath(out), "train.bin"),
                  val_path=os.path.join(os.path.abspath(out), "val.bin"), train_tokens=totals["train_tokens"],
                  val_tokens=totals["val_tokens"], train_bytes=totals["train_bytes"], val_bytes=totals["val_bytes"],
                  sha256=digests, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), dataset=data_cfg.dataset,
                  vocab=enc.vocab, eot=enc.tok.eot, train_docs=totals["train_docs"], val_docs=totals["val_docs"],
-                 val_fraction=val_fraction, max_docs=data_cfg.max_docs)
+                 val_fraction=val_fraction, max_docs=data_cfg.max_docs, docs=state["docs_done"],
+                 val_target=state.get("val_target", val_fraction), val_achieved=totals["val_tokens"] / total,
+                 max_id=max_id, blocks=blocks, replaced_bytes=state.get("replaced_bytes", {}))
     write_manifest(m)
     shutil.rmtree(partial, ignore_errors=True)
+    if progress:
+        print(f"val split: {m.val_tokens:,} of {total:,} tokens = {m.val_achieved:.2%} (asked {val_fraction:g}, aimed "
+              f"at {m.val_target:.3g})", file=sys.stderr)
+    warning = None if getattr(source, "fixed_split", None) else floor_warning(m.val_tokens, total)
+    if warning:
+        print(warning, file=sys.stderr)
     return m
