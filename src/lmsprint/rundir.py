@@ -6,6 +6,10 @@ Layout of `<results_base_folder>/<run name>[-N]/` (the names below are defined h
     metrics.jsonl        one JSON row per log call                            metrics_path / read_metrics
     samples.txt          generated text samples                               samples_path
     eval.json            `lmsprint eval` results                              eval_path
+    evals/lm_eval-*.json `lmsprint eval --tasks` (lm-eval) results, one file each  lm_eval_dir
+    model.safetensors    the latest weights (no pickle), with the model config  weights_path
+    tokenizer_info.json  what rebuilds the tokenizer offline                  tokenizer_info_path
+    versions.json        lmsprint / torch / python versions that trained it    versions_path
     checkpoints/latest.pt                                                     checkpoint_path / has_checkpoint
     wandb/ (run_id), tb/ the optional sinks' folders                          wandb_dir / wandb_id_path / tb_dir
 and `<results_base_folder>/latest`, a pointer file naming the newest run.
@@ -40,6 +44,10 @@ SAMPLES_FILE = "samples.txt"
 EVAL_FILE = "eval.json"
 CKPT_DIR = "checkpoints"
 LATEST_CKPT = "latest.pt"
+LM_EVAL_DIR = "evals"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_INFO_FILE = "tokenizer_info.json"  # not tokenizer.json: that name means a Hugging Face tokenizer file
+VERSIONS_FILE = "versions.json"
 WANDB_DIR = "wandb"                 # wandb.init(dir=run_dir) itself writes into <run_dir>/wandb
 WANDB_ID_FILE = "run_id"           # inside WANDB_DIR: the wandb run id a resumed run continues
 TB_DIR = "tb"
@@ -66,6 +74,22 @@ def samples_path(run_dir: str) -> str:
 
 def eval_path(run_dir: str) -> str:
     return os.path.join(run_dir, EVAL_FILE)
+
+
+def lm_eval_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, LM_EVAL_DIR)
+
+
+def weights_path(run_dir: str) -> str:
+    return os.path.join(run_dir, WEIGHTS_FILE)
+
+
+def tokenizer_info_path(run_dir: str) -> str:
+    return os.path.join(run_dir, TOKENIZER_INFO_FILE)
+
+
+def versions_path(run_dir: str) -> str:
+    return os.path.join(run_dir, VERSIONS_FILE)
 
 
 def checkpoint_path(run_dir: str, name: str = LATEST_CKPT) -> str:

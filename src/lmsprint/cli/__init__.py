@@ -1,7 +1,8 @@
 """The `lmsprint` command line: the parser, the subcommands, and the one place errors become a line of text.
 
 Each subcommand group is a module of this package exposing `add_<name>_arguments(parser)` and
-`run_<name>(args) -> int`: `train.py` (train, eval, generate), `prepare.py`, `bench.py`, `compare.py`, `sweep.py`.
+`run_<name>(args) -> int`: `train.py` (train, eval, generate; eval's lm-eval part in `lmeval.py`), `prepare.py`,
+`bench.py`, `compare.py`, `sweep.py`, `export.py`.
 `main()` wires them up and turns any `UserError` (including the domain errors ConfigError, DataError,
 CheckpointError) into `lmsprint: error: <message>` on one line with exit status 2; `errors.cli_message` words
 option names as flags (`--name`).
@@ -19,8 +20,9 @@ from ..errors import EXIT_USAGE, UserError, cli_message
 SUBCOMMANDS = {
     "train": ("lmsprint.cli.train", "train a model (llm-baselines flags + --time_budget, --resume)"),
     "prepare": ("lmsprint.cli.prepare", "tokenize a dataset into token files + manifest"),
-    "eval": ("lmsprint.cli.train", "re-evaluate a run's checkpoint on the val split"),
+    "eval": ("lmsprint.cli.train", "re-evaluate a run's checkpoint on the val split, or on lm-eval tasks (--tasks)"),
     "generate": ("lmsprint.cli.train", "sample text from a run's checkpoint"),
+    "export": ("lmsprint.cli.export", "write a Hugging Face transformers folder (safetensors + tokenizer) from a run"),
     "bench": ("lmsprint.cli.bench", "time training steps on synthetic tokens (tokens/s, MFU, memory)"),
     "compare": ("lmsprint.cli.compare", "compare runs: table, seed groups, plots, report"),
     "sweep": ("lmsprint.cli.sweep", "run a grid of flag values x seeds, resumable"),

@@ -4,10 +4,12 @@
   With --resume the run's own config.yaml is used; flags given alongside may only be the ones whose option says
   `resume_safe` (where/how a run executes or is reported: device, progress bar, logging sinks, checkpoint
   cadence, data location, compile), never ones that could alter its numbers.
-- eval: `lmsprint eval RUN_DIR|latest [--eval_tokens N|full] [--device D]` re-evaluates the run's latest
-  checkpoint, prints the metrics and writes eval.json in the run directory (and nothing else).
+- eval: `lmsprint eval RUN_DIR|latest [--eval_tokens N|full] [--device D] [--checkpoint NAME]` re-evaluates the
+  run's latest weights, prints the metrics and writes eval.json in the run directory (and nothing else); with
+  `--tasks a,b` it runs lm-evaluation-harness instead (cli/lmeval.py).
 - generate: `lmsprint generate RUN_DIR|latest --prompt "..." --max_new_tokens 200 --temperature 0.8
-  --top_k 200 --seed 0 --num_samples 1` prints samples from the run's latest checkpoint.
+  --top_k 200 --seed 0 --num_samples 1` prints samples from the run's latest weights, with the tokenizer rebuilt
+  from the run directory (train/artifacts.py): no data cache, no network.
 """
 
 from __future__ import annotations
@@ -19,16 +21,16 @@ from .. import keys as K
 from .. import rundir
 from ..config import FLAGS, add_flags, build_config, coerce, flags_where, get_value, set_value
 from ..data.loader import val_batches
-from ..errors import CheckpointError, UserError
+from ..errors import UserError
 from ..hw import autocast_context, resolve_device, resolve_dtype
-from ..model.transformer import Transformer
 from ..track.sinks import Sinks, check_available
 from ..train.data import load_data
 from ..train.distributed import World
 from ..train.evaluate import evaluate
 from ..train.generate import sample_text
-from ..train.state import load_checkpoint
+from ..train.artifacts import load_run_model, run_tokenizer
 from ..train.trainer import train
+from .lmeval import add_lm_eval_arguments, run_lm_eval_command
 
 # flags that may accompany --resume: they change where/how a run executes or is reported, never its numbers
 RESUME_SAFE = frozenset(flags_where("resume_safe"))
@@ -102,26 +104,20 @@ def _add_run_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
 
 
-def load_run(spec: str, base: str, device_spec: str):
-    """(run_dir, cfg, model on device in eval mode, checkpoint state, device) of a run's latest checkpoint."""
+def load_run(spec: str, base: str, device_spec: str, checkpoint=None):
+    """(run_dir, cfg, model on device in eval mode, step, device) of a run's latest weights (or `checkpoint`)."""
     run_dir = rundir.resolve_run_dir(spec, base)
     cfg = rundir.read_config(run_dir)
     device = resolve_device(device_spec)
-    state = load_checkpoint(rundir.checkpoint_path(run_dir))
-    model = Transformer(cfg.model)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint of {run_dir} does not match its config.yaml "
-                              f"({str(e).splitlines()[0][:120]}); was config.yaml edited?")
-    model.to(device).eval()
-    return run_dir, cfg, model, state, device
+    model, step = load_run_model(run_dir, cfg, checkpoint, device)
+    return run_dir, cfg, model, step, device
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     _add_run_arg(p)
     p.add_argument("--eval_tokens", default="full", metavar="N|full",
                    help="evaluate on the first N val tokens, or the whole val split (default: full)")
+    add_lm_eval_arguments(p)
 
 
 def _parse_eval_tokens(v: str):
@@ -138,15 +134,17 @@ def _parse_eval_tokens(v: str):
 
 
 def run_eval(args) -> int:
+    if args.tasks is not None:  # downstream benchmarks through lm-eval instead of the val split
+        return run_lm_eval_command(args)
     max_tokens = _parse_eval_tokens(args.eval_tokens)
-    run_dir, cfg, model, state, device = load_run(args.run_dir, args.results_base_folder, args.device)
+    run_dir, cfg, model, step, device = load_run(args.run_dir, args.results_base_folder, args.device, args.checkpoint)
     cfg.train.device = device
     world = World(device=device)
     _, tok, _, val_tokens = load_data(cfg, world, progress=False)
     batches = val_batches(val_tokens, cfg.model.sequence_length, cfg.train.batch_size, max_tokens=max_tokens)
     ctx = autocast_context(device, resolve_dtype(cfg.train.dtype, device))
     res = evaluate(model, batches, tok.token_bytes(), device, ctx, world)
-    out = {"run_dir": run_dir, "step": int(state["step"]), "eval_tokens_requested": max_tokens or "full",
+    out = {"run_dir": run_dir, "step": step, "eval_tokens_requested": max_tokens or "full",
            **res, "device": device, "evaluated_at": rundir.now_iso()}
     rundir.write_eval(run_dir, out)
     print(f"{run_dir} @ step {out['step']}: " + "  ".join(
@@ -168,8 +166,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
 def run_generate(args) -> int:
     if args.max_new_tokens < 0 or args.num_samples < 1 or args.temperature < 0 or args.top_k < 0:
         raise UserError("--max_new_tokens, --temperature and --top_k must be >= 0 and --num_samples >= 1")
-    run_dir, cfg, model, state, device = load_run(args.run_dir, args.results_base_folder, args.device)
-    _, tok, _, _ = load_data(cfg, World(device=device), progress=False)
+    run_dir, cfg, model, _, device = load_run(args.run_dir, args.results_base_folder, args.device)
+    tok = run_tokenizer(run_dir, cfg)  # from the run directory: no data preparation, no network
     texts = sample_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k or None, seed=args.seed, device=device, num_samples=args.num_samples,
                         ctx=autocast_context(device, resolve_dtype(cfg.train.dtype, device)))

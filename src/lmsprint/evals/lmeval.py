@@ -28,11 +28,11 @@ from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
+from .. import rundir
 from ..errors import ConfigError, UserError
 from ..export.hf import export_hf, hf_architecture
 from ..export.hf_tokenizer import describe_tokenizer
 
-EVALS_DIR = "evals"
 RESULTS_PREFIX = "lm_eval-"
 
 _INSTALL_HINT = "pip install 'lmsprint[evals]'"
@@ -41,6 +41,7 @@ _INSTALL_HINT = "pip install 'lmsprint[evals]'"
 def _import_lm_eval():
     try:
         import lm_eval  # lazy: optional dependency (lmsprint[evals])
+        import transformers  # noqa: F401  # lazy: optional dependency (lmsprint[evals]); lm-eval's `hf` model uses it
         from lm_eval.tasks import TaskManager  # lazy: optional dependency (lmsprint[evals])
     except ImportError as e:
         raise UserError(f"downstream evals need lm-evaluation-harness ({e}); {_INSTALL_HINT}")
@@ -120,7 +121,7 @@ def _stamp() -> str:
 
 def write_results(run_dir: str, results: Mapping, extra: Optional[Mapping] = None) -> str:
     """Write results to a new file under `<run_dir>/evals/`; never replaces an existing file. Returns its path."""
-    d = os.path.join(run_dir, EVALS_DIR)
+    d = rundir.lm_eval_dir(run_dir)
     os.makedirs(d, exist_ok=True)
     stamp = _stamp()
     payload = {"lmsprint": dict(extra or {}), **results}
@@ -145,7 +146,7 @@ def write_results(run_dir: str, results: Mapping, extra: Optional[Mapping] = Non
 
 def list_results(run_dir: str) -> list[str]:
     """Result files of a run, oldest first (by name: UTC time, then suffix)."""
-    d = os.path.join(run_dir, EVALS_DIR)
+    d = rundir.lm_eval_dir(run_dir)
     if not os.path.isdir(d):
         return []
 
@@ -168,6 +169,7 @@ def evaluate_model(model_cfg, state_dict: Mapping[str, torch.Tensor], tokenizer_
         raise ConfigError("`tokenizer` char has no end-of-text token, which lm-eval needs to prefix its requests; "
                           "downstream evals support models trained with `tokenizer` gpt2")
     names = parse_tasks(tasks)
+    _import_lm_eval()  # a missing extra is reported before the export work
     with tempfile.TemporaryDirectory(prefix="lmsprint-eval-") as tmp:
         folder = os.path.join(tmp, "hf")
         export_hf(model_cfg, state_dict, tokenizer_info, folder)
@@ -179,4 +181,4 @@ def evaluate_model(model_cfg, state_dict: Mapping[str, torch.Tensor], tokenizer_
 
 
 __all__ = ["run_lm_eval", "results_table", "summary_metrics", "write_results", "list_results", "evaluate_model",
-           "parse_tasks", "task_manager", "EVALS_DIR"]
+           "parse_tasks", "task_manager"]

@@ -7,12 +7,17 @@
   ByteLevel pre-tokenizer with GPT-2's regex, no prefix space) and `tokenizer_config.json` are written too, so
   `AutoTokenizer.from_pretrained(folder)` loads offline and gives lmsprint's ids. One difference: lmsprint
   encodes the text "<|endoftext|>" inside a document as ordinary text, Hugging Face as the special token 50256.
+- a Hugging Face tokenizer (lmsprint names it by the path of its tokenizer.json and keeps the file's whole JSON text
+  as its `vocab`): that JSON is written as `tokenizer.json` unchanged, with a `PreTrainedTokenizerFast`
+  `tokenizer_config.json` whose eos/bos token is lmsprint's document separator for it (if it has one). A
+  post-processor in that file (e.g. one adding BOS) stays; lmsprint itself encodes without special tokens.
 - `char`: one token per character of the run's saved vocabulary, in id order: a `tokenizers` BPE model with no
   merges and no pre-tokenizer (so every character is one token) and a Fuse decoder (characters are joined
   without spaces). It has no special tokens (lmsprint's char tokenizer has no separator); characters outside
   the vocabulary are dropped by Hugging Face where lmsprint refuses them.
 
-`tokenizer_info` is a dict `{"name": "gpt2"}` or `{"name": "char", "vocab": "<characters in id order>"}`, or an
+`tokenizer_info` is a dict `{"name": "gpt2"}`, `{"name": "char", "vocab": "<characters in id order>"}` or
+`{"name": "<path of a tokenizer.json>", "vocab": "<its JSON text>"}`, or an
 lmsprint tokenizer object (`lmsprint.data.tokenizer.get_tokenizer(...)`) or data Manifest, from which that dict
 is read (`describe_tokenizer`).
 """
@@ -22,23 +27,26 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
-from ..data.tokenizer import TOKENIZERS, _GPT2_EOT, _GPT2_N_VOCAB, gpt2_files
-from ..errors import ConfigError
+from ..data.tokenizer import TOKENIZERS, _GPT2_EOT, _GPT2_N_VOCAB, get_tokenizer, gpt2_files
+from ..errors import ConfigError, UserError
 
 GPT2_EOT = _GPT2_EOT
 GPT2_EOT_ID = _GPT2_N_VOCAB - 1
 
 
 def describe_tokenizer(tok: Union[Mapping[str, Any], Any]) -> dict:
-    """An lmsprint tokenizer (or a dict) -> `{"name": ..., "vocab": chars or None}` (JSON-serialisable)."""
+    """An lmsprint tokenizer (or a dict, or a data Manifest) -> `{"name": ..., "vocab": chars, JSON text or None}`
+    (JSON-serialisable; `get_tokenizer(d["name"], d["vocab"])` rebuilds the tokenizer offline)."""
     if isinstance(tok, Mapping):
         name, vocab = tok.get("name"), tok.get("vocab")
     elif hasattr(tok, "tokenizer") and hasattr(tok, "n_vocab"):  # a data Manifest
         name, vocab = tok.tokenizer, getattr(tok, "vocab", None)
     else:
         name, vocab = getattr(tok, "name", None), getattr(tok, "vocab", None)
+    if isinstance(name, str) and name not in TOKENIZERS and is_hf_state(vocab):
+        return {"name": name, "vocab": vocab}
     if name not in TOKENIZERS:
         raise ConfigError(f"`tokenizer` {name!r} cannot be exported; use one of: {', '.join(TOKENIZERS)}")
     if name == "char":
@@ -47,6 +55,11 @@ def describe_tokenizer(tok: Union[Mapping[str, Any], Any]) -> dict:
                               "or data manifest holds it")
         return {"name": "char", "vocab": "".join(vocab)}
     return {"name": name, "vocab": None}
+
+
+def is_hf_state(vocab) -> bool:
+    """Whether a tokenizer's saved `vocab` is a Hugging Face tokenizer.json text (not a char vocabulary)."""
+    return isinstance(vocab, str) and len(vocab) > 1 and vocab.lstrip().startswith("{") and '"model"' in vocab
 
 
 # ---------------------------------------------------------------------------------------------- GPT-2 BPE
@@ -112,6 +125,15 @@ def gpt2_vocab_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     return vocab, tuple(merges)
 
 
+def _tokenizers():
+    try:
+        import tokenizers  # lazy: optional dependency (lmsprint[export]), only to write tokenizer.json
+        import tokenizers.decoders, tokenizers.models, tokenizers.pre_tokenizers, tokenizers.processors  # noqa: E401
+    except ImportError as e:
+        raise UserError(f"export needs the tokenizers library ({e}); pip install 'lmsprint[export]'")
+    return tokenizers
+
+
 def _write_json(path: str, obj) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=2, ensure_ascii=False)
@@ -119,8 +141,9 @@ def _write_json(path: str, obj) -> None:
 
 
 def write_gpt2_tokenizer(out_dir: str, model_max_length: int) -> None:
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors  # lazy: optional dependency (lmsprint[export])
-
+    lib = _tokenizers()
+    AddedToken, Tokenizer, decoders, models = lib.AddedToken, lib.Tokenizer, lib.decoders, lib.models
+    pre_tokenizers, processors = lib.pre_tokenizers, lib.processors
     vocab, merges = gpt2_vocab_merges()
     _write_json(os.path.join(out_dir, "vocab.json"), vocab)
     with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as fh:
@@ -146,16 +169,41 @@ def write_gpt2_tokenizer(out_dir: str, model_max_length: int) -> None:
 
 
 def write_char_tokenizer(out_dir: str, vocab: str, model_max_length: int) -> None:
-    from tokenizers import Tokenizer, decoders, models  # lazy: optional dependency (lmsprint[export])
-
-    tk = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(vocab)}, merges=[], fuse_unk=False))
-    tk.decoder = decoders.Fuse()
+    lib = _tokenizers()
+    tk = lib.Tokenizer(lib.models.BPE(vocab={c: i for i, c in enumerate(vocab)}, merges=[], fuse_unk=False))
+    tk.decoder = lib.decoders.Fuse()
     tk.save(os.path.join(out_dir, "tokenizer.json"))
     _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
     })
+
+
+def _token_of_id(spec: Mapping, token_id: int) -> Optional[str]:
+    for t in spec.get("added_tokens") or []:
+        if t.get("id") == token_id:
+            return t.get("content")
+    vocab = (spec.get("model") or {}).get("vocab")
+    if isinstance(vocab, Mapping):
+        return next((tok for tok, i in vocab.items() if i == token_id), None)
+    return None
+
+
+def write_hf_tokenizer(info: Mapping, out_dir: str, model_max_length: int) -> dict:
+    """A Hugging Face tokenizer kept by the run: its tokenizer.json as it was, and a tokenizer_config.json."""
+    tok = get_tokenizer(info["name"], info["vocab"])
+    with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as fh:
+        fh.write(info["vocab"])
+    eos = _token_of_id(json.loads(info["vocab"]), tok.eot) if tok.eot is not None else None
+    special = {"bos_token": eos, "eos_token": eos} if eos is not None else {}
+    _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
+        "tokenizer_class": "PreTrainedTokenizerFast", **special,
+        "clean_up_tokenization_spaces": False, "model_max_length": model_max_length})
+    if special:
+        _write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
+    eid = tok.eot if eos is not None else None
+    return {"bos_token_id": eid, "eos_token_id": eid}
 
 
 def write_tokenizer(tokenizer_info, out_dir: str, model_max_length: int) -> dict:
@@ -165,15 +213,21 @@ def write_tokenizer(tokenizer_info, out_dir: str, model_max_length: int) -> dict
     if info["name"] == "gpt2":
         write_gpt2_tokenizer(out_dir, model_max_length)
         return {"bos_token_id": GPT2_EOT_ID, "eos_token_id": GPT2_EOT_ID}
+    if info["name"] != "char":
+        return write_hf_tokenizer(info, out_dir, model_max_length)
     write_char_tokenizer(out_dir, info["vocab"], model_max_length)
     return {"bos_token_id": None, "eos_token_id": None}
 
 
 def tokenizer_vocab_size(tokenizer_info) -> int:
     info = describe_tokenizer(tokenizer_info)
-    return _GPT2_N_VOCAB if info["name"] == "gpt2" else len(info["vocab"])
+    if info["name"] == "gpt2":
+        return _GPT2_N_VOCAB
+    if info["name"] == "char":
+        return len(info["vocab"])
+    return get_tokenizer(info["name"], info["vocab"]).n_vocab
 
 
-__all__ = ["describe_tokenizer", "bytes_to_unicode", "ranks_to_vocab_merges", "gpt2_vocab_merges",
+__all__ = ["describe_tokenizer", "is_hf_state", "bytes_to_unicode", "ranks_to_vocab_merges", "gpt2_vocab_merges",
            "write_tokenizer", "tokenizer_vocab_size", "GPT2_EOT", "GPT2_EOT_ID"]
 

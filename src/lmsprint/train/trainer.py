@@ -32,7 +32,7 @@ from ..data.loader import BatchSampler, to_device, val_batches
 from ..hw import autocast_context, enable_tf32, mfu, peak_flops, sync
 from ..model.transformer import Transformer
 from ..optim.schedules import lr_multiplier
-from . import state
+from . import artifacts, state
 from .checks import check_run
 from .clock import Clock
 from .data import load_data
@@ -106,6 +106,8 @@ class Trainer:
             if self.is_main:
                 rundir.write_config(self.run_dir, cfg)
         self.sinks = self.make_sinks(cfg, self.run_dir, enabled=self.is_main)
+        if self.is_main:  # what eval/generate/export need besides the weights (rebuilt offline from the run dir)
+            artifacts.write_run_files(self.run_dir, self.tok)
         if self.is_main:
             rundir.write_summary(self.run_dir, run_summary(self, "running"))
             print(f"run dir: {self.run_dir}" + (f" (resumed at step {self.step})" if self.resume_dir else ""),
@@ -120,6 +122,7 @@ class Trainer:
             return
         path = rundir.checkpoint_path(self.run_dir)
         state.save_checkpoint(path, state.capture(self))
+        artifacts.write_weights(self.run_dir, self.model, self.cfg.model, self.step)  # model.safetensors, no pickle
         if extra_name:
             shutil.copyfile(path, rundir.checkpoint_path(self.run_dir, extra_name))
 
