@@ -14,6 +14,7 @@ from lmsprint.data.tokenizer import get_tokenizer
 from lmsprint.errors import ConfigError
 from lmsprint.evals import lmeval
 from lmsprint.evals.lmeval import evaluate_model, list_results, parse_tasks, summary_metrics, write_results
+from lmsprint.evals.results import latest_metrics
 from lmsprint.model.transformer import Transformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,13 +33,12 @@ DOCS = [
 # ---------------------------------------------------------------------------------------------- result files
 
 
-def test_result_files_never_overwrite_an_earlier_result(tmp_path, monkeypatch):
-    monkeypatch.setattr(lmeval, "_stamp", lambda: "20250101-000000")
-    run = str(tmp_path)
-    first = write_results(run, {"results": {"t": {"acc,none": 0.25}}}, {"n": 1})
-    second = write_results(run, {"results": {"t": {"acc,none": 0.5}}}, {"n": 2})
+def test_result_files_never_overwrite_an_earlier_result(tmp_path):
+    run, stamp = str(tmp_path), "20250101-000000"  # one UTC second for all three: the names must still differ
+    first = write_results(run, {"results": {"t": {"acc,none": 0.25}}}, {"n": 1}, stamp=stamp)
+    second = write_results(run, {"results": {"t": {"acc,none": 0.5}}}, {"n": 2}, stamp=stamp)
     (tmp_path / "evals" / "lm_eval-20250101-000000-3.json").write_text("someone else's")
-    third = write_results(run, {"results": {"t": {"acc,none": 0.75}}}, {"n": 3})
+    third = write_results(run, {"results": {"t": {"acc,none": 0.75}}}, {"n": 3}, stamp=stamp)
     assert [os.path.basename(p) for p in (first, second, third)] == [
         "lm_eval-20250101-000000.json", "lm_eval-20250101-000000-2.json", "lm_eval-20250101-000000-4.json"]
     assert json.loads(open(first).read())["results"]["t"]["acc,none"] == 0.25
@@ -46,6 +46,8 @@ def test_result_files_never_overwrite_an_earlier_result(tmp_path, monkeypatch):
     assert (tmp_path / "evals" / "lm_eval-20250101-000000-3.json").read_text() == "someone else's"
     assert list_results(run) == [first, second, str(tmp_path / "evals" / "lm_eval-20250101-000000-3.json"), third]
     assert sorted(os.listdir(tmp_path / "evals")) == sorted(os.path.basename(p) for p in list_results(run))
+    (tmp_path / "evals" / "lm_eval-20250101-000000-3.json").write_text("{not json")
+    assert latest_metrics(run) == {"t/acc": 0.75}  # newest readable file wins; a damaged one is skipped
 
 
 def test_summary_metrics_and_task_parsing():

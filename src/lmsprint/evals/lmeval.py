@@ -9,7 +9,7 @@ inside the functions that need them, so `import lmsprint.evals.lmeval` works wit
   (when every task is found there, lm-eval's thousands of built-in task files are not even indexed).
 - `results_table(results)`: lm-eval's markdown table, for printing.
 - `summary_metrics(results)`: flat {"<task>/<metric>": value} of the numeric metrics (for `compare` columns).
-- `write_results(run_dir, results)`: writes `<run_dir>/evals/lm_eval-<UTC time>.json` (suffix `-2`, `-3`, ... if
+- `write_results(run_dir, results)` (results.py): writes `<run_dir>/evals/lm_eval-<UTC time>.json` (suffix `-2`, `-3`, ... if
   that name exists). The file is fully written under a temporary name and then hard-linked to its final name,
   which fails instead of replacing an existing file, so an earlier result is never overwritten, even by a
   concurrent eval.
@@ -23,17 +23,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
-from .. import rundir
 from ..errors import ConfigError, UserError
 from ..export.hf import export_hf, hf_architecture
 from ..export.hf_tokenizer import describe_tokenizer
+from .results import list_results, summary_metrics, write_results  # noqa: F401  (re-exported)
 
-RESULTS_PREFIX = "lm_eval-"
 
 _INSTALL_HINT = "pip install 'lmsprint[evals]'"
 
@@ -101,63 +99,6 @@ def results_table(results: Mapping) -> str:
     if results.get("groups"):
         table += "\n" + make_table(results, "groups")
     return table
-
-
-def summary_metrics(results: Mapping) -> dict[str, float]:
-    """{"<task>/<metric>": value} for every numeric metric (filters such as ',none' dropped; stderr skipped)."""
-    out = {}
-    for task, metrics in (results.get("results") or {}).items():
-        for key, value in metrics.items():
-            metric = key.split(",")[0]
-            if "stderr" in metric or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            out[f"{task}/{metric}"] = float(value)
-    return out
-
-
-def _stamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-
-
-def write_results(run_dir: str, results: Mapping, extra: Optional[Mapping] = None) -> str:
-    """Write results to a new file under `<run_dir>/evals/`; never replaces an existing file. Returns its path."""
-    d = rundir.lm_eval_dir(run_dir)
-    os.makedirs(d, exist_ok=True)
-    stamp = _stamp()
-    payload = {"lmsprint": dict(extra or {}), **results}
-    text = json.dumps(payload, indent=2, default=str) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".lm_eval.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        for n in range(1, 10_000):
-            path = os.path.join(d, f"{RESULTS_PREFIX}{stamp}{'' if n == 1 else f'-{n}'}.json")
-            try:
-                os.link(tmp, path)  # atomic, and fails if `path` exists
-                return path
-            except FileExistsError:
-                continue
-        raise UserError(f"too many lm-eval result files named {RESULTS_PREFIX}{stamp}* in {d}")
-    finally:
-        os.remove(tmp)
-
-
-def list_results(run_dir: str) -> list[str]:
-    """Result files of a run, oldest first (by name: UTC time, then suffix)."""
-    d = rundir.lm_eval_dir(run_dir)
-    if not os.path.isdir(d):
-        return []
-
-    def key(name: str):
-        stem = name[len(RESULTS_PREFIX):-len(".json")]
-        parts = stem.split("-")
-        n = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 1
-        return ("-".join(parts[:2]), n)
-
-    names = [n for n in os.listdir(d) if n.startswith(RESULTS_PREFIX) and n.endswith(".json")]
-    return [os.path.join(d, n) for n in sorted(names, key=key)]
 
 
 def evaluate_model(model_cfg, state_dict: Mapping[str, torch.Tensor], tokenizer_info, run_dir: str,

@@ -15,6 +15,7 @@ from .. import keys as K
 from .. import rundir
 from ..config import flatten
 from ..errors import UserError
+from ..evals.results import latest_metrics
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Run:
     summary: dict
     rows: list                        # metrics.jsonl rows
     final: dict = field(default_factory=dict)   # one value (or None) per keys.VAL_METRICS key
+    lm_eval: dict = field(default_factory=dict)  # {"<task>/<metric>": value} of `lmsprint eval --tasks` results
 
     @property
     def complete(self) -> bool:
@@ -96,4 +98,10 @@ def load_run(path: str) -> Run:
         if v is None and not run.complete:  # an unfinished run: its last logged val numbers
             v = run.get(key)
         run.final[key] = _number(v)
+    run.lm_eval = latest_metrics(path)
     return run
+
+
+def lm_eval_columns(runs: list[Run]) -> list[str]:
+    """The lm-eval metrics any of the runs has ("<task>/<metric>", sorted): compare's extra columns."""
+    return sorted({k for r in runs for k in r.lm_eval})

@@ -19,7 +19,7 @@ from typing import Optional
 
 from .. import keys as K
 from ..errors import UserError
-from .discover import Run, find_runs, load_run
+from .discover import Run, find_runs, lm_eval_columns, load_run
 from .plots import plot_curves
 from .stats import (NOISE_RULE, SINGLE_SEED, Group, best_group, differing_keys, fmt_val, group_runs, noise_verdict,
                     norm)
@@ -57,12 +57,14 @@ def _pm(m, s, fmt) -> str:
 
 
 def run_table(runs: list[Run], diff: list[str]) -> tuple[list[str], list[list[str]]]:
-    header = ["run", "status"] + [m.label for m in K.VAL_METRICS] + [
+    lm = lm_eval_columns(runs)  # downstream benchmarks (lmsprint eval --tasks), when any run has them
+    header = ["run", "status"] + [m.label for m in K.VAL_METRICS] + lm + [
         "tokens", "train time", "tokens/s", "params", "active"] + diff
     rows = []
     for r in runs:
         mark = "" if r.complete else "*"
-        rows.append([r.name + mark, r.status] + [_num(r.final.get(m.key), m.fmt) for m in K.VAL_METRICS] + [
+        rows.append([r.name + mark, r.status] + [_num(r.final.get(m.key), m.fmt) for m in K.VAL_METRICS] +
+                    [_num(r.lm_eval.get(k), "{:.4f}") for k in lm] + [
             _si(r.get(K.TOKENS)), _secs(r.get(K.TRAIN_TIME)), _si(r.get(K.TOKENS_PER_S)),
             _si(r.summary.get("params_total")), _si(r.summary.get("params_active"))] + [
             fmt_val(r.flat.get(k)) for k in diff])

@@ -1,0 +1,99 @@
+"""lm-eval result files of a run (`<run_dir>/evals/lm_eval-<UTC time>[-N].json`) and their numbers, without
+importing lm-eval or torch (so `compare` stays light).
+
+- `write_results(run_dir, results)`: writes a new file; the text is fully written under a temporary name and then
+  hard-linked to its final name, which fails instead of replacing an existing file, so an earlier result is never
+  overwritten, even by a concurrent eval (suffix `-2`, `-3`, ... when the name is taken).
+- `list_results(run_dir)`: the files, oldest first. `summary_metrics(results)`: flat {"<task>/<metric>": value}.
+- `latest_metrics(run_dir)`: the metrics of all of a run's result files merged, newer files winning (compare's
+  lm-eval columns).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Mapping, Optional
+
+from .. import rundir
+from ..errors import UserError
+
+RESULTS_PREFIX = "lm_eval-"
+
+
+def summary_metrics(results: Mapping) -> dict[str, float]:
+    """{"<task>/<metric>": value} for every numeric metric (filters such as ',none' dropped; stderr skipped)."""
+    out = {}
+    for task, metrics in (results.get("results") or {}).items():
+        for key, value in metrics.items():
+            metric = key.split(",")[0]
+            if "stderr" in metric or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            out[f"{task}/{metric}"] = float(value)
+    return out
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+
+def write_results(run_dir: str, results: Mapping, extra: Optional[Mapping] = None,
+                  stamp: Optional[str] = None) -> str:
+    """Write results to a new file under `<run_dir>/evals/`; never replaces an existing file. Returns its path."""
+    d = rundir.lm_eval_dir(run_dir)
+    os.makedirs(d, exist_ok=True)
+    stamp = stamp or _stamp()
+    payload = {"lmsprint": dict(extra or {}), **results}
+    text = json.dumps(payload, indent=2, default=str) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".lm_eval.", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        for n in range(1, 10_000):
+            path = os.path.join(d, f"{RESULTS_PREFIX}{stamp}{'' if n == 1 else f'-{n}'}.json")
+            try:
+                os.link(tmp, path)  # atomic, and fails if `path` exists
+                return path
+            except FileExistsError:
+                continue
+        raise UserError(f"too many lm-eval result files named {RESULTS_PREFIX}{stamp}* in {d}")
+    finally:
+        os.remove(tmp)
+
+
+def list_results(run_dir: str) -> list[str]:
+    """Result files of a run, oldest first (by name: UTC time, then suffix)."""
+    d = rundir.lm_eval_dir(run_dir)
+    if not os.path.isdir(d):
+        return []
+
+    def key(name: str):
+        stem = name[len(RESULTS_PREFIX):-len(".json")]
+        parts = stem.split("-")
+        n = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 1
+        return ("-".join(parts[:2]), n)
+
+    names = [n for n in os.listdir(d) if n.startswith(RESULTS_PREFIX) and n.endswith(".json")]
+    return [os.path.join(d, n) for n in sorted(names, key=key)]
+
+
+def latest_metrics(run_dir: str) -> dict[str, float]:
+    """{"<task>/<metric>": value} over all result files of the run, a newer file's value replacing an older one;
+    unreadable files are skipped."""
+    out: dict[str, float] = {}
+    for path in list_results(run_dir):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                results = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        if isinstance(results, dict):
+            out.update(summary_metrics(results))
+    return out
+
+
+__all__ = ["RESULTS_PREFIX", "write_results", "list_results", "summary_metrics", "latest_metrics"]
