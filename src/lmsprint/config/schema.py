@@ -253,6 +253,9 @@ class TrainConfig:
     distributed_backend: Optional[str] = option(None, "torch.distributed backend under torchrun: nccl or gloo "
                                              "(default: nccl on CUDA, gloo on CPU)", choices=[None, "nccl", "gloo"],
                                              resume_safe=True)
+    data_parallel: str = option("ddp", "data parallelism under torchrun: ddp (every process holds the whole model) "
+                             "or fsdp (FSDP2: parameters, gradients and optimizer state sharded over the processes; "
+                             "sharded checkpoints)", choices=["ddp", "fsdp"])
 
 
 @dataclass

@@ -32,6 +32,7 @@ from ..export import describe_tokenizer, load_weights, save_weights
 from ..files import atomic_write_text
 from ..hw import unwrap
 from ..model.transformer import Transformer
+from .sharded import plain_model_state
 from .state import load_checkpoint
 
 
@@ -90,6 +91,8 @@ def load_run_weights(run_dir: str, checkpoint: Optional[str] = None) -> tuple[di
     else:
         path = rundir.checkpoint_path(run_dir)
     state = load_checkpoint(path)
+    if state.get("sharded"):  # data_parallel fsdp: the weights are in the DCP folder it names
+        return plain_model_state(os.path.join(os.path.dirname(path), state["sharded"])), int(state["step"]), path
     return state["model"], int(state["step"]), path
 
 

@@ -1,9 +1,20 @@
-"""Data-parallel plumbing: torchrun environment -> process group, DDP wrapping, rank-0 writing, reductions.
+"""Data-parallel plumbing: torchrun environment -> process group, DDP or FSDP2 wrapping, reductions.
 
-`init_distributed(device, backend)` reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK; with one process it does
-nothing and returns a single-process `World`. Backend: nccl on CUDA, gloo on CPU, unless one is given.
-All helpers (`all_reduce_sum`, `all_reduce_mean`, `barrier`, `broadcast_object`) are no-ops in one process,
-so the training loop calls them unconditionally. Device resolution is `hw.resolve_device`.
+`init_distributed(device, backend, data_parallel)` reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK; with one
+process it returns a single-process `World` (under `data_parallel` fsdp it still opens a one-process group, so
+that one process shards, saves and loads exactly as N do). Backend: nccl on CUDA, gloo on CPU, unless one is given.
+All helpers (`all_reduce_sum`, `all_reduce_mean`, `all_reduce_max`, `barrier`, `broadcast_object`,
+`gather_object`) are no-ops in one process, so the training loop calls them unconditionally.
+
+- `wrap_ddp(module, world)`: DistributedDataParallel over the loss head (`data_parallel` ddp).
+- `shard_model(model, dtype, compile_kw)`: FSDP2 (`torch.distributed.fsdp.fully_shard`) on every Transformer block
+  and then on the model (the root: embeddings, final norm, head). On CUDA with a bfloat16 compute dtype the
+  parameters are all-gathered and computed in bfloat16 and gradients reduced in float32 (MixedPrecisionPolicy).
+  With `compile` each block is compiled in place before it is sharded (per-block compilation: the FSDP hooks stay
+  outside the compiled graphs). The root keeps its parameters unsharded after its forward, so the loss head
+  (which uses the tied embedding as the output matrix outside the model's forward) reads whole tensors.
+- `check_data_parallel(cfg)`: the combinations fsdp cannot run (ConfigError naming the options).
+Device resolution is `hw.resolve_device`.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..errors import ConfigError
@@ -26,6 +38,7 @@ class World:
     local_rank: int = 0
     world_size: int = 1
     device: str = "cpu"
+    sharded: bool = False  # data_parallel fsdp: the model is sharded over the process group (of >= 1 process)
 
     @property
     def distributed(self) -> bool:
@@ -36,12 +49,19 @@ class World:
         return self.rank == 0
 
 
-def init_distributed(device_spec: str = "auto", backend: Optional[str] = None) -> World:
+def init_distributed(device_spec: str = "auto", backend: Optional[str] = None, data_parallel: str = "ddp") -> World:
     """Initialise torch.distributed from torchrun's env vars (if WORLD_SIZE > 1) and pick this rank's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_spec)
-    if world_size <= 1:
+    sharded = data_parallel == "fsdp"
+    if world_size <= 1 and not sharded:
         return World(device=device)
+    if world_size <= 1:  # fsdp in one process: a one-process group (in-memory store, no rendezvous)
+        backend = backend or ("nccl" if device.startswith("cuda") else "gloo")
+        if not dist.is_initialized():
+            kw = {"device_id": torch.device(device)} if backend == "nccl" else {}
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, **kw)
+        return World(device=device, sharded=True)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
@@ -52,7 +72,7 @@ def init_distributed(device_spec: str = "auto", backend: Optional[str] = None) -
     if not dist.is_initialized():
         kw = {"device_id": torch.device(device)} if backend == "nccl" else {}
         dist.init_process_group(backend=backend, **kw)
-    return World(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+    return World(rank=rank, local_rank=local_rank, world_size=world_size, device=device, sharded=sharded)
 
 
 def wrap_ddp(model: torch.nn.Module, world: World) -> torch.nn.Module:
@@ -61,6 +81,41 @@ def wrap_ddp(model: torch.nn.Module, world: World) -> torch.nn.Module:
     ids = [torch.device(world.device).index] if world.device.startswith("cuda") else None
     # the only buffers are constant RoPE tables: no need to broadcast them before every forward
     return DDP(model, device_ids=ids, broadcast_buffers=False)
+
+
+def shard_model(model: torch.nn.Module, dtype: torch.dtype, compile_kw: Optional[dict] = None) -> torch.nn.Module:
+    """FSDP2 on each block, then on the model itself (see the module doc); returns the model, sharded in place."""
+    cuda = next(model.parameters()).device.type == "cuda"
+    kw = {}
+    if cuda and dtype == torch.bfloat16:
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for block in model.blocks:
+        if compile_kw is not None:
+            block.compile(**compile_kw)
+        fully_shard(block, **kw)
+    fully_shard(model, **kw)
+    return model
+
+
+# `opt` -> why it cannot run on FSDP's sharded (DTensor) parameters
+FSDP_REFUSED = {
+    "muon": "its Newton-Schulz step needs each whole matrix and FSDP gives every process a shard of it",
+    "lamb": "its trust ratio needs norms of whole tensors and pytorch-optimizer's Lamb fails on FSDP's shards",
+}
+
+
+def check_data_parallel(cfg) -> None:
+    """ConfigError for what `data_parallel` fsdp cannot run."""
+    t = cfg.train
+    if t.data_parallel != "fsdp":
+        return
+    why = FSDP_REFUSED.get(cfg.optim.opt)
+    if why:
+        raise ConfigError(f"`opt` {cfg.optim.opt} cannot run under `data_parallel` fsdp ({why}); use `data_parallel` "
+                          f"ddp, or `opt` adamw, sgd or lion")
+    if t.dtype == "float16":
+        raise ConfigError("`dtype` float16 is not supported under `data_parallel` fsdp (no sharded gradient scaler); "
+                          "use `dtype` bfloat16 or float32")
 
 
 def all_reduce_sum(t: torch.Tensor, world: World) -> torch.Tensor:
@@ -73,6 +128,12 @@ def all_reduce_mean(t: torch.Tensor, world: World) -> torch.Tensor:
     if world.distributed:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= world.world_size
+    return t
+
+
+def all_reduce_max(t: torch.Tensor, world: World) -> torch.Tensor:
+    if world.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
 
 
@@ -90,6 +151,15 @@ def broadcast_object(obj: Any, world: World) -> Any:
     return box[0]
 
 
+def gather_object(obj: Any, world: World) -> Optional[list]:
+    """[every rank's `obj`] on rank 0, None elsewhere."""
+    if not world.distributed:
+        return [obj]
+    out = [None] * world.world_size if world.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def destroy(world: World) -> None:
-    if world.distributed and dist.is_initialized():
+    if (world.distributed or world.sharded) and dist.is_initialized():
         dist.destroy_process_group()

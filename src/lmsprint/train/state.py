@@ -3,6 +3,8 @@
 A checkpoint is one `torch.save`d dict, format `FORMAT_VERSION`:
   format, model, optimizer, scaler (float16 only), step, sampler, rng (python, numpy, torch cpu, cuda),
   train_time, eval_time, compile_time, config, metrics_state {rows, samples_bytes, n_evals, last_val, acc}
+  and from `ranks.gather_states`: ranks (every rank's RNG and accumulators), world_size, global_batch. Under
+  `data_parallel` fsdp, model and optimizer are None and `sharded` names their DCP folder (train/sharded.py).
 where `acc` holds the metric accumulators between log steps, so that a resumed run (same run dir, metrics.jsonl
 and samples.txt cut back to the checkpoint) logs exactly what an uninterrupted run would.
 
@@ -23,7 +25,8 @@ import torch
 
 from ..errors import CheckpointError
 from ..hw import unwrap
-from ..rundir import samples_path
+from ..rundir import checkpoint_path, samples_path
+from .sharded import load_shards
 
 FORMAT_VERSION = 1
 _HINT = "resume from another run or start a new one without `resume`"
@@ -125,8 +128,12 @@ def restore(tr, st: dict) -> None:
     """Load checkpoint `st` into Trainer `tr` (model, optimizer, scaler, counters, clock, accumulators, RNG)."""
     step = tr.step_fn
     try:
-        unwrap(tr.model).load_state_dict(st["model"])
-        step.optimizer.load_state_dict(st["optimizer"])
+        if st.get("sharded"):  # data_parallel fsdp: weights and optimizer state in a DCP folder (sharded.py)
+            load_shards(tr.model, step.optimizer, os.path.join(os.path.dirname(checkpoint_path(tr.resume_dir)),
+                                                               st["sharded"]))
+        else:
+            unwrap(tr.model).load_state_dict(st["model"])
+            step.optimizer.load_state_dict(st["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint of {tr.resume_dir} does not match this model/optimizer "
                               f"({str(e).splitlines()[0][:120]}); resume with the run's own config")

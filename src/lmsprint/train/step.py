@@ -1,9 +1,10 @@
 """The training step, built once for training and for `lmsprint bench`: `build_train_step(cfg, model, device)`.
 
 - `TrainStep`: model + optimizer (+ GradScaler for float16) + the loss head (compiled with --compile, wrapped
-  in DDP under torchrun) + the micro-batch split. `forward_backward(x, y)` accumulates the gradients of one
-  optimizer step's batch, `update()` clips, steps and zeroes them; `step(x, y)` does both. Neither syncs host
-  and device (no .item(), no data-dependent Python branch): statistics come back as device tensors.
+  in DDP under torchrun; or the model sharded with FSDP2 per block under `data_parallel` fsdp) + the micro-batch
+  split. `forward_backward(x, y)` accumulates the gradients of one optimizer step's batch, `update()` clips,
+  steps and zeroes them; `step(x, y)` does both. Neither syncs host and device (no .item(), no data-dependent
+  Python branch): statistics come back as device tensors.
 - `LossHead(model, label_smoothing, loss_chunk)`: model + chunked head/cross-entropy as one module
   `(x, y) -> (objective, ce_sum, correct, aux)`, so `torch.compile` compiles the whole forward and DDP can wrap it.
 - `accumulate_gradients(...)`, `apply_update(...)`: the two halves of a step, usable on their own.
@@ -26,7 +27,7 @@ from ..hw import OOM_ERRORS, autocast_context, resolve_dtype, sync, unwrap
 from ..model.loss import lm_loss
 from ..optim import optimizer_state_bytes
 from ..optim.optimizers import build_optimizer
-from .distributed import World, wrap_ddp
+from .distributed import World, shard_model, wrap_ddp
 
 
 class LossHead(nn.Module):
@@ -126,24 +127,28 @@ def build_train_step(cfg, model: nn.Module, device, world: Optional[World] = Non
                      compile_backend: Optional[str] = None) -> TrainStep:
     """The training step of `cfg` for `model` (already on `device`): optimizer of --opt, compute dtype (GradScaler
     for float16), micro-batch split, loss head compiled with --compile (`compile_backend`, default inductor, which
-    alone takes --compile_mode) and wrapped in DDP when `world` is distributed."""
+    alone takes --compile_mode) and wrapped in DDP when `world` is distributed; under fsdp the model is sharded with
+    FSDP2 and its blocks compiled one by one instead."""
     t = cfg.train
     dev = torch.device(device)
     dtype = resolve_dtype(t.dtype, dev)
+    kw: dict = {}
+    if t.compile_mode not in (None, "", "default") and compile_backend in (None, "inductor"):
+        kw["mode"] = t.compile_mode
+    if compile_backend is not None:
+        kw["backend"] = compile_backend
+    sharded = world is not None and world.sharded
+    if sharded:  # FSDP2 before the optimizer is built: it must hold the sharded parameters
+        shard_model(model, dtype, kw if t.compile else None)
     optimizer = build_optimizer(model, cfg.optim, dev.type)
     micro_bs, n_micro = resolve_micro_batch(cfg, model, dev)
     scaler = torch.amp.GradScaler("cuda", enabled=True) if dtype == torch.float16 else None
     head: nn.Module = LossHead(model, t.label_smoothing, t.loss_chunk)
     eval_model: nn.Module = model
-    if t.compile:
-        kw: dict = {}
-        if t.compile_mode not in (None, "", "default") and compile_backend in (None, "inductor"):
-            kw["mode"] = t.compile_mode
-        if compile_backend is not None:
-            kw["backend"] = compile_backend
+    if t.compile and not sharded:
         head = torch.compile(head, **kw)
         eval_model = torch.compile(model, **kw)  # compiled on its first call: never, in bench
-    if world is not None:
+    if world is not None and not sharded:
         head = wrap_ddp(head, world)
     return TrainStep(cfg, model, str(device), optimizer, scaler, dtype, head, eval_model, micro_bs, n_micro)
 

@@ -32,7 +32,7 @@ from ..data.loader import BatchSampler, to_device, val_batches
 from ..hw import autocast_context, enable_tf32, mfu, peak_flops, sync
 from ..model.transformer import Transformer
 from ..optim.schedules import lr_multiplier
-from . import artifacts, state
+from . import artifacts, ranks, state
 from .checks import check_run
 from .clock import Clock
 from .data import load_data
@@ -79,6 +79,8 @@ class Trainer:
                                                                            progress=cfg.log.progress and world.is_main)
         self.token_bytes = self.tok.token_bytes()
 
+        # another number of processes than the checkpoint's: same global batch, another per-process split
+        self.saved_config = ranks.adapt_batch(cfg, resume_state, world) if resume_state is not None else None
         torch.manual_seed(cfg.train.seed)
         self.model = Transformer(cfg.model).to(dev)
         self.step_fn = build_train_step(cfg, self.model, dev, world)
@@ -96,6 +98,7 @@ class Trainer:
 
         if self.resume_dir:
             state.restore(self, resume_state)
+            ranks.restore_states(self, resume_state)  # this rank's own RNG and accumulators
             self.run_dir = self.resume_dir
             if self.is_main:
                 ms = resume_state["metrics_state"]
@@ -118,10 +121,14 @@ class Trainer:
         return {"steps": 0, "loss": z(), "ce": z(), "n": 0, "aux": {}}
 
     def save(self, extra_name: Optional[str] = None) -> None:
+        every_rank = ranks.gather_states(self)  # all ranks take part: each one's RNG and accumulators
+        if self.world.sharded:  # FSDP: every rank writes its shards (train/ranks.py)
+            ranks.save_sharded(self, every_rank, extra_name)
+            return
         if not self.is_main:
             return
         path = rundir.checkpoint_path(self.run_dir)
-        state.save_checkpoint(path, state.capture(self))
+        state.save_checkpoint(path, {**state.capture(self), **every_rank})
         artifacts.write_weights(self.run_dir, self.model, self.cfg.model, self.step)  # model.safetensors, no pickle
         if extra_name:
             shutil.copyfile(path, rundir.checkpoint_path(self.run_dir, extra_name))
@@ -192,18 +199,23 @@ class Trainer:
         with self.clock.eval_timer(self.device):
             batches = val_batches(self.val_tokens, self.cfg.model.sequence_length, bs, max_tokens=max_tokens,
                                   rank=self.world.rank, world_size=self.world.world_size)
+            if self.world.sharded:  # every forward is a collective: all ranks run as many
+                seq = self.cfg.model.sequence_length
+                n = ranks.val_batch_count(len(self.val_tokens), seq, bs, max_tokens, self.world)
+                batches = ranks.lockstep(batches, n, self.step_fn.eval_model, self.world, seq, self.device)
             return evaluate(self.step_fn.eval_model, batches, self.token_bytes, self.device, self.autocast(),
                             self.world)
 
     def sample(self) -> str:
         lc = self.cfg.log
-        if not self.is_main or lc.sample_tokens <= 0:
+        if (not self.is_main and not self.world.sharded) or lc.sample_tokens <= 0:  # FSDP: all ranks forward
             return ""
         with self.clock.eval_timer(self.device):
             text = sample_text(self.model, self.tok, lc.eval_seq_prefix, max_new_tokens=lc.sample_tokens,
                                temperature=0.8, top_k=200, seed=self.cfg.train.seed + self.step, device=self.device,
                                ctx=self.autocast())[0]
-        self.sinks.log_text(self.step, lc.eval_seq_prefix, text)
+        if self.is_main:
+            self.sinks.log_text(self.step, lc.eval_seq_prefix, text)
         return text
 
     def periodic_eval(self) -> dict:
@@ -252,7 +264,8 @@ class Trainer:
                 bar.show(val=f"{res[K.VAL_LOSS]:.3f}")
             extra = f"step_{self.step}.pt" if t.save_checkpoint_freq and self.step % t.save_checkpoint_freq == 0 \
                 else None
-            if is_eval or extra or time.perf_counter() - last_ckpt >= self.ckpt_every:
+            due = ranks.save_due(time.perf_counter() - last_ckpt >= self.ckpt_every, is_log, self.world)
+            if is_eval or extra or due:
                 self.save(extra)
                 last_ckpt = time.perf_counter()
         # the last partial log interval
@@ -282,7 +295,7 @@ def train(cfg: RunConfig, make_sinks: Callable, resume_dir: Optional[str] = None
     """Run (or resume) one training run; returns its summary (status 'complete'). `make_sinks(cfg, run_dir,
     enabled)` returns the metric sinks (`log`, `log_text`, `finish`)."""
     check_run(cfg)  # also for configs read back from a run directory on --resume
-    world = init_distributed(cfg.train.device, cfg.train.distributed_backend)
+    world = init_distributed(cfg.train.device, cfg.train.distributed_backend, cfg.train.data_parallel)
     tr = Trainer(cfg, world, make_sinks, resume_dir)
     try:
         with oom_as_user_error(cfg):
