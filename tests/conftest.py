@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from tiny import tiny_config
+
 
 @pytest.fixture(scope="session")
 def shakespeare_manifest(tmp_path_factory):
@@ -21,3 +23,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """`tiny(**overrides)` -> a validated RunConfig of the shared tiny shape (tests/tiny.py)."""
+    return tiny_config

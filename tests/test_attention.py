@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmsprint.config import RunConfig, apply_values
+from lmsprint.config import RunConfig
 from lmsprint.errors import ConfigError, cli_message
 from lmsprint.model.loss import lm_loss
 from lmsprint.model import check_model_config
@@ -15,15 +15,13 @@ from lmsprint.model.attention import (Attention, local_heads_of_layer, make_bloc
                                       window_mask)
 from lmsprint.model.transformer import Transformer
 from lmsprint.optim.optimizers import build_optimizer
+from tiny import tiny_config
 
 V, T = 97, 32
 
 
 def small(model="base", **attn) -> RunConfig:
-    cfg = RunConfig()
-    apply_values(cfg, {"model": model, "n_layer": 2, "n_embd": 64, "n_head": 4, "sequence_length": T,
-                       "vocab_size": V, **attn})
-    return cfg
+    return tiny_config(validate=False, model=model, n_embd=64, sequence_length=T, vocab_size=V, **attn)
 
 
 def reference_attention(attn: Attention, x: torch.Tensor, allowed) -> torch.Tensor:

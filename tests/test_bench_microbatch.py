@@ -3,22 +3,21 @@
 import pytest
 import torch
 
-from lmsprint.config import build_config
 from lmsprint.errors import UserError
 from lmsprint.model.transformer import Transformer
 from lmsprint.train.step import LossHead, accumulate_gradients, resolve_micro_batch
+from tiny import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-TINY = {"n_layer": 2, "n_embd": 64, "n_head": 4, "sequence_length": 32, "vocab_size": 128, "batch_size": 2,
-        "acc_steps": 4}
+TINY = {"n_embd": 64, "vocab_size": 128, "acc_steps": 4}  # overrides of the shared tiny shape (tests/tiny.py)
 
 
 @pytest.mark.parametrize("mb,expected", [("", (2, 4)), ("8", (8, 1)), ("4", (4, 2)), ("1", (1, 8)),
                                          ("auto", (2, 4))])
 def test_resolve_micro_batch(mb, expected):
-    cfg = build_config({**TINY, "micro_batch": mb})
+    cfg = tiny_config(**TINY, micro_batch=mb)
     model = Transformer(cfg.model)
     micro, n = resolve_micro_batch(cfg, model, torch.device("cpu"))
     assert (micro, n) == expected
@@ -27,13 +26,13 @@ def test_resolve_micro_batch(mb, expected):
 
 def test_non_divisor_is_a_user_error():
     with pytest.raises(UserError, match="micro_batch"):
-        build_config({**TINY, "micro_batch": "3"})
+        tiny_config(**TINY, micro_batch="3")
 
 
 @pytest.mark.parametrize("model", ["base", "llama2"])
 def test_same_loss_and_grads_for_every_split(model):
     torch.manual_seed(0)
-    cfg = build_config({**TINY, "model": model, "label_smoothing": 0.1, "loss_chunk": 24,
+    cfg = tiny_config(**{**TINY, "model": model, "label_smoothing": 0.1, "loss_chunk": 24,
                         "moe_num_experts": 4 if model == "llama2" else 0})
     net = Transformer(cfg.model)
     head = LossHead(net, cfg.train.label_smoothing, cfg.train.loss_chunk)

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from lmsprint.bench.measure import build_bench_step, synthetic_batches
-from lmsprint.config import build_config
 from lmsprint.hw import count_host_syncs, host_resident
 from lmsprint.model.loss import lm_loss
 from lmsprint.model.transformer import Transformer
@@ -15,9 +14,9 @@ from lmsprint.track.sinks import Sinks
 from lmsprint.train.distributed import World
 from lmsprint.train.step import LossHead
 from lmsprint.train.trainer import Trainer
+from tiny import tiny_config
 
-TINY = {"n_layer": 2, "n_embd": 64, "n_head": 4, "sequence_length": 32, "vocab_size": 128, "batch_size": 2,
-        "acc_steps": 2}
+TINY = {"n_embd": 64, "vocab_size": 128, "acc_steps": 2}  # overrides of the shared tiny shape (tests/tiny.py)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_model_and_loss_compile_fullgraph(model):
     torch._dynamo.reset()
     torch.manual_seed(0)
-    cfg = build_config({**TINY, "model": model, "label_smoothing": 0.1, "loss_chunk": 16})
+    cfg = tiny_config(**TINY, model=model, label_smoothing=0.1, loss_chunk=16)
     net = Transformer(cfg.model)
     head = LossHead(net, cfg.train.label_smoothing, cfg.train.loss_chunk)
     x = torch.randint(0, 128, (2, 32))
@@ -73,7 +72,7 @@ def test_sync_counter_detects_syncs():
 
 @pytest.mark.parametrize("moe", [0, 4])
 def test_bench_step_has_no_host_sync(moe):
-    cfg = build_config({**TINY, "model": "llama2", "moe_num_experts": moe, "grad_clip": 1.0})
+    cfg = tiny_config(**TINY, model="llama2", moe_num_experts=moe, grad_clip=1.0)
     step = build_bench_step(cfg, torch.device("cpu"))
     data = synthetic_batches(step, 2)
     step(*data[0])  # creates optimizer state
@@ -85,7 +84,7 @@ def test_bench_step_has_no_host_sync(moe):
 
 def test_training_loop_step_has_no_host_sync(shakespeare_manifest, tmp_path):
     """lmsprint.train.trainer.Trainer.train_step at non-log steps: no .item()/.tolist()/.cpu()/bool() on tensors."""
-    cfg = build_config({**TINY, "vocab_size": shakespeare_manifest.n_vocab, "dataset": "shakespeare",
+    cfg = tiny_config(**{**TINY, "vocab_size": shakespeare_manifest.n_vocab, "dataset": "shakespeare",
                         "data_dir": os.path.dirname(shakespeare_manifest.dir), "results_base_folder": str(tmp_path),
                         "progress": False, "iterations": 10, "grad_clip": 1.0, "device": "cpu"})
     tr = Trainer(cfg, World(device="cpu"), Sinks)

@@ -14,16 +14,14 @@ from lmsprint.model import moe as moe_mod
 from lmsprint.model.mlp import make_dense_mlp
 from lmsprint.model.moe import MoE
 from lmsprint.model.transformer import Transformer
+from tiny import tiny_config
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_cfg(**kw):
-    base = {"n_layer": 2, "n_embd": 32, "n_head": 4, "sequence_length": 32, "vocab_size": 64,
-            "moe_num_experts": 4, "moe_num_experts_per_tok": 2}
-    base.update(kw)
-    return build_config(base).model
+    return tiny_config(**{"moe_num_experts": 4, "moe_num_experts_per_tok": 2, **kw}).model
 
 
 def make_moe(seed=0, **kw) -> MoE:
@@ -331,8 +329,7 @@ def test_fullgraph_compile_grouped_bf16():
 
 def test_tiny_moe_transformer_learns_and_uses_all_experts():
     torch.manual_seed(0)
-    cfg = build_config({"model": "llama2", "n_layer": 2, "n_embd": 64, "n_head": 4, "sequence_length": 32,
-                        "vocab_size": 64, "moe_num_experts": 4, "moe_num_experts_per_tok": 2}).model
+    cfg = tiny_config(model="llama2", n_embd=64, moe_num_experts=4, moe_num_experts_per_tok=2).model
     model = Transformer(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)

@@ -13,15 +13,13 @@ from lmsprint.model.loss import lm_loss
 from lmsprint.model.transformer import Transformer
 from lmsprint.optim import check_optim_config, optimizer_state_bytes
 from lmsprint.optim.optimizers import OPTIMIZERS, CombinedOptimizer, build_optimizer, param_roles
+from tiny import tiny_config
 
 V, T = 61, 16
 
 
 def small(model="base", **model_kw) -> RunConfig:
-    cfg = RunConfig()
-    apply_values(cfg, {"model": model, "n_layer": 1, "n_embd": 32, "n_head": 4, "sequence_length": T,
-                       "vocab_size": V, **model_kw})
-    return cfg
+    return tiny_config(validate=False, model=model, n_layer=1, sequence_length=T, vocab_size=V, **model_kw)
 
 
 def train_steps(net, opt, n, seed):

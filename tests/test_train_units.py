@@ -20,12 +20,10 @@ from lmsprint.train import state as ckpt
 from lmsprint import rundir as runs
 from lmsprint.train.evaluate import evaluate
 from lmsprint.train.generate import generate_tokens
-
-SMALL = dict(n_layer=2, n_embd=64, n_head=4, sequence_length=32, vocab_size=97)
-
+from tiny import tiny_config
 
 def small_cfg(**kw):
-    return build_config({**SMALL, **kw})
+    return tiny_config(**{"n_embd": 64, "vocab_size": 97, **kw})
 
 
 # ---------------------------------------------------------------------------------------------------- model
