@@ -14,6 +14,7 @@ import importlib
 import sys
 from typing import Optional
 
+from ..version import __version__
 from ..config import SuggestingParser
 from ..errors import EXIT_USAGE, UserError, cli_message
 
@@ -33,6 +34,7 @@ def build_parser(only: Optional[str] = None) -> SuggestingParser:
     """All subcommands; with `only`, import just that subcommand's module (the others stay listed in --help),
     so e.g. `lmsprint bench` needs nothing that other subcommands import."""
     parser = SuggestingParser(prog="lmsprint", description="Pretrain language models against the clock.")
+    parser.add_argument("--version", action="version", version=f"lmsprint {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=SuggestingParser)
     for name, (module, help_) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -47,7 +49,7 @@ def build_parser(only: Optional[str] = None) -> SuggestingParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        parser = build_parser(only=argv[0] if argv and argv[0] in SUBCOMMANDS else None)
+        parser = build_parser(only=argv[0] if argv and argv[0] in SUBCOMMANDS else "")  # "": no subcommand module
         args = parser.parse_args(argv)
         if not getattr(args, "command", None):
             parser.print_help()

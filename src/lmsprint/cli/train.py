@@ -19,7 +19,7 @@ import sys
 
 from .. import keys as K
 from .. import rundir
-from ..config import FLAGS, add_flags, build_config, coerce, flags_where, get_value, set_value
+from ..config import FLAGS, add_flags, build_config, coerce, config_yaml, flags_where, get_value, set_value
 from ..data.loader import val_batches
 from ..errors import UserError
 from ..hw import autocast_context, resolve_device, resolve_dtype
@@ -35,7 +35,7 @@ from .lmeval import add_lm_eval_arguments, run_lm_eval_command
 # flags that may accompany --resume: they change where/how a run executes or is reported, never its numbers
 RESUME_SAFE = frozenset(flags_where("resume_safe"))
 
-_NOT_CONFIG = ("command", "_run", "config", "resume")
+_NOT_CONFIG = ("command", "_run", "config", "resume", "print_config")
 
 
 # ---------------------------------------------------------------------------------------------------- train
@@ -46,6 +46,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="YAML/TOML file of flag values (flat or nested); CLI flags override it")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue a run in its own directory: the directory or 'latest'")
+    p.add_argument("--print_config", action="store_true",
+                   help="print the resolved configuration (preset < --config file < flags) as YAML and exit")
     add_flags(p)
 
 
@@ -90,6 +92,9 @@ def run_train(args) -> int:
     else:
         run_dir = None
         cfg = build_config(values, args.config)
+    if args.print_config:
+        print(config_yaml(cfg), end="")
+        return 0
     check_available(cfg)  # a missing sink package is reported before any run directory is touched
     train(cfg, Sinks, resume_dir=run_dir)
     return 0

@@ -14,7 +14,7 @@ presets.py -> io.py (config files, build_config) -> flags.py (argparse).
 """
 
 from .flags import SuggestingParser, add_flags, unknown_flag_error
-from .io import build_config, load_config_file
+from .io import build_config, config_yaml, load_config_file
 from .options import iter_fields, option, parse_bool, parse_duration
 from .presets import PRESETS
 from .schema import (FLAGS, AttentionConfig, DataConfig, LogConfig, ModelConfig, MoEConfig, OptimConfig, RunConfig,
@@ -23,4 +23,4 @@ from .schema import (FLAGS, AttentionConfig, DataConfig, LogConfig, ModelConfig,
 __all__ = ["RunConfig", "DataConfig", "ModelConfig", "AttentionConfig", "MoEConfig", "OptimConfig", "TrainConfig",
            "LogConfig", "option", "FLAGS", "iter_fields", "get_value", "set_value", "coerce", "parse_duration",
            "parse_bool", "flatten", "apply_values", "build_config", "load_config_file", "add_flags",
-           "SuggestingParser", "unknown_flag_error", "PRESETS", "flags_where", "run_name_parts"]
+           "SuggestingParser", "unknown_flag_error", "PRESETS", "flags_where", "run_name_parts", "config_yaml"]

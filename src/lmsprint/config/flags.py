@@ -1,7 +1,11 @@
 """The command line generated from the config tree: one argparse flag per option, and one-line parse errors.
 
-- `add_flags(parser, sections)`: a `--name` per option (help, metavar and choices from its metadata).
-- `SuggestingParser`: argparse whose errors are one `UserError` line, naming the closest flag for a typo.
+- `add_flags(parser, sections)`: a `--name` per option (help, metavar, choices and `aliases` from its metadata),
+  in one --help group per section or per option `group` (attention, MoE, optimizer, schedule, ...), each with
+  ONE default: the value under the default preset, plus what the other presets use where they differ.
+- `SuggestingParser`: argparse whose errors are one `UserError` line. An unknown flag gets, in this order: the
+  flag another tool's name corresponds to (`near_names`), where a train flag belongs when given to another
+  subcommand, or the closest of the parser's own flags (never the flag that was typed).
 - `unknown_flag_error(name, where)`: that line for an unknown flag / config key / grid key.
 """
 
@@ -14,12 +18,46 @@ from typing import Any, Optional
 
 from ..errors import UserError
 from .options import base_type, iter_fields, unknown_name_error
-from .schema import FLAGS, RunConfig
+from .presets import PRESETS
+from .schema import ALIASES, FLAGS, NEAR_NAMES, RunConfig, unknown_option_error
+
+DEFAULT_PRESET = "base"
+# --help group titles of the config sections (an option's `group` metadata overrides its section)
+SECTION_TITLES = {"run": "run", "data": "data", "model": "model", "attn": "attention", "moe": "mixture of experts",
+                  "optim": "optimizer", "train": "training", "log": "logging and output"}
+# flags of `lmsprint train` that are not config options
+TRAIN_ONLY_FLAGS = ("config", "resume", "print_config")
+# subcommands that do not take the train flags (sweep passes them on after `--`)
+OTHER_SUBCOMMANDS = ("sweep", "compare", "prepare", "bench", "eval", "generate")
 
 
 def unknown_flag_error(name: str, where: str = "flag") -> UserError:
-    """'unknown {where} '{name}'; did you mean --closest?' (or a pointer to --help)."""
-    return unknown_name_error(name, list(FLAGS) + ["config"], where)
+    """'unknown {where} '{name}'; did you mean --closest?' (or the flag another tool's name corresponds to)."""
+    return unknown_option_error(name, where)
+
+
+def _shown(v) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if v == "":
+        return "empty"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def default_text(name: str, f: dataclasses.Field) -> str:
+    """'(default: X)' with X the value under the default preset, plus '; --config_format P: Y' for each other preset
+    that sets another value; '' when the help text already says what the default is."""
+    if "(default:" in f.metadata["help"]:
+        return ""
+    field_default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    base = PRESETS[DEFAULT_PRESET].get(name, field_default)
+    text = f"default: {_shown(base)}"
+    for preset, values in PRESETS.items():
+        if preset != DEFAULT_PRESET and name in values and values[name] != base:
+            text += f"; --config_format {preset}: {_shown(values[name])}"
+    return f" ({text})"
 
 
 def add_flags(parser: argparse.ArgumentParser, sections: Optional[tuple] = None) -> None:
@@ -34,29 +72,59 @@ def add_flags(parser: argparse.ArgumentParser, sections: Optional[tuple] = None)
         sec = path[0] if len(path) > 1 else "run"
         if sections is not None and sec not in sections:
             continue
-        g = groups.get(sec) or groups.setdefault(sec, parser.add_argument_group(f"{sec} options"))
+        title = f.metadata.get("group") or SECTION_TITLES.get(path[-2] if len(path) > 1 else "run", sec)
+        g = groups.get(title) or groups.setdefault(title, parser.add_argument_group(f"{title} options"))
         name = path[-1]
+        names = [f"--{name}"] + [f"--{a}" for a in f.metadata.get("aliases", ())]
         base = base_type(tp)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_ = f"{f.metadata['help']} (default: {default})"
+        help_ = f.metadata["help"] + default_text(name, f)
         choices = [c for c in (f.metadata.get("choices") or []) if c is not None] or None
         if base is bool:
             # `--flag` alone means true; `--flag false|0|no` also parses
-            g.add_argument(f"--{name}", nargs="?", const="true", default=argparse.SUPPRESS, metavar="BOOL",
+            g.add_argument(*names, dest=name, nargs="?", const="true", default=argparse.SUPPRESS, metavar="BOOL",
                            help=help_)
         else:
             # choices are checked by validate() so that every error reads the same way
             metavar = f.metadata.get("metavar") or ("{" + ",".join(map(str, choices)) + "}" if choices
                                                     else base.__name__.upper())
-            g.add_argument(f"--{name}", default=argparse.SUPPRESS, help=help_, metavar=metavar)
+            g.add_argument(*names, dest=name, default=argparse.SUPPRESS, help=help_, metavar=metavar)
+
+
+def _is_train_flag(name: str) -> bool:
+    return name in FLAGS or name in ALIASES or name in TRAIN_ONLY_FLAGS
 
 
 class SuggestingParser(argparse.ArgumentParser):
-    """argparse whose errors are one line, exit 2, and name the closest valid flag for unknown ones."""
+    """argparse whose errors are one line, exit 2, and name the right flag for unknown ones."""
+
+    def parse_args(self, args=None, namespace=None):
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            (self._subparser(ns) or self).error("unrecognized arguments: " + " ".join(extras))
+        return ns
+
+    def _subparser(self, ns) -> Optional[argparse.ArgumentParser]:
+        for a in self._actions:
+            if isinstance(a, argparse._SubParsersAction) and getattr(ns, a.dest or "", None) in a.choices:
+                return a.choices[getattr(ns, a.dest)]
+        return None
+
+    def own_flags(self) -> list[str]:
+        return [s.lstrip("-") for s in self._option_string_actions if s.startswith("--")]
+
+    def unknown(self, name: str) -> UserError:
+        if name in NEAR_NAMES:
+            return unknown_option_error(name)
+        words = self.prog.split()
+        sub = words[1] if len(words) > 1 and "--" not in words else None  # "lmsprint sweep -- <train flags>": train's
+        if sub in OTHER_SUBCOMMANDS and _is_train_flag(name):
+            if sub == "sweep":
+                return UserError(f"--{name} is a train flag: put it after `--`: lmsprint sweep ... -- --{name} ...")
+            return UserError(f"{sub} has no --{name} (it is a train flag); see lmsprint {sub} --help")
+        return unknown_name_error(name, self.own_flags(), "flag")
 
     def error(self, message):  # noqa: D401
-        m = re.search(r"unrecognized arguments: (\S+)", message)
+        m = re.search(r"unrecognized arguments: .*?(--?[^\s=]+)", message)
         if m:
-            name = m.group(1).lstrip("-").split("=")[0]
-            raise unknown_flag_error(name)
+            raise self.unknown(m.group(1).lstrip("-"))
         raise UserError(message)

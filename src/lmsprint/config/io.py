@@ -1,6 +1,7 @@
 """Where a config's values come from: YAML/TOML config files, and the layering that builds a validated config.
 
 - `load_config_file(path)`: a `.yaml`/`.yml`/`.toml` file (flat or nested keys) -> flat {flag: value}.
+- `config_yaml(cfg)`: the resolved config as YAML.
 - `build_config(cli_values, config_file)`: dataclass defaults < `--config_format` preset < config file < CLI flags,
   then `RunConfig.validate()`.
 The resolved config saved in each run directory round-trips through `RunConfig.to_dict()` / `RunConfig.from_dict()`
@@ -45,6 +46,13 @@ def load_config_file(path: str) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"config file '{path}' must hold a mapping of flag names to values")
     return flatten(data)
+
+
+def config_yaml(cfg: RunConfig) -> str:
+    """The resolved config as the YAML a run directory's config.yaml holds (what `train --print_config` prints)."""
+    import yaml  # lazy: see load_config_file
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def build_config(cli_values: dict, config_file: Optional[str] = None) -> RunConfig:

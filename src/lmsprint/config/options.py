@@ -37,7 +37,8 @@ def option(default: Any, help: str, choices: Optional[list] = None,
            check: Optional[Callable[[Any], Optional[str]]] = None, metavar: Optional[str] = None, cli: bool = True,
            *, bounds: Optional[tuple[int, int]] = None, resume_safe: bool = False, bookkeeping: bool = False,
            sweep_reserved: Optional[str] = None,
-           name_part: Optional[Callable[[Any, Any], Optional[str]]] = None):
+           name_part: Optional[Callable[[Any, Any], Optional[str]]] = None, group: Optional[str] = None,
+           aliases: tuple = (), near_names: Optional[dict] = None):
     """A config field and every fact about its flag.
 
     - `help`, `choices` (None allowed = unset), `check(v) -> message | None`, `metavar`, `cli` (False: not a flag).
@@ -46,10 +47,14 @@ def option(default: Any, help: str, choices: Optional[list] = None,
     - `bookkeeping=True`: differs between runs without changing what was trained; `compare` ignores it.
     - `sweep_reserved="reason"`: `lmsprint sweep` sets it itself for every run; the reason is shown if a user does.
     - `name_part(value, cfg) -> str | None`: this option's piece of the derived run name (None: no piece).
+    - `group="schedule"`: the --help group of the flag (default: its config section).
+    - `aliases=("learning_rate",)`: other names of the same flag (nanoGPT's), accepted on the command line.
+    - `near_names={"eval_iters": "why"}`: other tools' names of a related but not identical setting; typing one
+      answers with this flag and the reason instead of a guess.
     """
     md = {"help": help, "choices": choices, "check": check, "metavar": metavar, "cli": cli, "bounds": bounds,
           "resume_safe": resume_safe, "bookkeeping": bookkeeping, "sweep_reserved": sweep_reserved,
-          "name_part": name_part}
+          "name_part": name_part, "group": group, "aliases": tuple(aliases), "near_names": dict(near_names or {})}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=md)
     return field(default=default, metadata=md)
@@ -239,6 +244,6 @@ def owner(cfg, path: tuple):
 
 def unknown_name_error(name: str, names: Iterable[str], where: str = "flag") -> UserError:
     """'unknown flag 'lrr'; did you mean --lr?' (the hint names the closest of `names`)."""
-    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(name, [n for n in names if n != name], n=1, cutoff=0.5)  # never the typed one
     hint = f"; did you mean --{close[0]}?" if close else "; see lmsprint train --help"
     return UserError(f"unknown {where} '{name}'{hint}")

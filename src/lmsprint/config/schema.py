@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..errors import UserError
 from .options import (INT_MAX, SEED_MAX, convert, duration_check, frac, frac_open, iter_fields, nonneg, option, owner,
                       parse_duration, positive, unknown_name_error)
 from .validate import validate_config
@@ -138,7 +139,7 @@ class ModelConfig:
     n_head: int = option(12, "attention heads", check=positive)
     n_embd: int = option(768, "model width", check=positive)
     sequence_length: int = option(512, "context length in tokens", check=lambda v: None if v >= 1 else
-                               "must be >= 1; use e.g. --sequence_length 512")
+                               "must be >= 1; use e.g. --sequence_length 512", aliases=("block_size",))
     vocab_size: int = option(50304, "embedding rows (>= the tokenizer's vocabulary; 50304 pads GPT-2's 50257)",
                           check=positive)
     dropout: float = option(0.0, "dropout probability", check=frac_open)
@@ -189,7 +190,8 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     opt: str = option("adamw", "optimizer", choices=["adamw", "sgd", "lamb", "lion", "muon"], name_part=_opt_part)
-    lr: float = option(1e-3, "peak learning rate", check=positive)
+    lr: float = option(1e-3, "peak learning rate", check=positive, aliases=("learning_rate",),
+                    near_names={"min_lr": "the final lr is lr / div_factor / final_div_factor (--final_div_factor)"})
     weight_decay: float = option(0.1, "decoupled weight decay (not applied to norms, biases, embeddings)", check=nonneg)
     beta1: float = option(0.9, "Adam/LAMB/Lion beta1", check=frac_open)
     beta2: float = option(0.95, "Adam/LAMB/Lion beta2", check=frac_open)
@@ -202,22 +204,30 @@ class OptimConfig:
                             check=nonneg)
     grad_clip: float = option(0.0, "clip the global gradient norm at this value (0 = off)", check=nonneg)
     scheduler: str = option("cos", "lr schedule: cos (llm-baselines' OneCycle shape), linear, none, wsd",
-                         choices=["cos", "linear", "none", "wsd"])
-    warmup_percent: float = option(0.05, "fraction of the run spent warming up", check=frac_open)
-    wsd_decay_frac: float = option(0.2, "wsd: fraction of the run spent in the final linear decay", check=frac)
-    div_factor: float = option(1e2, "cos/linear: start lr = lr / div_factor (llm-baselines: 100)", check=positive)
+                         choices=["cos", "linear", "none", "wsd"], group="schedule",
+                         near_names={"decay_lr": "--scheduler none keeps the lr constant",
+                                     "lr_decay_iters": "the schedule spans the whole run (--iterations or "
+                                     "--time_budget)"})
+    warmup_percent: float = option(0.05, "fraction of the run spent warming up", check=frac_open, group="schedule",
+                                near_names={"warmup_iters": "warmup is a fraction of the run, not a step count"})
+    wsd_decay_frac: float = option(0.2, "wsd: fraction of the run spent in the final linear decay", check=frac,
+                                group="schedule")
+    div_factor: float = option(1e2, "cos/linear: start lr = lr / div_factor (llm-baselines: 100)", check=positive,
+                            group="schedule")
     final_div_factor: float = option(0.1, "cos/linear: final lr = start lr / final_div_factor (llm-baselines: 0.1)",
-                                  check=positive)
+                                  check=positive, group="schedule")
 
 
 @dataclass
 class TrainConfig:
     batch_size: int = option(32, "sequences per micro-batch (per process)", check=positive)
-    acc_steps: int = option(4, "gradient accumulation steps per optimizer step", check=positive)
+    acc_steps: int = option(4, "gradient accumulation steps per optimizer step", check=positive,
+                         aliases=("gradient_accumulation_steps",))
     micro_batch: str = option("", "micro-batch size actually run: '' = batch_size, 'auto' = largest that fits, or N; "
                            "accumulation adapts so batch_size*acc_steps is unchanged",
                            check=_micro_batch_check)
-    iterations: int = option(25000, "optimizer steps (with --time_budget: an upper bound)", check=positive)
+    iterations: int = option(25000, "optimizer steps (with --time_budget: an upper bound)", check=positive,
+                          aliases=("max_iters",))
     time_budget: Optional[str] = option(None, "train for this long (e.g. 90s, 5m, 3h); schedule runs on elapsed "
                                      "training time; compile and eval excluded", check=duration_check,
                                      name_part=_time_budget_part)
@@ -233,26 +243,35 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "label smoothing of the training loss (reported val metrics stay plain CE)",
                                  check=frac_open, name_part=_label_smoothing_part)
     loss_chunk: int = option(0, "compute head + cross-entropy in chunks of this many tokens (0 = auto)", check=nonneg)
-    eval_freq: int = option(200, "evaluate on the fixed val set every N steps", check=positive)
+    eval_freq: int = option(200, "evaluate on the fixed val set every N steps", check=positive, group="evaluation",
+                         aliases=("eval_interval",))
     eval_tokens: int = option(24 * 32 * 512, "size of the fixed val set used during training, in tokens "
-                           "(default = llm-baselines' 24 batches of 32x512)", check=positive)
+                           "(llm-baselines: 24 batches of 32x512)", check=positive, group="evaluation",
+                           near_names={"eval_iters": "the fixed val set is counted in tokens, not batches"})
     final_eval: str = option("full", "final evaluation: full val split, the fixed set, or none",
-                          choices=["full", "fixed", "none"])
+                          choices=["full", "fixed", "none"], group="evaluation",
+                          near_names={"eval_only": "use `lmsprint eval RUN_DIR` to evaluate a run's checkpoint"})
     save_checkpoint_freq: int = option(0, "also keep a checkpoint every N steps (0 = only the latest one)",
-                                    check=nonneg, resume_safe=True, bookkeeping=True)
+                                    check=nonneg, resume_safe=True, bookkeeping=True,
+                                    group="checkpoints and run directory",
+                                    near_names={"always_save_checkpoint": "the latest checkpoint is always kept"})
     ckpt_interval: str = option("5m", "write the resume checkpoint at least this often (duration) and at every eval",
-                             check=duration_check, resume_safe=True, bookkeeping=True)
+                             check=duration_check, resume_safe=True, bookkeeping=True,
+                             group="checkpoints and run directory")
     results_base_folder: str = option("./exps", "where run directories are created", resume_safe=True,
-                                   bookkeeping=True)
+                                   bookkeeping=True, group="checkpoints and run directory", aliases=("out_dir",))
     run_prefix: str = option("", "prefix of the run directory name", bookkeeping=True,
-                          sweep_reserved=_NAMED_BY_SWEEP)
+                          sweep_reserved=_NAMED_BY_SWEEP, group="checkpoints and run directory")
     exp_name: str = option("", "run name (default: derived from model and key flags); a suffix keeps it unique",
-                        bookkeeping=True, sweep_reserved=_NAMED_BY_SWEEP)
+                        bookkeeping=True, sweep_reserved=_NAMED_BY_SWEEP, group="checkpoints and run directory",
+                        near_names={"wandb_run_name": "the wandb run is named after the run directory (--exp_name, "
+                                    "--wandb_run_prefix)"})
     resume: Optional[str] = option(None, "continue a run: its directory, or 'latest'", cli=False, bookkeeping=True,
-                                sweep_reserved="rerun the same sweep command to resume it")
+                                sweep_reserved="rerun the same sweep command to resume it",
+                                near_names={"init_from": "--resume RUN_DIR continues a run"})
     distributed_backend: Optional[str] = option(None, "torch.distributed backend under torchrun: nccl or gloo "
                                              "(default: nccl on CUDA, gloo on CPU)", choices=[None, "nccl", "gloo"],
-                                             resume_safe=True)
+                                             resume_safe=True, aliases=("backend",))
     data_parallel: str = option("ddp", "data parallelism under torchrun: ddp (every process holds the whole model) "
                              "or fsdp (FSDP2: parameters, gradients and optimizer state sharded over the processes; "
                              "sharded checkpoints)", choices=["ddp", "fsdp"])
@@ -261,7 +280,7 @@ class TrainConfig:
 @dataclass
 class LogConfig:
     wandb: bool = option(False, "log to Weights & Biases (pip install 'lmsprint[wandb]')", resume_safe=True,
-                      bookkeeping=True)
+                      bookkeeping=True, aliases=("wandb_log",))
     wandb_project: str = option("lmsprint", "wandb project", resume_safe=True, bookkeeping=True)
     wandb_run_prefix: str = option("", "prefix of the wandb run name", resume_safe=True, bookkeeping=True)
     wandb_entity: Optional[str] = option(None, "wandb entity (team)", resume_safe=True, bookkeeping=True)
@@ -271,7 +290,10 @@ class LogConfig:
     sample_tokens: int = option(100, "tokens generated in each sample", check=nonneg)
     log_interval: int = option(10, "log training loss / throughput every N steps", check=positive,
                             bookkeeping=True)
-    progress: bool = option(True, "show a progress bar", resume_safe=True, bookkeeping=True)
+    progress: bool = option(True, "show a progress bar on a terminal (plain lines every log interval otherwise)",
+                         resume_safe=True, bookkeeping=True)
+    quiet: bool = option(False, "print nothing but errors and the final metrics (no banner, progress or eval lines)",
+                      resume_safe=True, bookkeeping=True)
 
 
 @dataclass
@@ -314,6 +336,21 @@ class RunConfig:
 
 FLAGS: dict[str, tuple] = {path[-1]: (path, f, tp) for path, f, tp in iter_fields(RunConfig)}
 assert len(FLAGS) == len(list(iter_fields(RunConfig))), "flag names must be unique across the config tree"
+# other names of a flag (option metadata `aliases`, e.g. nanoGPT's learning_rate) -> the flag
+ALIASES: dict[str, str] = {a: name for name, (path, f, tp) in FLAGS.items() for a in f.metadata.get("aliases", ())}
+assert not set(ALIASES) & set(FLAGS), "an alias must not be another flag's name"
+# other tools' names of a related setting (metadata `near_names`) -> (the flag to use, why it is not the same)
+NEAR_NAMES: dict[str, tuple[str, str]] = {n: (name, why) for name, (path, f, tp) in FLAGS.items()
+                                          for n, why in f.metadata.get("near_names", {}).items()}
+
+
+def unknown_option_error(name: str, where: str = "flag", names: Optional[list] = None):
+    """One line for a name that is no flag: the flag to use for another tool's name (NEAR_NAMES), else the
+    closest of `names` (default: every flag), never the name typed."""
+    if name in NEAR_NAMES:
+        flag, why = NEAR_NAMES[name]
+        return UserError(f"unknown {where} '{name}'; use --{flag}: {why}")
+    return unknown_name_error(name, list(FLAGS) + ["config"] if names is None else names, where)
 
 
 def get_value(cfg: RunConfig, name: str):
@@ -347,8 +384,9 @@ def flatten(d: dict, out: Optional[dict] = None) -> dict:
 def apply_values(cfg: RunConfig, values: dict, source: str = "flag") -> None:
     """Coerce and set raw {flag: value}s; an unknown name is one line naming the closest flag."""
     for name, raw in values.items():
+        name = ALIASES.get(name, name)
         if name not in FLAGS:
-            raise unknown_name_error(name, list(FLAGS) + ["config"], "config key" if source != "flag" else "flag")
+            raise unknown_option_error(name, "config key" if source != "flag" else "flag")
         set_value(cfg, name, coerce(name, raw))
 
 
