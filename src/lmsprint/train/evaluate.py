@@ -4,7 +4,8 @@
 (x, y) CPU tensors, e.g. `lmsprint.data.loader.val_batches`), sums plain CE, correct argmax predictions, token
 count and the UTF-8 bytes of the target tokens, all-reduces the sums across processes, and returns
 `{val/loss, val/perplexity, val/acc, val/bpb, eval_tokens}`. bpb = ce_sum / ln(2) / target_bytes.
-The model is put in eval mode under no_grad and its previous mode is restored afterwards.
+The model is put in eval mode under no_grad (`inference=True`: torch.inference_mode, for an evaluation after which
+the model is not trained again) and its previous mode is restored afterwards.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .distributed import World, all_reduce_sum
 
 
 def evaluate(model: torch.nn.Module, batches: Iterable, token_bytes: Optional[np.ndarray], device: str,
-             ctx=None, world: Optional[World] = None) -> dict:
+             ctx=None, world: Optional[World] = None, inference: bool = False) -> dict:
     world = world or World(device=device)
     ctx = ctx if ctx is not None else contextlib.nullcontext()
     head_owner = unwrap(model)
@@ -34,7 +35,9 @@ def evaluate(model: torch.nn.Module, batches: Iterable, token_bytes: Optional[np
         else None
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # ce_sum, correct, n, bytes
     try:
-        with torch.no_grad():
+        # inference mode is faster than no_grad, but tensors a model caches under it (e.g. flex block masks) could
+        # not be used in training afterwards: only for evaluations after which the model does not train again
+        with torch.inference_mode() if inference else torch.no_grad():
             for x, y in batches:
                 x, y = to_device(x, y, device)
                 with ctx:

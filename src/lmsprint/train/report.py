@@ -1,5 +1,11 @@
-"""What a run tells its user: the progress bar, the run summary (summary.json) and the final console table.
+"""What a run tells its user: the start-up banner, progress, one line per eval, the run summary (summary.json) and
+the final console table.
 
+- `Console(cfg, is_main)`: everything printed while a run trains. On a terminal (stdout and stderr both ttys) a
+  tqdm bar redraws in place and eval lines are printed above it; anywhere else (a log file, SLURM, nohup, a
+  notebook) there are no carriage-return redraws: one plain line every log interval and one per eval. `--quiet`
+  prints nothing but errors and the final table; `--progress false` drops the bar / the per-interval lines but
+  keeps the banner and the eval lines.
 - `ProgressBar(clock, step, show)`: tqdm over seconds of the time budget, or over iterations.
 - `run_summary(tr, status, error)`: the summary dict written to summary.json (status running/complete/failed,
   sizes, tokens, times, tokens/s, MFU, final metrics).
@@ -11,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from typing import Optional
 
 from tqdm.auto import tqdm
@@ -105,3 +112,146 @@ def print_report(summary: dict, run_dir: Optional[str], final_sample: str = "") 
         print("sample:")
         print(final_sample)
     sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------------- console
+
+
+def _si(n) -> str:
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{suf}"
+    return f"{n:.3g}"
+
+
+def eval_line(step: int, elapsed: float, train_loss: Optional[float], res: dict, tps: Optional[float],
+              mfu_: Optional[float]) -> str:
+    """'eval step 40 | 35.2s | train loss 5.123 | val loss 5.234 acc 0.231 bpb 2.011 | 2,345 tok/s | MFU 0.12%'."""
+    parts = [f"eval step {step}", f"{elapsed:.1f}s"]
+    if train_loss is not None:
+        parts.append(f"train loss {train_loss:.4f}")
+    parts.append(f"val loss {res.get(K.VAL_LOSS, float('nan')):.4f} acc {res.get(K.VAL_ACC, float('nan')):.4f} "
+                 f"bpb {res.get(K.VAL_BPB, float('nan')):.4f}")
+    if tps:
+        parts.append(f"{tps:,.0f} tok/s")
+    if mfu_ is not None:
+        parts.append(f"MFU {100 * mfu_:.2f}%")
+    return " | ".join(parts)
+
+
+def banner_rows(tr, n_train: int, n_val: int) -> list[tuple[str, str]]:
+    """The start-up banner of Trainer `tr` after setup: what is being trained, on what, for how long, where."""
+    cfg, m, t = tr.cfg, tr.cfg.model, tr.cfg.train
+    arch = f"{m.model} ({m.norm_kind}, {m.mlp_kind}, {m.pos_kind}): {m.n_layer} layer{'s' * (m.n_layer != 1)}, d={m.n_embd}, "
+    arch += f"{m.n_head} head{'s' * (m.n_head != 1)}"
+    if m.attn.attention != "causal":
+        arch += f", {m.attn.attention} attention (window {m.attn.attention_window})"
+    if m.moe.moe_num_experts > 1:
+        arch += f", MoE {m.moe.moe_num_experts} experts top-{m.moe.moe_num_experts_per_tok}"
+    total, active = tr.model.num_params(), tr.model.num_active_params()
+    params = f"{total:,} total" + (f", {active:,} active per token" if active != total else "")
+    ws = tr.world.world_size
+    batch = f"{t.batch_size} x {t.acc_steps} acc" + (f" x {ws} processes" if ws > 1 else "") + \
+        f" x {m.sequence_length} tokens = {tr.tokens_per_step:,} tokens/step"
+    if tr.micro_bs != t.batch_size:
+        batch += f" (micro-batch {tr.micro_bs})"
+    compile_ = f"compile {t.compile_mode or 'default'}" if t.compile else "no compile"
+    dtype = str(tr.step_fn.dtype).replace("torch.", "")
+    if cfg.time_budget_s:
+        length = f"{cfg.train.time_budget} of training time (at most {t.iterations:,} steps)"
+    else:
+        length = f"{t.iterations:,} steps ({t.iterations * tr.tokens_per_step:,} tokens)"
+    evals = f"every {t.eval_freq} steps on {t.eval_tokens:,} val tokens; final: " + \
+        {"full": "the full val split", "fixed": "the fixed val set", "none": "none"}[t.final_eval]
+    data = f"{cfg.data.dataset} ({getattr(tr.manifest, 'tokenizer', '?')}): {n_train:,} train / {n_val:,} val tokens"
+    return [("model", arch), ("params", params), ("batch", batch), ("device", f"{tr.device}, {dtype}, {compile_}"),
+            ("length", length), ("eval", evals), ("data", data), ("run dir", str(tr.run_dir))]
+
+
+class Console:
+    """What a run prints while it trains (see the module docstring); every method is a no-op off rank 0."""
+
+    def __init__(self, cfg, is_main: bool, stdout=None, stderr=None):
+        self.out = stdout or sys.stdout
+        self.err = stderr or sys.stderr
+        self.cfg = cfg
+        self.quiet = cfg.log.quiet or not is_main
+        self.tty = _isatty(self.out) and _isatty(self.err)
+        self.bar_on = not self.quiet and cfg.log.progress and self.tty
+        self.lines_on = not self.quiet and cfg.log.progress and not self.tty
+        self.bar: Optional[ProgressBar] = None
+        self.last_train_loss: Optional[float] = None
+        self.last_tps: Optional[float] = None
+        self.last_mfu: Optional[float] = None
+
+    def print(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None and self.bar_on:
+            self.bar.bar.write(text, file=self.out)  # above the bar, which stays at the bottom
+        else:
+            print(text, file=self.out)
+        self.out.flush()
+
+    def banner(self, tr, n_train: int, n_val: int, resumed_at: Optional[int] = None) -> None:
+        head = f"lmsprint train: {os.path.basename(os.path.normpath(tr.run_dir))}"
+        if resumed_at is not None:
+            head += f" (resumed at step {resumed_at})"
+        self.print(head + "\n" + format_rows(banner_rows(tr, n_train, n_val)))
+
+    def start(self, clock, step: int) -> None:
+        self.clock = clock
+        self.bar = ProgressBar(clock, step, show=self.bar_on)
+
+    def train_log(self, step: int, m: dict) -> None:
+        """A training log row: the bar's postfix on a terminal, else one plain line (every log interval)."""
+        if not m:
+            return
+        self.last_train_loss = m.get(K.TRAIN_LOSS)
+        self.last_tps, self.last_mfu = m.get(K.TOKENS_PER_S), m.get(K.MFU)
+        if self.bar is not None:
+            self.bar.show(loss=f"{m[K.TRAIN_LOSS]:.3f}", tok_s=f"{m.get(K.TOKENS_PER_S, 0):.0f}")
+        if self.lines_on:
+            c = self.clock
+            when = f"{c.train_time:.1f}s/{c.budget:.0f}s" if c.budget else f"{c.train_time:.1f}s"
+            total = "" if c.budget else f"/{c.iterations}"
+            print(f"step {step}{total} | {when} | train loss {m[K.TRAIN_LOSS]:.4f} | "
+                  f"{m.get(K.TOKENS_PER_S, 0):,.0f} tok/s | lr {m.get(K.LR, 0):.3g}", file=self.out, flush=True)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.advance()
+
+    def eval_done(self, step: int, res: dict) -> None:
+        """One persistent line per eval (never overwritten by the bar)."""
+        if self.bar is not None:
+            self.bar.show(val=f"{res[K.VAL_LOSS]:.3f}")
+        self.print(eval_line(step, self.clock.train_time, self.last_train_loss, res, self.last_tps, self.last_mfu))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def eval_progress(self, batches, n_batches: int, n_tokens: int, desc: str = "final eval"):
+        """Wrap the final eval's batches: a tqdm bar on a terminal, else a line at every quarter."""
+        if self.quiet:
+            yield from batches
+            return
+        self.print(f"{desc}: {n_tokens:,} val tokens in {n_batches} batches")
+        if self.bar_on:
+            yield from tqdm(batches, total=n_batches, desc=desc, unit="batch", dynamic_ncols=True, leave=False,
+                            file=self.err)
+            return
+        t0 = time.perf_counter()
+        marks = {max(1, round(n_batches * q)) for q in (0.25, 0.5, 0.75)} if n_batches >= 4 else set()
+        for i, b in enumerate(batches, 1):
+            yield b
+            if i in marks:
+                print(f"{desc}: {i}/{n_batches} batches ({time.perf_counter() - t0:.0f}s)", file=self.out, flush=True)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

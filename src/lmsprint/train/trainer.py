@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import sys
 import time
 from typing import Callable, Optional
 
@@ -28,7 +27,7 @@ import torch
 from .. import keys as K
 from .. import rundir
 from ..config import RunConfig, parse_duration
-from ..data.loader import BatchSampler, to_device, val_batches
+from ..data.loader import BatchSampler, n_val_windows, to_device, val_batches
 from ..hw import autocast_context, enable_tf32, mfu, peak_flops, sync
 from ..model.transformer import Transformer
 from ..optim.schedules import lr_multiplier
@@ -39,8 +38,13 @@ from .data import load_data
 from .distributed import World, all_reduce_mean, broadcast_object, destroy, init_distributed
 from .evaluate import evaluate
 from .generate import sample_text
-from .report import ProgressBar, print_report, run_summary
+from .report import Console, print_report, run_summary
 from .step import build_train_step, oom_as_user_error
+
+
+# eval batch on a GPU = this x the training micro-batch: no activations are kept for a backward pass, and a larger
+# batch keeps the GPU busy; on a CPU a larger batch measured no faster, so it stays the micro-batch there
+EVAL_BATCH_MULT = 4
 
 
 def seed_everything(seed: int) -> None:
@@ -76,7 +80,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         enable_tf32()
         self.manifest, self.tok, train_tokens, self.val_tokens = load_data(cfg, world,
-                                                                           progress=cfg.log.progress and world.is_main)
+                                                                           progress=world.is_main and Console(cfg, True).bar_on)
         self.token_bytes = self.tok.token_bytes()
 
         # another number of processes than the checkpoint's: same global batch, another per-process split
@@ -111,10 +115,10 @@ class Trainer:
         self.sinks = self.make_sinks(cfg, self.run_dir, enabled=self.is_main)
         if self.is_main:  # what eval/generate/export need besides the weights (rebuilt offline from the run dir)
             artifacts.write_run_files(self.run_dir, self.tok)
+        self.console = Console(cfg, self.is_main)
         if self.is_main:
             rundir.write_summary(self.run_dir, run_summary(self, "running"))
-            print(f"run dir: {self.run_dir}" + (f" (resumed at step {self.step})" if self.resume_dir else ""),
-                  file=sys.stderr)
+            self.console.banner(self, len(train_tokens), len(self.val_tokens), self.step if self.resume_dir else None)
 
     def _zero_acc(self) -> dict:
         z = lambda: torch.zeros((), dtype=torch.float32, device=self.device)  # noqa: E731
@@ -194,17 +198,22 @@ class Trainer:
         return m
 
     # ------------------------------------------------------------------ eval + samples
-    def run_eval(self, max_tokens: Optional[int]) -> dict:
+    def run_eval(self, max_tokens: Optional[int], final: bool = False) -> dict:
         bs = max(1, min(self.micro_bs, self.cfg.train.batch_size))
+        bs *= EVAL_BATCH_MULT if str(self.device).startswith("cuda") else 1
         with self.clock.eval_timer(self.device):
             batches = val_batches(self.val_tokens, self.cfg.model.sequence_length, bs, max_tokens=max_tokens,
                                   rank=self.world.rank, world_size=self.world.world_size)
+            if final:  # the full split can take minutes: show progress
+                n = n_val_windows(len(self.val_tokens), self.cfg.model.sequence_length, max_tokens)
+                mine = -(-n // self.world.world_size)
+                batches = self.console.eval_progress(batches, -(-mine // bs), n * self.cfg.model.sequence_length)
             if self.world.sharded:  # every forward is a collective: all ranks run as many
                 seq = self.cfg.model.sequence_length
                 n = ranks.val_batch_count(len(self.val_tokens), seq, bs, max_tokens, self.world)
                 batches = ranks.lockstep(batches, n, self.step_fn.eval_model, self.world, seq, self.device)
             return evaluate(self.step_fn.eval_model, batches, self.token_bytes, self.device, self.autocast(),
-                            self.world)
+                            self.world, inference=final)
 
     def sample(self) -> str:
         lc = self.cfg.log
@@ -230,7 +239,8 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
         cfg, t, clock = self.cfg, self.cfg.train, self.clock
-        bar = ProgressBar(clock, self.step, show=self.is_main and cfg.log.progress)
+        bar = self.console
+        bar.start(clock, self.step)
         last_ckpt = time.perf_counter()
         log_tokens, log_time = 0, 0.0
         first_step = True
@@ -257,11 +267,11 @@ class Trainer:
                 m = self.flush_train_log(log_tokens, log_time)
                 log_tokens, log_time = 0, 0.0
                 if m:
-                    bar.show(loss=f"{m[K.TRAIN_LOSS]:.3f}", tok_s=f"{m.get(K.TOKENS_PER_S, 0):.0f}")
+                    bar.train_log(self.step, m)
             bar.advance()
             if is_eval:
                 res = self.periodic_eval()
-                bar.show(val=f"{res[K.VAL_LOSS]:.3f}")
+                bar.eval_done(self.step, res)
             extra = f"step_{self.step}.pt" if t.save_checkpoint_freq and self.step % t.save_checkpoint_freq == 0 \
                 else None
             due = ranks.save_due(time.perf_counter() - last_ckpt >= self.ckpt_every, is_log, self.world)
@@ -285,7 +295,7 @@ class Trainer:
         if mode == "none":
             self.final = dict(self.last_val)
         else:
-            self.final = self.run_eval(None if mode == "full" else self.cfg.train.eval_tokens)
+            self.final = self.run_eval(None if mode == "full" else self.cfg.train.eval_tokens, final=True)
             self.log({f"{K.FINAL}/{k}": v for k, v in self.final.items()})
         self.final_sample = self.sample()
         return self.final

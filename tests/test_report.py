@@ -1,0 +1,146 @@
+"""What users see: the training output in a log file (banner, plain lines, one line per eval, final eval progress,
+no carriage returns, --quiet) and the help (one default per flag, preset-aware defaults, option groups, --version,
+--print_config, nanoGPT names, where a misplaced train flag belongs). Real CLI subprocesses, real files."""
+
+from __future__ import annotations
+
+import random
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from lmsprint import __version__
+from lmsprint.config import FLAGS
+from lmsprint.config.presets import PRESETS
+
+
+def lmsprint(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "lmsprint", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
+
+
+def one_error_line(p, fragment):
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lmsprint: error: "), p.stderr
+    assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog and runs away from home".split()
+    (d / "tiny.txt").write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(60)) for _ in range(300)))
+    return d
+
+
+TINY = ["--dataset", "tiny.txt", "--data_dir", "dc", "--n_layer", "1", "--n_embd", "16", "--n_head", "2",
+        "--sequence_length", "16", "--batch_size", "4", "--acc_steps", "1", "--iterations", "6", "--eval_freq", "3",
+        "--log_interval", "2", "--eval_tokens", "64", "--sample_tokens", "4", "--eval_seq_prefix", "the"]
+
+
+@pytest.fixture(scope="module")
+def logged(corpus):
+    """One tiny run with stdout/stderr going to files (not a terminal), and the same run with --quiet."""
+    p = lmsprint("train", *TINY, "--results_base_folder", "exps", cwd=corpus)
+    q = lmsprint("train", *TINY, "--results_base_folder", "exps_quiet", "--quiet", cwd=corpus)
+    assert p.returncode == 0 and q.returncode == 0, p.stderr + q.stderr
+    return p, q
+
+
+def test_log_file_output_banner_lines_and_no_redraws(logged):
+    p, _ = logged
+    out = p.stdout
+    assert "\r" not in out and "\r" not in p.stderr  # no carriage-return redraws when not a terminal
+    lines = out.splitlines()
+    assert lines[0] == "lmsprint train: base_l1_d16_s0"
+    banner = dict(re.match(r"\s+(\S+(?: dir)?)\s{2,}(.*)", line).groups() for line in lines[1:9])
+    assert banner["model"].startswith("base (layernorm, gelu, learned): 1 layer, d=16, 2 heads")
+    assert re.fullmatch(r"[\d,]+ total", banner["params"])
+    assert banner["batch"] == "4 x 1 acc x 16 tokens = 64 tokens/step"
+    assert banner["device"] == "cpu, float32, no compile"
+    assert banner["length"] == "6 steps (384 tokens)"
+    assert banner["eval"] == "every 3 steps on 64 val tokens; final: the full val split"
+    assert re.fullmatch(r"tiny\.txt \(gpt2\): [\d,]+ train / [\d,]+ val tokens", banner["data"])
+    assert banner["run dir"].endswith("base_l1_d16_s0")
+    # a plain line every log interval (steps 2, 4, 6) and one persistent line per eval (steps 3, 6)
+    steps = [int(m.group(1)) for m in re.finditer(r"^step (\d+)/6 \| [\d.]+s \| train loss [\d.]+ \| [\d,]+ tok/s",
+                                                   out, re.M)]
+    assert steps == [2, 4, 6]
+    evals = re.findall(r"^eval step (\d+) \| [\d.]+s \| train loss [\d.]+ \| val loss [\d.]+ acc [\d.]+ bpb [\d.]+ \| "
+                       r"[\d,]+ tok/s$", out, re.M)
+    assert evals == ["3", "6"]
+    # the final eval says what it does and shows progress before the final table
+    m = re.search(r"^final eval: ([\d,]+) val tokens in (\d+) batches$", out, re.M)
+    assert m and int(m.group(2)) >= 4
+    assert len(re.findall(r"^final eval: \d+/\d+ batches \(\d+s\)$", out, re.M)) == 3
+    assert out.index("final eval:") < out.index("final metrics:")
+    assert f"eval tokens     {m.group(1)}" in out
+
+
+def test_quiet_prints_only_the_final_table(logged):
+    _, q = logged
+    assert q.stdout.startswith("final metrics:")
+    assert "lmsprint train:" not in q.stdout and "eval step" not in q.stdout and "step 2/6" not in q.stdout
+    assert "\r" not in q.stderr and "tokenizing" not in q.stderr
+
+
+def test_version_and_print_config(tmp_path):
+    p = lmsprint("--version")
+    assert p.returncode == 0 and p.stdout.strip() == f"lmsprint {__version__}"
+    p = lmsprint("train", "--config_format", "demo", "--learning_rate", "0.002", "--print_config", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    cfg = yaml.safe_load(p.stdout)
+    assert cfg["config_format"] == "demo" and cfg["data"]["dataset"] == "shakespeare"
+    assert cfg["optim"]["lr"] == 0.002 and cfg["model"]["n_layer"] == PRESETS["demo"]["n_layer"]
+    assert list(tmp_path.iterdir()) == []  # printed, nothing run or written
+
+
+def test_help_one_default_per_flag_preset_aware_and_grouped():
+    p = lmsprint("train", "--help")
+    assert p.returncode == 0
+    text = " ".join(p.stdout.split())  # argparse wraps lines
+    for name in FLAGS:
+        m = re.search(rf"--{name}\b[^-]*?(?= --[a-z]|$)", text)
+        if m:
+            assert m.group(0).count("(default:") <= 1, m.group(0)
+    assert text.count("(default: None)") == 0 and "(default: the dataset's own)" in text
+    assert "(default: slimpajama; --config_format demo: shakespeare)" in text
+    assert "(default: 12; --config_format demo: 4)" in text
+    groups = re.findall(r"^(\S.*) options:$", p.stdout, re.M)
+    for g in ("data", "model", "attention", "mixture of experts", "optimizer", "schedule", "training", "evaluation"):
+        assert g in groups
+    sched = p.stdout.split("schedule options:")[1].split("options:")[0]
+    assert "--warmup_percent" in sched and "--scheduler" in sched and "--lr " not in sched
+
+
+def test_nanogpt_names_are_aliases_or_answered(tmp_path):
+    p = lmsprint("train", "--learning_rate", "0.01", "--max_iters", "7", "--block_size", "64", "--out_dir", "o",
+                 "--eval_interval", "5", "--gradient_accumulation_steps", "2", "--print_config", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    cfg = yaml.safe_load(p.stdout)
+    assert (cfg["optim"]["lr"], cfg["train"]["iterations"], cfg["model"]["sequence_length"]) == (0.01, 7, 64)
+    assert (cfg["train"]["results_base_folder"], cfg["train"]["eval_freq"], cfg["train"]["acc_steps"]) == ("o", 5, 2)
+    # a config file may use them too
+    (tmp_path / "c.yaml").write_text("learning_rate: 0.02\nmax_iters: 9\n")
+    p = lmsprint("train", "--config", "c.yaml", "--print_config", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert yaml.safe_load(p.stdout)["optim"]["lr"] == 0.02 and yaml.safe_load(p.stdout)["train"]["iterations"] == 9
+    one_error_line(lmsprint("train", "--eval_iters", "20"), "unknown flag 'eval_iters'; use --eval_tokens")
+    one_error_line(lmsprint("train", "--warmup_iters", "20"), "use --warmup_percent")
+    one_error_line(lmsprint("train", "--min_lr", "1e-4"), "use --lr: the final lr is")
+
+
+def test_misplaced_train_flags_say_where_they_belong():
+    line = one_error_line(lmsprint("sweep", "--dataset", "x"), "--dataset is a train flag: put it after `--`")
+    assert "did you mean --dataset" not in line
+    one_error_line(lmsprint("prepare", "--progress", "false"), "prepare has no --progress (it is a train flag)")
+    one_error_line(lmsprint("compare", "--lr", "1", "x"), "compare has no --lr (it is a train flag)")
+    # a typo still gets the closest flag of that command, never the flag typed
+    one_error_line(lmsprint("sweep", "--grd", "lr=1"), "did you mean --grid?")
+    one_error_line(lmsprint("train", "--n_layers", "2"), "did you mean --n_layer?")
