@@ -1,8 +1,8 @@
 """`lmsprint bench`: arguments and output of one measurement (`bench/measure.py`) or of the suite
 (`bench/suite.py`). Every model/optim/train flag of `lmsprint train` works, plus --warmup/--steps, --compile,
 --check_sync, --peak_flops/--measure_peak and --json; `--suite gpu|cpu` runs the suite, `--out DIR` writes
-bench.json and bench.md. Imports only torch and the standard library beyond lmsprint, so
-`python -m lmsprint bench` runs on a bare GPU box.
+bench.json and bench.md; `--memory [--world_size N]` prints the computed per-GPU memory table (bench/memory.py).
+Imports only torch and the standard library beyond lmsprint, so `python -m lmsprint bench` runs on a bare GPU box.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import torch
 
 from ..bench.measure import add_measure_arguments, bench_config, config_from_args
+from ..bench.memory import format_memory_table, memory_table
 from ..bench.suite import fmt_si, run_suite
 from ..errors import UserError
 
@@ -26,6 +27,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--suite_budget", type=float, default=None, help="suite: total seconds; later configs are "
                    "skipped as rows (gpu 450, cpu 110)")
     g.add_argument("--out", default=None, help="suite: folder for bench.json and bench.md")
+    g.add_argument("--memory", action="store_true", help="print the computed per-GPU memory table (124M/350M/1.3B "
+                   "shapes, ddp and fsdp) at --batch_size x --sequence_length under bf16 autocast, --opt's state")
+    g.add_argument("--world_size", type=int, default=8, help="--memory: GPUs the fsdp rows shard over (default 8)")
     g.add_argument("--isolate", default=None, choices=["subprocess", "inprocess"], help="suite: run each config in "
                    "its own subprocess (default on gpu) or in this process after torch._dynamo.reset() (default on cpu)")
 
@@ -57,6 +61,17 @@ def _print_row(row: dict, check_sync: bool) -> None:
                                              if check_sync else ""))
 
 
+def _print_memory(args) -> int:
+    if args.world_size < 1:
+        raise UserError("--world_size must be >= 1")
+    cfg = config_from_args(args)
+    kw = dict(world_size=args.world_size, batch=cfg.train.batch_size, seq=cfg.model.sequence_length,
+              vocab=cfg.model.vocab_size, opt=cfg.optim.opt)
+    rows = memory_table(mode="ddp", **kw) + memory_table(mode="fsdp", **kw)
+    print(json.dumps(rows) if args.json else format_memory_table(rows))
+    return 0
+
+
 def run_bench(args) -> int:
     threads = args.threads if args.threads is not None else (1 if args.suite == "cpu" else None)
     if threads is not None:
@@ -65,6 +80,8 @@ def run_bench(args) -> int:
         torch.set_num_threads(threads)
     if args.suite:
         return _run_suite(args, threads)
+    if args.memory:
+        return _print_memory(args)
     cfg = config_from_args(args)
     warmup = 3 if args.warmup is None else args.warmup
     steps = 10 if args.steps is None else args.steps
