@@ -3,6 +3,7 @@ differing config keys, seed groups (mean, sample sd, noise rule), unfinished run
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -120,8 +121,8 @@ def test_beyond_noise_and_single_seed(tmp_path):
     assert stats.noise_verdict(by["lr=0.01"], by["lr=0.003"], "val/loss") == stats.SINGLE_SEED
     # the rule is exactly |mean_a - mean_b| < sd_a + sd_b (strict): sd of (1, 2, 3) is 1, so the bound is 2
     def grp(vals):
-        return stats.Group("g", [discover.Run("p", f"r{i}", "complete", {}, {}, [], {"val/loss": v}) for i, v in
-                             enumerate(vals)], ())
+        return stats.Group("g", [discover.Run("p", f"r{i}", "complete", {"seed": i}, {}, [], {"val/loss": v})
+                                 for i, v in enumerate(vals)], ())
 
     base_g = grp([1.0, 2.0, 3.0])
     assert base_g.mean_sd("val/loss") == (2.0, 1.0)
@@ -197,7 +198,8 @@ def test_cli_report_with_plots(runs, tmp_path, capsys, monkeypatch):
     assert "ls0_s2" in printed and "within noise" in printed and "report.md" in printed
     md = (out / "report.md").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["val_acc_vs_time.png", "val_acc_vs_tokens.png", "val_bpb_vs_time.png", "val_bpb_vs_tokens.png"]
+    assert pngs == ["val_acc_vs_time.png", "val_acc_vs_tokens.png", "val_bpb_vs_time.png", "val_bpb_vs_tokens.png",
+                    "val_loss_vs_time.png", "val_loss_vs_tokens.png"]
     embedded = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert sorted(embedded) == pngs
     for p in pngs:
@@ -218,3 +220,73 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no run directories" in err[0]
+
+
+def test_non_finite_runs_are_never_best_and_shared_seeds_say_so(tmp_path):
+    base = str(tmp_path)
+    # lr=0.01 diverged: NaN final loss in one of its runs; it must not be ranked, whatever its other run says
+    make_run(base, "nan0", seed=0, val_loss=float("nan"), lr=1e-2)
+    make_run(base, "nan1", seed=1, val_loss=1.0, lr=1e-2)
+    make_run(base, "ok0", seed=0, val_loss=3.0, lr=1e-3)
+    make_run(base, "ok1", seed=1, val_loss=3.1, lr=1e-3)
+    # two runs of lr=3e-3 with the same seed (e.g. rerun by hand): their spread is not seed noise
+    make_run(base, "same_a", seed=5, val_loss=3.5, lr=3e-3)
+    make_run(base, "same_b", seed=5, val_loss=3.2, lr=3e-3)
+    c = report.compare([base])
+    by = {g.label: g for g in c.groups}
+    assert stats.best_group(c.groups, "val/loss") is by["lr=0.001"]
+    assert by["lr=0.01"].mean_sd("val/loss") == (None, None)
+    assert by["lr=0.003"].mean_sd("val/loss") == (pytest.approx(3.35), None) and by["lr=0.003"].n_seeds == 1
+    assert stats.noise_verdict(by["lr=0.003"], by["lr=0.001"], "val/loss") == stats.SAME_SEED
+    header, rows = report.group_table(c.groups, "val/loss")
+    cells = {r[0]: dict(zip(header, r)) for r in rows}
+    assert cells["lr=0.01"]["val/loss vs best"] == f"not ranked: {stats.NON_FINITE}"
+    assert cells["lr=0.01"]["val loss mean ± sd"] == stats.NON_FINITE
+    assert cells["lr=0.003"]["val/loss vs best"] == f"+0.3000: {stats.SAME_SEED}"
+    assert cells["lr=0.003"]["val loss mean ± sd"] == "3.3500 (one seed)"
+    assert cells["lr=0.001"]["val/loss vs best"] == "best"
+
+
+def test_runs_csv_is_numeric_and_load_differences_are_flagged(tmp_path):
+    base = str(tmp_path / "exps")
+    for s in range(3):
+        d = make_run(base, f"r{s}", seed=s, val_loss=3.0 + s / 100)
+    # r2 was measured on a loaded machine: half the tokens/s of the same config
+    summary = json.load(open(os.path.join(d, "summary.json")))
+    summary["perf/tokens_per_s"] = 1000.0
+    json.dump(summary, open(os.path.join(d, "summary.json"), "w"))
+    c = report.compare([base])
+    warn = [n for n in c.notes if "different load" in n]
+    assert len(warn) == 1 and "2.56x" in warn[0] and "r2" in warn[0] and "measured under different load" in c.text()
+    out = tmp_path / "rep"
+    assert main(["compare", base, "--out", str(out), "--no_report"]) == 0
+    assert main(["compare", base, "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "runs.csv")))
+    assert [r["run"] for r in rows] == ["r0", "r1", "r2"]
+    for r in rows:
+        for k in ("val/loss", "val/acc", "tokens", "time/train_s", "perf/tokens_per_s", "params_total"):
+            float(r[k])  # plain numbers: no "3.84k", no "1.5s"
+    assert float(rows[2]["perf/tokens_per_s"]) == 1000.0 and int(rows[0]["tokens"]) == 3840
+    assert rows[0]["seed_group"] == "all runs"
+
+
+def test_plots_every_run_final_point_bands_and_honest_axes(tmp_path):
+    from matplotlib.figure import Figure  # noqa: F401  (the plots need matplotlib)
+    from lmsprint.track import plots
+
+    base = str(tmp_path / "exps")
+    # two identical curves (one would hide the other) and a seed group of 2 with a band
+    for s in range(2):
+        make_run(base, f"a{s}", seed=s, val_loss=3.0, lr=1e-3)
+    make_run(base, "b0", seed=0, val_loss=3.0001, lr=3e-3)
+    out = tmp_path / "rep"
+    assert main(["compare", base, "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "val_loss_vs_tokens.png" in md
+    # axes: at least 1% of the values (or 0.01) however close the curves are
+    lo, hi = plots.min_span_limits(0.3001, 0.3003)
+    assert hi - lo >= 0.01
+    lo, hi = plots.min_span_limits(3.0, 3.0001)
+    assert hi - lo >= 0.03
+    lo, hi = plots.min_span_limits(2.0, 4.0)
+    assert (lo, hi) == (pytest.approx(1.95), pytest.approx(4.05))

@@ -46,7 +46,7 @@ class ValMetric:
 
 # in the order of compare's columns
 VAL_METRICS = (
-    ValMetric(VAL_LOSS, "val loss", "{:.4f}", lower_is_better=True),
+    ValMetric(VAL_LOSS, "val loss", "{:.4f}", lower_is_better=True, plot_label="val loss (nats/token)"),
     ValMetric(VAL_ACC, "val acc", "{:.4f}", lower_is_better=False, plot_label="val next-token accuracy"),
     ValMetric(VAL_PPL, "val ppl", "{:.2f}", lower_is_better=True),
     ValMetric(VAL_BPB, "val bpb", "{:.4f}", lower_is_better=True, plot_label="val bits per byte"),

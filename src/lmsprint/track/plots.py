@@ -1,15 +1,26 @@
 """PNG plots of validation curves for `lmsprint compare`: each val metric with a plot label in keys.VAL_METRICS
-(val acc, val bpb) against training time and tokens.
+(val loss, val acc, val bpb) against training time and tokens.
 
 `val_curve(run_rows, tokens_per_step)` pulls (train seconds, tokens, value) points out of metrics.jsonl rows (a row
 that lacks tokens/time gets the last value logged before it, or iter * tokens_per_step). `plot_curves(...)`
 draws one PNG per (metric, x axis) with matplotlib's object API on the Agg canvas (imported lazily, no pyplot
-state, no display needed); runs of one seed group share a colour.
+state, no display needed).
+
+What the plots promise:
+- every run is visible: runs of one seed group share a colour, and each run has its own marker and line style;
+  runs drawn first are drawn thicker, so a curve lying exactly under another still shows around it;
+- each complete run's final evaluation (the full val split, the number the tables report) is a star at the end of
+  its curve, labelled in the legend;
+- seed groups with 2+ runs get a mean ± sd band (over the runs' k-th eval points) named after the group;
+- the y axis spans at least MIN_REL_SPAN of the values' magnitude (and MIN_ABS_SPAN), so noise is not zoomed
+  into a trend.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import statistics
 from typing import Optional, Sequence
 
 from .. import keys as K
@@ -17,6 +28,10 @@ from .. import keys as K
 # (metric key, axis label) for every val metric with a plot label in keys.VAL_METRICS, x (x key, label, file stem)
 METRICS = [(m.key, m.plot_label) for m in K.VAL_METRICS if m.plot_label]
 X_AXES = [(K.TRAIN_TIME, "training time (s)", "time"), (K.TOKENS, "training tokens", "tokens")]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
+LINESTYLES = ["-", "--", "-.", ":"]
+MIN_REL_SPAN = 0.01   # the y axis covers at least 1% of the mean |value| ...
+MIN_ABS_SPAN = 0.01   # ... and at least 0.01 (one accuracy point)
 
 
 def val_curve(rows: Sequence[dict], metric: str, tokens_per_step: Optional[int] = None) -> dict[str, list]:
@@ -31,7 +46,7 @@ def val_curve(rows: Sequence[dict], metric: str, tokens_per_step: Optional[int] 
         if isinstance(r.get(K.TOKENS), (int, float)):
             last_tokens = r[K.TOKENS]
         v = r.get(metric)
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             continue
         it = r.get(K.ITER)
         tokens = last_tokens
@@ -44,39 +59,97 @@ def val_curve(rows: Sequence[dict], metric: str, tokens_per_step: Optional[int] 
     return out
 
 
-def plot_curves(series: Sequence[dict], out_dir: str) -> list[tuple[str, str]]:
+def min_span_limits(lo: float, hi: float) -> tuple[float, float]:
+    """(lo, hi) widened around its centre to at least max(MIN_REL_SPAN * |centre|, MIN_ABS_SPAN), plus 5% margins."""
+    centre = (lo + hi) / 2
+    span = max(hi - lo, MIN_REL_SPAN * abs(centre), MIN_ABS_SPAN)
+    half = span / 2 * 1.05
+    return centre - half, centre + half
+
+
+def _band(curves: list[tuple[list, list]]) -> tuple[list, list, list]:
+    """Mean x, mean y and sd y over the runs' k-th points (k up to the shortest run)."""
+    n = min(len(xs) for xs, _ in curves)
+    mx, my, sd = [], [], []
+    for k in range(n):
+        xs = [c[0][k] for c in curves]
+        ys = [c[1][k] for c in curves]
+        mx.append(statistics.fmean(xs))
+        my.append(statistics.fmean(ys))
+        sd.append(statistics.stdev(ys))
+    return mx, my, sd
+
+
+def plot_curves(series: Sequence[dict], out_dir: str, bands: Sequence[dict] = ()) -> list[tuple[str, str]]:
     """Draw the val curves of several runs.
 
-    `series`: [{"label": run name, "color_index": group index, "rows": metrics rows, "tokens_per_step": int}].
+    `series`: [{"label", "color_index" (group index), "style_index", "rows" (metrics rows), "tokens_per_step",
+    "path", "final" ({metric: value} of the final full-split evaluation), "final_x" ({x key: value})}].
+    `bands`: [{"label", "color_index", "paths" (the group's runs)}] for seed groups of 2+ runs.
     Writes `val_<metric>_vs_<x>.png` into out_dir and returns [(title, file name)] of the plots written (a plot
     with no data point at all is not written)."""
     from matplotlib.figure import Figure  # lazy: only `compare` needs matplotlib
+    from matplotlib.lines import Line2D  # lazy: as above
 
     written = []
+    n_series = len(series)
     for metric, mlabel in METRICS:
         curves = [(s, val_curve(s["rows"], metric, s.get("tokens_per_step"))) for s in series]
         for xkey, xlabel, stem in X_AXES:
-            fig = Figure(figsize=(7, 4.5), dpi=110)
+            fig = Figure(figsize=(7.5, 4.8), dpi=110)
             ax = fig.add_subplot(1, 1, 1)
-            n_lines = 0
-            for s, c in curves:
+            ys_all: list[float] = []
+            n_lines, n_final = 0, 0
+            by_path = {}
+            for i, (s, c) in enumerate(curves):
                 pts = [(x, y) for x, y in zip(c[xkey], c[metric]) if x is not None]
-                if not pts:
+                color = f"C{s.get('color_index', i) % 10}"
+                fx, fy = (s.get("final_x") or {}).get(xkey), (s.get("final") or {}).get(metric)
+                has_final = isinstance(fx, (int, float)) and isinstance(fy, (int, float)) and math.isfinite(fy)
+                if not pts and not has_final:
                     continue
-                xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.4, label=s["label"],
-                        color=f"C{s.get('color_index', n_lines) % 10}",
-                        linestyle=["-", "--", ":", "-."][s.get("style_index", 0) % 4])
-                n_lines += 1
-            if not n_lines:
+                # first drawn = thickest and lowest: a curve hidden exactly under a later one still shows around it
+                rank = (n_series - i) / max(n_series, 1)  # 1 for the first run drawn, -> 0 for the last
+                width = 1.0 + 3.5 * rank
+                if pts:
+                    xs, ys = zip(*pts)
+                    by_path[s.get("path")] = (list(xs), list(ys))
+                    ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], markersize=4 + 6 * rank,
+                            markerfacecolor="none", linewidth=width, alpha=0.75, label=s["label"], color=color,
+                            linestyle=LINESTYLES[s.get("style_index", i) % len(LINESTYLES)], zorder=2 + i)
+                    ys_all += ys
+                    n_lines += 1
+                if has_final:
+                    ax.plot([fx], [fy], marker="*", markersize=9 + 9 * rank, color=color, markeredgecolor="black",
+                            linestyle="none", zorder=50 + i)
+                    ys_all.append(fy)
+                    n_final += 1
+            if not n_lines and not n_final:
+                fig.clear()
                 continue
+            for b in bands:
+                members = [by_path[p] for p in b["paths"] if p in by_path]
+                if len(members) < 2 or min(len(m[0]) for m in members) == 0:
+                    continue
+                mx, my, sd = _band(members)
+                color = f"C{b['color_index'] % 10}"
+                ax.fill_between(mx, [m - d for m, d in zip(my, sd)], [m + d for m, d in zip(my, sd)], color=color,
+                                alpha=0.18, linewidth=0, zorder=1)
+                ax.plot(mx, my, color=color, linewidth=1.0, alpha=0.6, zorder=1.5, label=b["label"])
+                ys_all += [m - d for m, d in zip(my, sd)] + [m + d for m, d in zip(my, sd)]
+            ax.set_ylim(*min_span_limits(min(ys_all), max(ys_all)))
             title = f"{mlabel} vs {xlabel.split(' (')[0]}"
             ax.set_title(title)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(mlabel)
             ax.grid(True, alpha=0.3)
-            if n_lines <= 12:
-                ax.legend(fontsize=7)
+            handles, labels = ax.get_legend_handles_labels()
+            if n_final:
+                handles.append(Line2D([], [], marker="*", markersize=10, color="grey", markeredgecolor="black",
+                                      linestyle="none"))
+                labels.append("final eval (full val split)")
+            if len(labels) <= 16:
+                ax.legend(handles, labels, fontsize=7)
             fig.tight_layout()
             name = f"{metric.replace('/', '_')}_vs_{stem}.png"
             fig.savefig(os.path.join(out_dir, name))

@@ -21,8 +21,8 @@ from .. import keys as K
 from ..errors import UserError
 from .discover import Run, find_runs, lm_eval_columns, load_run
 from .plots import plot_curves
-from .stats import (NOISE_RULE, SINGLE_SEED, Group, best_group, differing_keys, fmt_val, group_runs, noise_verdict,
-                    norm)
+from .stats import (NOISE_RULE, NON_FINITE, Group, best_group, differing_keys, fmt_val, group_runs, load_warnings,
+                    noise_verdict, norm)
 
 # ---------------------------------------------------------------------------------------------------- formatting
 
@@ -50,10 +50,14 @@ def _num(v, fmt: str) -> str:
     return fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
 
-def _pm(m, s, fmt) -> str:
+def _pm(g: Group, metric: str, fmt: str) -> str:
+    m, s = g.mean_sd(metric)
     if m is None:
-        return "-"
-    return f"{fmt.format(m)} ± {fmt.format(s)}" if s is not None else f"{fmt.format(m)} (n=1)"
+        vals = [r.final.get(metric) for r in g.runs]
+        return "-" if all(v is None for v in vals) else NON_FINITE
+    if s is not None:
+        return f"{fmt.format(m)} ± {fmt.format(s)}"
+    return f"{fmt.format(m)} (n=1)" if g.n < 2 else f"{fmt.format(m)} (one seed)"
 
 
 def run_table(runs: list[Run], diff: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -79,14 +83,16 @@ def group_table(groups: list[Group], metric: str) -> tuple[list[str], list[list[
         seeds = ",".join(fmt_val(r.flat.get("seed")) for r in g.runs)
         if len({norm(r.flat.get("data_seed")) for r in g.runs}) > 1:
             seeds += " data_seed " + ",".join(fmt_val(r.flat.get("data_seed")) for r in g.runs)
-        if best is None:
+        if g.mean_sd(metric)[0] is None:
+            verdict = f"not ranked: {NON_FINITE}" if g.runs else "-"
+        elif best is None:
             verdict = "-"
         elif g is best:
-            verdict = "best" + (f" ({SINGLE_SEED})" if g.n < 2 else "")
+            verdict = "best" + (f" ({g.noise_note()})" if g.noise_note() else "")
         else:
             d = g.mean_sd(metric)[0] - best.mean_sd(metric)[0]
             verdict = f"{d:+.4f}: {noise_verdict(g, best, metric)}"
-        rows.append([g.label, str(g.n), seeds] + [_pm(*g.mean_sd(m.key), m.fmt) for m in K.VAL_METRICS] + [verdict])
+        rows.append([g.label, str(g.n), seeds] + [_pm(g, m.key, m.fmt) for m in K.VAL_METRICS] + [verdict])
     return header, rows
 
 
@@ -138,6 +144,7 @@ def compare(specs: list[str], metric: str = K.VAL_LOSS, only_complete: bool = Fa
         raise UserError("none of the runs is complete; drop --only_complete to see unfinished runs")
     diff = differing_keys(runs)
     groups = group_runs(runs, diff)
+    notes += load_warnings(groups)
     return Comparison(runs=runs, diff=diff, groups=groups, metric=metric, notes=notes)
 
 
@@ -164,6 +171,32 @@ def unique_out_dir(out: Optional[str]) -> str:
     raise UserError("cannot find a free report folder name under ./reports; pass --out")
 
 
+def _raw(v):
+    """A CSV cell: numbers as plain numbers (full precision), None as empty."""
+    if v is None:
+        return ""
+    if isinstance(v, (dict, list)):
+        return norm(v)
+    return v
+
+
+def write_runs_csv(c: Comparison, path: str) -> None:
+    """runs.csv: one row per run, every number as a plain number (seconds, tokens, tokens/s, parameters)."""
+    lm = lm_eval_columns(c.runs)
+    cols = [m.key for m in K.VAL_METRICS] + lm + [K.TOKENS, K.TRAIN_TIME, K.TOKENS_PER_S, "params_total",
+                                                  "params_active"]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "run", "status", "seed_group"] + cols + c.diff)
+        label = {r.path: g.label for g in c.groups for r in g.runs}
+        for r in c.runs:
+            nums = [r.final.get(m.key) for m in K.VAL_METRICS] + [r.lm_eval.get(k) for k in lm] + [
+                r.get(K.TOKENS), r.get(K.TRAIN_TIME), r.get(K.TOKENS_PER_S), r.summary.get("params_total"),
+                r.summary.get("params_active")]
+            w.writerow([r.path, r.name, r.status, label.get(r.path, "")] + [_raw(v) for v in nums] +
+                       [_raw(r.flat.get(k)) for k in c.diff])
+
+
 def write_report(c: Comparison, out_dir: str, specs: list[str]) -> str:
     """Plots + runs.csv + report.md into out_dir; returns the path of report.md."""
     os.makedirs(out_dir, exist_ok=True)
@@ -175,15 +208,14 @@ def write_report(c: Comparison, out_dir: str, specs: list[str]) -> str:
     for n, r in enumerate(c.runs):
         gi, si = gindex.get(r.path, (len(c.groups) + n, 1))
         series.append({"label": r.name + ("" if r.complete else " *"), "rows": r.rows, "color_index": gi,
-                       "style_index": si, "tokens_per_step": r.tokens_per_step})
-    plots = plot_curves(series, out_dir)
-
+                       "style_index": si, "tokens_per_step": r.tokens_per_step, "path": r.path,
+                       "final": dict(r.final) if r.complete else {},
+                       "final_x": {K.TRAIN_TIME: r.get(K.TRAIN_TIME), K.TOKENS: r.get(K.TOKENS)}})
+    bands = [{"label": f"{g.label} (n={g.n}, mean ± sd)", "color_index": i,
+              "paths": [r.path for r in g.runs]} for i, g in enumerate(c.groups) if g.n > 1]
+    plots = plot_curves(series, out_dir, bands)
+    write_runs_csv(c, os.path.join(out_dir, "runs.csv"))
     header, rows = run_table(c.runs, c.diff)
-    with open(os.path.join(out_dir, "runs.csv"), "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path"] + header)
-        for r, row in zip(c.runs, rows):
-            w.writerow([r.path] + row)
 
     md = ["# Run comparison", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from: "
           + ", ".join(f"`{s}`" for s in specs), "",
@@ -195,7 +227,9 @@ def write_report(c: Comparison, out_dir: str, specs: list[str]) -> str:
         md += ["## Seed groups", "", f"Runs that differ only by seed/data_seed, verdicts on `{c.metric}` "
                "against the best group.", "", md_table(*group_table(c.groups, c.metric)), "",
                NOISE_RULE[0].upper() + NOISE_RULE[1:] + ".", ""]
-    md += ["## Curves", ""]
+    md += ["## Curves", "", "Curves are the periodic evaluations on the fixed val set; a star is a run's final evaluation "
+           "(the full val split unless the run said otherwise: the number in the tables); a shaded band is a seed "
+           "group's mean ± sd over its runs' k-th evaluations; the y axis spans at least 1% of the values.", ""]
     if plots:
         for title, name in plots:
             md += [f"### {title}", "", f"![{title}]({name})", ""]

@@ -2,13 +2,19 @@
 between two groups and the best group for a metric (its direction from keys.VAL_METRICS).
 
 Runs whose configs differ only by `seed` / `data_seed` form a group. NOISE RULE: two groups differ "within noise"
-when |mean_a - mean_b| < sd_a + sd_b; with one seed in a group the verdict is "single seed: noise unknown".
+when |mean_a - mean_b| < sd_a + sd_b; with one seed in a group the verdict is "single seed: noise unknown", and a
+group whose runs all share one seed says so (their spread is not seed noise). A group with a run whose metric is
+missing or not finite (a NaN run) has no mean for it and is never the best group.
+`load_warnings(groups)`: runs of one config whose tokens/s differ by more than LOAD_RATIO were measured under
+different machine load. `seed_group_id(flat)`: a stable name of a run's seed group (wandb's `group`).
 Bookkeeping options (config metadata `bookkeeping=True`: names, folders, sinks, cadence) are never "differing".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Optional
@@ -20,6 +26,9 @@ from .discover import Run
 NOISE_RULE = ("noise rule: a difference between two seed groups is 'within noise' when |mean_a - mean_b| < "
               "sd_a + sd_b (sample sd over seeds); a group with one seed has 'single seed: noise unknown'")
 SINGLE_SEED = "single seed: noise unknown"
+SAME_SEED = "runs share one seed: noise unknown"
+NON_FINITE = "non-finite or missing"
+LOAD_RATIO = 1.5
 SEED_KEYS = ("seed", "data_seed")
 # options that differ between runs without changing what was trained (config metadata `bookkeeping=True`)
 IGNORED_KEYS = frozenset(flags_where("bookkeeping"))
@@ -54,14 +63,33 @@ class Group:
     def n(self) -> int:
         return len(self.runs)
 
+    @property
+    def n_seeds(self) -> int:
+        """Distinct (seed, data_seed) pairs among the runs."""
+        return len({tuple(norm(r.flat.get(k)) for k in SEED_KEYS) for r in self.runs})
+
     def values(self, metric: str) -> list[float]:
-        return [r.final[metric] for r in self.runs if r.final.get(metric) is not None]
+        return [r.final[metric] for r in self.runs if finite(r.final.get(metric))]
+
+    def all_finite(self, metric: str) -> bool:
+        return all(finite(r.final.get(metric)) for r in self.runs)
 
     def mean_sd(self, metric: str) -> tuple[Optional[float], Optional[float]]:
+        """Mean and sample sd over seeds; (None, None) if any run lacks a finite value; sd None with one seed."""
         v = self.values(metric)
-        if not v:
+        if not v or not self.all_finite(metric):
             return None, None
-        return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else None)
+        return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 and self.n_seeds > 1 else None)
+
+    def noise_note(self) -> Optional[str]:
+        """Why this group's sd says nothing about seed noise (None when it does)."""
+        if self.n < 2:
+            return SINGLE_SEED
+        return SAME_SEED if self.n_seeds < 2 else None
+
+
+def finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def group_runs(runs: list[Run], diff: Optional[list[str]] = None) -> list[Group]:
@@ -87,7 +115,7 @@ def noise_verdict(a: Group, b: Group, metric: str) -> str:
     if ma is None or mb is None:
         return "no value"
     if sa is None or sb is None:
-        return SINGLE_SEED
+        return (a.noise_note() if sa is None else b.noise_note()) or SINGLE_SEED
     return "within noise" if abs(ma - mb) < sa + sb else "beyond noise"
 
 
@@ -97,9 +125,31 @@ def lower_is_better(metric: str) -> bool:
 
 
 def best_group(groups: list[Group], metric: str) -> Optional[Group]:
-    """The group with the best mean of `metric` (lowest, or highest for a higher-is-better metric)."""
+    """The group with the best mean of `metric` (lowest, or highest for a higher-is-better metric); a group with a
+    non-finite or missing value in any run has no mean and is never the best."""
     scored = [g for g in groups if g.mean_sd(metric)[0] is not None]
     if not scored:
         return None
     sign = 1 if lower_is_better(metric) else -1
     return min(scored, key=lambda g: sign * g.mean_sd(metric)[0])
+
+
+def load_warnings(groups: list[Group], key: str = K.TOKENS_PER_S) -> list[str]:
+    """One line per group of identical configs whose tokens/s differ by more than LOAD_RATIO."""
+    out = []
+    for g in groups:
+        tps = [(r.get(key), r.name) for r in g.runs if finite(r.get(key)) and r.get(key) > 0]
+        if len(tps) < 2:
+            continue
+        lo, hi = min(tps), max(tps)
+        if hi[0] > LOAD_RATIO * lo[0]:
+            out.append(f"measured under different load: {g.label}: tokens/s differ {hi[0] / lo[0]:.2f}x between runs "
+                       f"of one config ({lo[1]} {lo[0]:,.0f} vs {hi[1]} {hi[0]:,.0f}); their times and tokens/s are "
+                       "not comparable, their metrics per token are")
+    return out
+
+
+def seed_group_id(flat: dict) -> str:
+    """A short stable id of a config without seeds and bookkeeping options: runs of one seed group share it."""
+    items = sorted((k, norm(v)) for k, v in flat.items() if k not in IGNORED_KEYS and k not in SEED_KEYS)
+    return hashlib.sha1(json.dumps(items, default=str).encode()).hexdigest()[:8]
