@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -177,3 +180,23 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path, capfd):
     assert rc == 1
     assert "[sweep 1/2]" in out and "[sweep 2/2]" in out and out.count("FAILED") == 2
     assert "2 run(s) failed" in err
+
+
+def test_values_that_normalise_alike_get_their_own_runs(tmp_path):
+    """`a_b.txt` and `a-b.txt` both normalise to `a-b.txt`: each gets its own run name (a short hash of the value),
+    so the second is never skipped as the first's "complete" run; values that do not collide keep plain names."""
+    points = S.plan({"dataset": ["a_b.txt", "a-b.txt", "c.txt"]}, [0])
+    names = [p.name for p in points]
+    assert len(set(names)) == 3 and names[2] == "dataset=c.txt_seed=0"
+    assert all(re.fullmatch(r"dataset=a-b\.txt-[0-9a-f]{6}_seed=0", n) for n in names[:2])
+    assert S.plan({"dataset": ["a_b.txt", "a-b.txt"]}, [0])[0].name == names[0]  # stable across reruns
+    # the real CLI plans two runs with two names
+    for f in ("a_b.txt", "a-b.txt"):
+        (tmp_path / f).write_text("hello world\n\n" * 50)
+    p = subprocess.run([sys.executable, "-m", "lmsprint", "sweep", "--grid", "dataset=a_b.txt,a-b.txt", "--dry_run",
+                        "--", "--results_base_folder", "exps"], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    planned = re.findall(r"--exp_name (\S+)", p.stdout)
+    assert len(planned) == 2 and len(set(planned)) == 2 and set(planned) == set(names[:2])
+    # and a nanoGPT name works as a grid key
+    assert S.parse_grid(["learning_rate=1e-3,3e-3"]) == {"lr": ["1e-3", "3e-3"]}

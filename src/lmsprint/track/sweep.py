@@ -17,6 +17,7 @@ The command line (argument parsing, the final comparison, the exit status) is in
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -24,11 +25,12 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import rundir
 from ..config import FLAGS, build_config, coerce, flags_where, flatten, unknown_flag_error
+from ..config.schema import ALIASES
 from ..errors import UserError
 from ..files import atomic_write_text
 from ..train.checks import check_run
@@ -44,15 +46,26 @@ SWEEP_FILE = "sweep.json"       # in the sweep folder (not a run directory): the
 class Point:
     values: dict          # flag -> raw string value of this grid point
     seed: int
+    labels: dict = field(default_factory=dict)  # flag -> this value's piece of the name, where `_safe` collides
 
     @property
     def name(self) -> str:
-        parts = [f"{k}={_safe(v)}" for k, v in self.values.items()] + [f"seed={self.seed}"]
+        parts = [f"{k}={self.labels.get(k) or _safe(v)}" for k, v in self.values.items()] + [f"seed={self.seed}"]
         return "_".join(parts)
 
 
 def _safe(v: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+\-]", "-", str(v))
+
+
+def value_labels(values: list[str]) -> dict[str, str]:
+    """value -> its piece of the run name: `_safe(value)`, plus a short hash of the value itself when two values
+    of the grid make the same `_safe` form (`a_b.txt` and `a-b.txt`), so every grid point gets its own run."""
+    by_safe: dict[str, list[str]] = {}
+    for v in values:
+        by_safe.setdefault(_safe(v), []).append(v)
+    return {v: s + (f"-{hashlib.sha1(str(v).encode()).hexdigest()[:6]}" if len(vs) > 1 else "")
+            for s, vs in by_safe.items() for v in vs}
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
@@ -66,6 +79,7 @@ def parse_grid(specs: list[str]) -> dict[str, list[str]]:
             raise UserError(f"--grid '{spec}' is not FLAG=V1,V2,...; e.g. --grid label_smoothing=0,0.1")
         key, _, vals = spec.partition("=")
         key = key.strip().lstrip("-")
+        key = ALIASES.get(key, key)  # nanoGPT's names (learning_rate, max_iters, ...)
         if key in RESERVED:
             raise UserError(f"--grid {key}: {RESERVED[key]}")
         if key not in FLAGS:
@@ -109,8 +123,9 @@ def check_name(name: str) -> str:
 
 def plan(grid: dict[str, list[str]], seeds: list[int]) -> list[Point]:
     keys = list(grid)
-    return [Point(dict(zip(keys, combo)), seed) for combo in itertools.product(*(grid[k] for k in keys))
-            for seed in seeds]
+    labels = {k: value_labels(grid[k]) for k in keys}
+    return [Point(dict(zip(keys, combo)), seed, {k: labels[k][v] for k, v in zip(keys, combo)})
+            for combo in itertools.product(*(grid[k] for k in keys)) for seed in seeds]
 
 
 def default_name(grid: dict) -> str:
