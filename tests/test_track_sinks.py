@@ -16,7 +16,7 @@ import torch
 
 from lmsprint.config import build_config
 from lmsprint.errors import UserError
-from lmsprint.track.sinks import Sinks, check_available, scalars
+from lmsprint.track.sinks import Sinks, check_available, scalars, wandb_group, wandb_tags
 
 
 def _cfg(**kw):
@@ -165,6 +165,11 @@ def test_wandb_offline_readback(tmp_path, monkeypatch):
     wb = wandb_offline_readback(str(run_dir))
     assert wb["run"].display_name == "hack-my_run"
     assert wb["run"].project == "llm-hack"
+    # runs of one seed group share a wandb group; tags name the preset, model and dataset
+    assert wb["run"].run_group == wandb_group(cfg) and wandb_group(cfg) == wandb_group(_cfg(
+        wandb=True, wandb_run_prefix="other-", label_smoothing=0.1, moe_num_experts=4, seed=7))
+    assert wandb_group(cfg) != wandb_group(_cfg(label_smoothing=0.2, moe_num_experts=4))
+    assert list(wb["run"].tags) == wandb_tags(cfg) and "demo" in wandb_tags(cfg)
     assert wb["config"]["train"]["label_smoothing"] == 0.1
     assert wb["config"]["model"]["moe"]["moe_num_experts"] == 4
     hist = wb["history"]

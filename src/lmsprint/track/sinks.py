@@ -6,7 +6,8 @@ Only rank 0 writes (`enabled=False` elsewhere makes every call a no-op).
 
 - `check_available(cfg)`: call before creating the run directory; raises a one-line `UserError` naming the
   `pip install 'lmsprint[...]'` extra when an asked-for sink's package is missing.
-- wandb: run name `<wandb_run_prefix><run dir name>`, files under `<run_dir>/wandb`, the resolved config, metrics
+- wandb: run name `<wandb_run_prefix><run dir name>`, `group` = the run's seed group (`wandb_group`), tags = preset,
+  model, dataset and `sweep:<name>` (`wandb_tags`), files under `<run_dir>/wandb`, the resolved config, metrics
   against "iter" (the llm-baselines keys as they are), MoE expert load split into `moe/load/l{i}/e{j}` scalars plus
   a `moe/load_table` (layers x experts, logged with each sample), a growing `samples` table of generated text
   (one row per `log_text`), and the final metrics in `wandb.run.summary`. A resumed run directory continues the same wandb run (its id is kept in
@@ -28,7 +29,10 @@ from typing import Any, Optional
 
 from .. import keys as K
 from .. import rundir
+from ..config import flatten, run_name_parts
 from ..errors import UserError
+from .stats import seed_group_id
+from .sweep import SWEEP_FILE
 
 SAMPLES_TABLE = "samples"
 
@@ -122,6 +126,22 @@ def flat_summary(summary: dict) -> dict[str, Any]:
     return out
 
 
+def wandb_group(cfg) -> str:
+    """The wandb group of a run: its seed group (the derived run name without the seed, plus the id of the config
+    without seeds and bookkeeping options), so runs differing only by seed are grouped (mean ± sd in wandb)."""
+    parts = [p for p in run_name_parts(cfg) if p != f"s{cfg.train.seed}"]
+    return "_".join(parts + [seed_group_id(flatten(cfg.to_dict()))])
+
+
+def wandb_tags(cfg) -> list[str]:
+    """Tags: the preset, the model, the dataset (its last path part) and `sweep:<name>` for a sweep's runs."""
+    tags = [cfg.config_format, cfg.model.model, os.path.basename(os.path.normpath(str(cfg.data.dataset)))[:60]]
+    base = cfg.train.results_base_folder
+    if os.path.isfile(os.path.join(base, SWEEP_FILE)):
+        tags.append("sweep:" + os.path.basename(os.path.normpath(base))[:58])
+    return list(dict.fromkeys(t for t in tags if t))
+
+
 class Sinks:
     """All metric outputs of one run. Construct on every rank; only the `enabled` one (rank 0) writes."""
 
@@ -163,7 +183,8 @@ class Sinks:
         mode = _wandb_mode()
         try:
             run = wandb.init(project=cfg.log.wandb_project, entity=cfg.log.wandb_entity, name=name, id=run_id,
-                             resume="allow", dir=self.run_dir, config=cfg.to_dict(),
+                             resume="allow", dir=self.run_dir, config=cfg.to_dict(), group=wandb_group(cfg),
+                             tags=wandb_tags(cfg),
                              mode=mode if mode in ("online", "offline", "disabled") else None,
                              settings=wandb.Settings(console="off", silent=True))
         except Exception as e:  # not logged in, no network, bad entity...
