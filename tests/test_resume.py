@@ -45,7 +45,7 @@ def rows(run_dir):
 
 
 def weights(run_dir):
-    return torch.load(os.path.join(run_dir, "checkpoints", "latest.pt"), weights_only=False)["model"]
+    return torch.load(os.path.join(run_dir, "checkpoints", "latest.pt"), weights_only=True)["model"]
 
 
 def summary(run_dir):

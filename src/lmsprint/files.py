@@ -1,18 +1,43 @@
 """Atomic file writes shared by run directories and prepared datasets.
 
 `atomic_write_text(path, text)` writes to a temporary file in the same directory, fsyncs it and `os.replace`s it
-over `path`, so a reader (or a process killed mid-write) sees either the old file or the new one, never a torn one.
+over `path`, so a reader (or a process killed mid-write) sees either the old file or the new one, never a torn one;
+a failed write (disk full, read-only folder) leaves the old file and no temporary file behind.
+`json_text(obj, **kw)`: strict JSON (`allow_nan=False`) with every non-finite float written as null; every JSON
+file lmsprint writes goes through it, so no file ever holds a bare NaN or Infinity.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 
 
 def atomic_write_text(path: str, text: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def finite_or_none(obj):
+    """`obj` with every non-finite float (nan, inf, -inf) inside dicts, lists and tuples replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def json_text(obj, **kwargs) -> str:
+    """`json.dumps(obj, allow_nan=False, **kwargs)` after writing non-finite floats as null."""
+    return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)

@@ -11,10 +11,17 @@ Layout of `<results_base_folder>/<run name>[-N]/` (the names below are defined h
     tokenizer_info.json  what rebuilds the tokenizer offline                  tokenizer_info_path
     versions.json        lmsprint / torch / python versions that trained it    versions_path
     checkpoints/latest.pt                                                     checkpoint_path / has_checkpoint
+    run.lock             held (fcntl.flock) by the process training in the run   lock_run_dir / is_locked
     wandb/ (run_id), tb/ the optional sinks' folders                          wandb_dir / wandb_id_path / tb_dir
 and `<results_base_folder>/latest`, a pointer file naming the newest run.
 
-- `run_name(cfg)`: exp_name, or a name joined from the options' `name_part` metadata (config.run_name_parts).
+- `run_name(cfg)`: exp_name, or a name joined from the options' `name_part` metadata (config.run_name_parts);
+  `check_run_name(cfg)` refuses a name that is not one plain folder name (a separator, `.`/`..`, the pointer name
+  `latest`), so nothing is ever written outside --results_base_folder.
+- `lock_run_dir(run_dir)`: an OS file lock on run.lock for as long as this process lives (it dies with the process,
+  also on kill -9); a second process training in the same run is refused in one line.
+- `status(run_dir)`: the summary's status, except that a run whose summary still says `running` but whose lock is
+  not held died without saying so: `interrupted` if it left a checkpoint to resume from, else `failed`.
 - `create_run_dir(cfg)`: atomic `os.mkdir` with a numeric suffix (-2, -3, ...) so that two identical commands,
   even concurrent ones, get two directories; records the `latest` pointer file (written atomically).
 - `is_run_dir(path)`: a folder holding config.yaml (the first file `lmsprint train` writes into a run).
@@ -25,6 +32,8 @@ Nothing here overwrites or deletes another run's files.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import time
@@ -33,8 +42,8 @@ from typing import Optional
 import yaml
 
 from .config import RunConfig, run_name_parts
-from .errors import UserError
-from .files import atomic_write_text
+from .errors import ConfigError, UserError
+from .files import atomic_write_text, json_text
 
 LATEST_POINTER = "latest"
 CONFIG_FILE = "config.yaml"
@@ -51,6 +60,8 @@ VERSIONS_FILE = "versions.json"
 WANDB_DIR = "wandb"                 # wandb.init(dir=run_dir) itself writes into <run_dir>/wandb
 WANDB_ID_FILE = "run_id"           # inside WANDB_DIR: the wandb run id a resumed run continues
 TB_DIR = "tb"
+LOCK_FILE = "run.lock"
+MAX_NAME_BYTES = 200               # a folder name is at most 255 bytes; room for the -N suffix
 
 
 # ---------------------------------------------------------------------------------------------------- paths
@@ -112,6 +123,10 @@ def tb_dir(run_dir: str) -> str:
     return os.path.join(run_dir, TB_DIR)
 
 
+def lock_path(run_dir: str) -> str:
+    return os.path.join(run_dir, LOCK_FILE)
+
+
 # ---------------------------------------------------------------------------------------------------- names
 
 
@@ -124,23 +139,46 @@ def run_name(cfg: RunConfig) -> str:
     return "".join(c if c.isalnum() or c in "-_.+" else "-" for c in name)
 
 
+def check_run_name(cfg: RunConfig) -> str:
+    """The run name, or ConfigError if it is not one plain folder name inside --results_base_folder."""
+    name = run_name(cfg)
+    flag = "exp_name" if cfg.train.exp_name else "run_prefix"
+    bad = None
+    if any(sep in name for sep in ("/", "\\", os.sep, "\0")):
+        bad = "contains a path separator"
+    elif name in (".", ".."):
+        bad = "names a folder outside a run"
+    elif name == LATEST_POINTER:
+        bad = f"is the name of the results folder's `{LATEST_POINTER}` pointer file"
+    elif len(name.encode()) > MAX_NAME_BYTES:
+        bad = f"is longer than {MAX_NAME_BYTES} bytes"
+    elif any(not c.isprintable() for c in name):
+        bad = "contains a control character"
+    if bad:
+        raise ConfigError(f"`{flag}` '{name}' {bad}; a run name must be one plain folder name such as "
+                          f"`{flag}` my_run (runs are always created inside `results_base_folder`)")
+    return name
 # ---------------------------------------------------------------------------------------------------- directories
 
 
 def create_run_dir(cfg: RunConfig) -> str:
     """Create a brand-new run directory under results_base_folder; never returns an existing one."""
     base = cfg.train.results_base_folder
+    name = check_run_name(cfg)
     try:
         os.makedirs(base, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create --results_base_folder '{base}': {e.strerror}; choose a writable folder")
-    name = run_name(cfg)
     for i in range(1, 100000):
         path = os.path.join(base, name if i == 1 else f"{name}-{i}")
         try:
             os.mkdir(path)  # atomic: exactly one process succeeds for a given path
         except FileExistsError:
             continue
+        except OSError as e:
+            raise UserError(f"cannot create a run directory in --results_base_folder '{base}': {e.strerror}; "
+                            "choose a writable folder")
+        lock_run_dir(path)
         os.mkdir(os.path.join(path, CKPT_DIR))
         write_latest_pointer(base, path)
         return path
@@ -148,7 +186,71 @@ def create_run_dir(cfg: RunConfig) -> str:
 
 
 def write_latest_pointer(base: str, run_dir: str) -> None:
-    atomic_write_text(os.path.join(base, LATEST_POINTER), os.path.basename(os.path.normpath(run_dir)) + "\n")
+    """Point `latest` at `run_dir`; a folder of that name (not lmsprint's pointer file) is left untouched and the
+    newest run is then found by modification time."""
+    pointer = os.path.join(base, LATEST_POINTER)
+    if os.path.isdir(pointer):
+        return
+    atomic_write_text(pointer, os.path.basename(os.path.normpath(run_dir)) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------- lock
+
+_HELD: dict = {}  # realpath of a run dir -> the open file descriptor holding its lock in this process
+
+
+def lock_run_dir(run_dir: str) -> None:
+    """Hold an exclusive OS lock on the run for the life of this process (released by `unlock_run_dir` or when
+    the process ends, however it ends). UserError if another live process holds it."""
+    key = os.path.realpath(run_dir)
+    if key in _HELD:
+        return
+    try:
+        fd = os.open(lock_path(run_dir), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"cannot lock run directory {run_dir} ({e.strerror}: {lock_path(run_dir)}); a run needs a "
+                        "writable run directory")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        try:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        except OSError:
+            pid = ""
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise UserError(f"cannot lock run directory {run_dir} ({e.strerror})")
+        raise UserError(f"run {run_dir} is in use by another process{f' (pid {pid})' if pid else ''}; wait for it "
+                        "to finish or stop it before resuming")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # the pid is only for the message above
+    _HELD[key] = fd
+
+
+def unlock_run_dir(run_dir: str) -> None:
+    fd = _HELD.pop(os.path.realpath(run_dir), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def is_locked(run_dir: str) -> bool:
+    """Whether a live process (this one or another) holds the run's lock."""
+    if os.path.realpath(run_dir) in _HELD:
+        return True
+    try:
+        fd = os.open(lock_path(run_dir), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def is_latest_pointer(path: str) -> bool:
@@ -227,7 +329,7 @@ def read_config(run_dir: str) -> RunConfig:
 
 
 def write_summary(run_dir: str, summary: dict) -> None:
-    atomic_write_text(summary_path(run_dir), json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(summary_path(run_dir), json_text(summary, indent=2) + "\n")
 
 
 def read_summary(run_dir: str) -> Optional[dict]:
@@ -241,12 +343,17 @@ def read_summary(run_dir: str) -> Optional[dict]:
 
 
 def status(run_dir: str) -> str:
-    """The summary's status (running | complete | failed), or 'no summary'."""
-    return (read_summary(run_dir) or {}).get("status") or "no summary"
+    """running | complete | interrupted | failed, or 'no summary'. A summary saying `running` (or none at all)
+    while no process holds the run's lock means the process died: `interrupted` when a checkpoint is there to
+    resume from, else `failed`."""
+    st = (read_summary(run_dir) or {}).get("status") or "no summary"
+    if st in ("running", "no summary") and is_run_dir(run_dir) and not is_locked(run_dir):
+        return "interrupted" if has_checkpoint(run_dir) else "failed"
+    return st
 
 
 def write_eval(run_dir: str, results: dict) -> None:
-    atomic_write_text(eval_path(run_dir), json.dumps(results, indent=2) + "\n")
+    atomic_write_text(eval_path(run_dir), json_text(results, indent=2) + "\n")
 
 
 def now_iso() -> str:

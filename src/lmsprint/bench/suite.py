@@ -22,6 +22,7 @@ import torch
 
 from ..config import SuggestingParser
 from ..errors import UserError
+from ..files import json_text
 from .measure import add_measure_arguments, bench_config, config_from_args
 
 # reference figures: H200, torch 2.11, hackathon defaults (tokens/s) and the targets of the speed work
@@ -161,7 +162,7 @@ def run_suite(kind: str, warmup: int, steps: int, per_config_s: float, budget_s:
     if out:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "bench.json"), "w") as fh:
-            json.dump(result, fh, indent=2)
+            fh.write(json_text(result, indent=2))
         with open(os.path.join(out, "bench.md"), "w") as fh:
             fh.write(f"# lmsprint bench --suite {kind}\n\n{table}\n")
     return result

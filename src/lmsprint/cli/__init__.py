@@ -10,6 +10,7 @@ option names as flags (`--name`).
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from typing import Optional
@@ -58,6 +59,26 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"lmsprint: error: {cli_message(e)}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # the machine, not lmsprint: a full disk, a read-only or missing folder, ...
+        print(f"lmsprint: error: {os_error_message(e)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("lmsprint: interrupted", file=sys.stderr)
         return 130
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError: what failed on which file, and what to do."""
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno is None:  # e.g. numpy's short write "N requested and M written": a full disk or a file size limit
+        return " ".join(f"{e}; the disk may be full or the file not writable; free space and run it again".split())
+    if e.errno in _DISK_FULL:
+        hint = "free space (files written before are kept; a run continues with --resume)"
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = "choose a writable folder"
+    else:
+        hint = "check the path"
+    return " ".join(f"{e.strerror or e}{where}; {hint}".split())

@@ -8,7 +8,6 @@ Imports only torch and the standard library beyond lmsprint, so `python -m lmspr
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
@@ -16,6 +15,7 @@ from ..bench.measure import add_measure_arguments, bench_config, config_from_arg
 from ..bench.memory import format_memory_table, memory_table
 from ..bench.suite import fmt_si, run_suite
 from ..errors import UserError
+from ..files import json_text
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +46,7 @@ def _run_suite(args, threads) -> int:
         extra += ["--peak_flops", str(args.peak_flops)]
     res = run_suite(args.suite, warmup, steps, args.config_timeout or (150 if gpu else 60),
                     args.suite_budget or (450 if gpu else 110), only, extra, args.out, isolate=isolate)
-    print(json.dumps({k: res[k] for k in ("suite", "rows", "notes")}) if args.json else res["table"])
+    print(json_text({k: res[k] for k in ("suite", "rows", "notes")}) if args.json else res["table"])
     return 0 if any(r.get("ok") for r in res["rows"]) else 1
 
 
@@ -68,7 +68,7 @@ def _print_memory(args) -> int:
     kw = dict(world_size=args.world_size, batch=cfg.train.batch_size, seq=cfg.model.sequence_length,
               vocab=cfg.model.vocab_size, opt=cfg.optim.opt)
     rows = memory_table(mode="ddp", **kw) + memory_table(mode="fsdp", **kw)
-    print(json.dumps(rows) if args.json else format_memory_table(rows))
+    print(json_text(rows) if args.json else format_memory_table(rows))
     return 0
 
 
@@ -90,7 +90,7 @@ def run_bench(args) -> int:
     row = bench_config(cfg, warmup, steps, args.check_sync, args.peak_flops, args.measure_peak,
                        args.compile_backend or "inductor")
     if args.json:
-        print(json.dumps(row))
+        print(json_text(row))
     else:
         _print_row(row, args.check_sync)
     return 0

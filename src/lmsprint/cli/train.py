@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .. import keys as K
@@ -28,6 +29,8 @@ from ..train.data import load_data
 from ..train.distributed import World
 from ..train.evaluate import evaluate
 from ..train.generate import sample_text
+from ..train.guard import RunInterrupted
+from ..train.resume import parse_overrides
 from ..train.artifacts import load_run_model, run_tokenizer
 from ..train.trainer import train
 from .lmeval import add_lm_eval_arguments, run_lm_eval_command
@@ -35,7 +38,7 @@ from .lmeval import add_lm_eval_arguments, run_lm_eval_command
 # flags that may accompany --resume: they change where/how a run executes or is reported, never its numbers
 RESUME_SAFE = frozenset(flags_where("resume_safe"))
 
-_NOT_CONFIG = ("command", "_run", "config", "resume", "print_config")
+_NOT_CONFIG = ("command", "_run", "config", "resume", "print_config", "resume_override")
 
 
 # ---------------------------------------------------------------------------------------------------- train
@@ -46,6 +49,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="YAML/TOML file of flag values (flat or nested); CLI flags override it")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue a run in its own directory: the directory or 'latest'")
+    p.add_argument("--resume_override", metavar="NAMES", default=None,
+                   help="with --resume: option names (comma-separated, or 'dataset' for other data) that may differ "
+                        "from the checkpoint's, e.g. lr,dataset; without it such a resume is refused")
     p.add_argument("--print_config", action="store_true",
                    help="print the resolved configuration (preset < --config file < flags) as YAML and exit")
     add_flags(p)
@@ -55,15 +61,16 @@ def _cli_values(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
 
 
-def resume_config(run_dir: str, cli_values: dict):
-    """The run's saved config with the harmless CLI overrides applied; UserError for any other change."""
+def resume_config(run_dir: str, cli_values: dict, overrides=frozenset()):
+    """The run's saved config with the harmless CLI overrides (and those named in `overrides`) applied; UserError
+    for any other change."""
     cfg = rundir.read_config(run_dir)
     changed = []
     for name, raw in cli_values.items():
         if name not in FLAGS:
             continue
         value = coerce(name, raw)
-        if name in RESUME_SAFE:
+        if name in RESUME_SAFE or name in overrides:
             set_value(cfg, name, value)
         elif value != get_value(cfg, name):
             changed.append(f"--{name}")
@@ -76,27 +83,37 @@ def resume_config(run_dir: str, cli_values: dict):
 
 def run_train(args) -> int:
     values = _cli_values(args)
+    overrides = parse_overrides(args.resume_override)
+    if overrides and not args.resume:
+        raise UserError("--resume_override only applies with --resume; drop it or add --resume RUN_DIR")
     if args.resume:
         if args.config:
             raise UserError("--config cannot be combined with --resume (a resumed run uses its own config.yaml); "
                             "drop --config")
         base = values.get("results_base_folder", get_value(build_config({}), "results_base_folder"))
         run_dir = rundir.resolve_run_dir(args.resume, base)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 holds the lock for all ranks
+            rundir.lock_run_dir(run_dir)  # a run another process is training is refused here, in one line
         summary = rundir.read_summary(run_dir) or {}
         if summary.get("status") == "complete":
             raise UserError(f"run {run_dir} is already complete; start a new run instead of --resume")
-        cfg = resume_config(run_dir, values)
+        cfg = resume_config(run_dir, values, overrides)
         if not rundir.has_checkpoint(run_dir):
             raise UserError(f"checkpoint {rundir.checkpoint_path(run_dir)} is missing or corrupt (no such file); the "
                             "run stopped before its first checkpoint: start a new run instead of --resume")
     else:
         run_dir = None
         cfg = build_config(values, args.config)
+        rundir.check_run_name(cfg)  # a name that is no plain folder name is refused before any work
     if args.print_config:
         print(config_yaml(cfg), end="")
         return 0
     check_available(cfg)  # a missing sink package is reported before any run directory is touched
-    train(cfg, Sinks, resume_dir=run_dir)
+    try:
+        train(cfg, Sinks, resume_dir=run_dir, resume_override=overrides)
+    except RunInterrupted as e:  # a stop signal: checkpoint saved, summary `interrupted`
+        print(f"lmsprint: stopped: {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 

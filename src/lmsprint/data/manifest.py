@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, json_text
 from .integrity import token_dtype, token_file_facts, validate_fields, verify_token_file
 from .tokenizer import _GPT2_N_VOCAB as GPT2_N_VOCAB  # the gpt2 vocabulary size a manifest must agree with
 
@@ -86,7 +86,7 @@ class Manifest:
 
 
 def write_json_atomic(path: str, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1))
+    atomic_write_text(path, json_text(obj, indent=1))
 
 
 def write_manifest(m: Manifest) -> None:

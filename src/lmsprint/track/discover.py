@@ -22,7 +22,7 @@ from ..evals.results import latest_metrics
 class Run:
     path: str
     name: str
-    status: str                       # complete | running | failed | no summary
+    status: str                       # complete | running | interrupted | failed | no summary (rundir.status)
     flat: dict                        # flat {flag: value} of config.yaml
     summary: dict
     rows: list                        # metrics.jsonl rows
@@ -90,7 +90,7 @@ def _number(v):
 
 def load_run(path: str) -> Run:
     summary = rundir.read_summary(path) or {}
-    run = Run(path=path, name=os.path.basename(os.path.normpath(path)), status=summary.get("status") or "no summary",
+    run = Run(path=path, name=os.path.basename(os.path.normpath(path)), status=rundir.status(path),
               flat=flatten(rundir.read_config_dict(path)), summary=summary, rows=rundir.read_metrics(path))
     final = summary.get(K.FINAL) if isinstance(summary.get(K.FINAL), dict) else {}
     for key in K.VAL_KEYS:

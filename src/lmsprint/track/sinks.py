@@ -20,7 +20,6 @@ Every path inside the run directory comes from `lmsprint.rundir`.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import secrets
@@ -31,6 +30,7 @@ from .. import keys as K
 from .. import rundir
 from ..config import flatten, run_name_parts
 from ..errors import UserError
+from ..files import json_text
 from .stats import seed_group_id
 from .sweep import SWEEP_FILE
 
@@ -216,7 +216,7 @@ class Sinks:
         if not self.enabled:
             return
         row = {K.ITER: step, **{k: _plain(v) for k, v in metrics.items() if k != K.ITER}}
-        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.write(json_text(row) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
             for k, v in scalars(metrics).items():

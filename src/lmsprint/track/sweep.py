@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 import re
 import subprocess
@@ -32,7 +31,7 @@ from .. import rundir
 from ..config import FLAGS, build_config, coerce, flags_where, flatten, unknown_flag_error
 from ..config.schema import ALIASES
 from ..errors import UserError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, json_text
 from ..train.checks import check_run
 
 # flags the sweep sets itself for every run -> why (config metadata `sweep_reserved="reason"`)
@@ -144,7 +143,7 @@ def validate_points(points: list[Point], train_values: dict, config_file: Option
 
 def write_record(sweep_dir: str, record: dict) -> None:
     os.makedirs(sweep_dir, exist_ok=True)
-    atomic_write_text(os.path.join(sweep_dir, SWEEP_FILE), json.dumps(record, indent=2))
+    atomic_write_text(os.path.join(sweep_dir, SWEEP_FILE), json_text(record, indent=2))
 
 
 def existing_runs(sweep_dir: str) -> dict[str, list[str]]:

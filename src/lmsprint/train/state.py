@@ -2,22 +2,31 @@
 
 A checkpoint is one `torch.save`d dict, format `FORMAT_VERSION`:
   format, model, optimizer, scaler (float16 only), step, sampler, rng (python, numpy, torch cpu, cuda),
-  train_time, eval_time, compile_time, config, metrics_state {rows, samples_bytes, n_evals, last_val, acc}
+  train_time, eval_time, compile_time, config, data (the dataset identity, `resume.data_identity`),
+  metrics_state {rows, samples_bytes, n_evals, last_val, acc}
   and from `ranks.gather_states`: ranks (every rank's RNG and accumulators), world_size, global_batch. Under
   `data_parallel` fsdp, model and optimizer are None and `sharded` names their DCP folder (train/sharded.py).
 where `acc` holds the metric accumulators between log steps, so that a resumed run (same run dir, metrics.jsonl
 and samples.txt cut back to the checkpoint) logs exactly what an uninterrupted run would.
+Everything in it is a tensor or a plain container (dict, list, tuple, str, int, float, bool, None): the numpy RNG
+state is stored as {kind, keys (int64 tensor), pos, has_gauss, gauss}, the python one as its tuple of ints. So a
+checkpoint loads with `torch.load(weights_only=True)`, which cannot run code hidden in a downloaded file.
+Format 1 (older lmsprint) pickled numpy objects; it is refused with a one-line hint.
 
 - `capture(trainer)` / `restore(trainer, state)`: the Trainer's side of that schema.
 Where checkpoints live in a run directory is `rundir.checkpoint_path`'s business.
 - `save_checkpoint(path, state)`: temporary file in the same directory, fsync, `os.replace`, so a kill at any
   moment leaves either the old or the new checkpoint, never a torn one.
-- `load_checkpoint(path)`: a missing, unreadable or other-version file is a one-line `CheckpointError`.
+  A disk that fills up (ENOSPC, EFBIG, EDQUOT) is a one-line `CheckpointError`; the previous checkpoint is kept.
+- `load_checkpoint(path)`: `weights_only=True`; a missing, unreadable, unsafe or other-version file is a one-line
+  `CheckpointError`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import random
 
 import numpy as np
@@ -26,9 +35,11 @@ import torch
 from ..errors import CheckpointError
 from ..hw import unwrap
 from ..rundir import checkpoint_path, samples_path
+from .resume import data_identity
 from .sharded import load_shards
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 _HINT = "resume from another run or start a new one without `resume`"
 
 
@@ -46,6 +57,13 @@ def save_checkpoint(path: str, state: dict) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        kept = "the previous checkpoint is kept" if os.path.exists(path) else "no checkpoint was kept"
+        reason = _disk_problem(e)
+        if reason is None:
+            raise
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason}; {kept}; free space (or make the folder "
+                              "writable) and continue with `resume`")
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -59,13 +77,27 @@ def save_checkpoint(path: str, state: dict) -> None:
         pass
 
 
+def _disk_problem(e: BaseException):
+    """The words for a write that failed because the disk is full or the folder is not writable, else None."""
+    if isinstance(e, OSError):
+        if e.errno in DISK_FULL + (errno.EROFS, errno.EACCES, errno.EPERM):
+            return os.strerror(e.errno)
+        return None
+    text = str(e)  # torch.save's RuntimeError from its zip writer: "... file write failed" and similar
+    return "the disk is full or the file could not be written" if "write" in text.lower() else None
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Load a checkpoint written by `save_checkpoint`; CheckpointError if it is missing, corrupt or of another
-    format version."""
+    """Load a checkpoint written by `save_checkpoint` (weights_only: tensors and plain containers only);
+    CheckpointError if it is missing, corrupt, unsafe to load or of another format version."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} is missing or corrupt (no such file); {_HINT}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused a Python object (format 1 pickled numpy state)
+        raise CheckpointError(f"checkpoint {path} holds pickled Python objects, which lmsprint does not load (they "
+                              "could run code); it was written by an older lmsprint (format 1) or by something "
+                              f"else: start a new run, or load it yourself only if you trust its source ({_first(e)})")
     except Exception as e:  # truncated zip, unpickling errors, ...
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"checkpoint {path} is missing or corrupt ({msg}); {_HINT}")
@@ -78,16 +110,29 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     return state
 
 
+def _first(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return " ".join(lines[0].split())[:160] if lines else type(e).__name__
+
+
 def rng_state() -> dict:
-    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain containers (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    st = {"python": (int(version), tuple(int(x) for x in internal), py_gauss),
+          "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                    "has_gauss": int(has_gauss), "gauss": float(gauss)},
+          "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
 
 
 def set_rng_state(st: dict) -> None:
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
+    version, internal, py_gauss = st["python"]
+    random.setstate((version, tuple(internal), py_gauss))
+    n = st["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(st["torch"].cpu())
     if "cuda" in st and torch.cuda.is_available():
         cuda = st["cuda"]
@@ -113,6 +158,7 @@ def capture(tr) -> dict:
         "eval_time": clock.eval_time,
         "compile_time": clock.compile_time,
         "config": tr.cfg.to_dict(),
+        "data": data_identity(tr.manifest),
         "metrics_state": {
             "rows": tr.rows,
             "samples_bytes": os.path.getsize(samples) if os.path.exists(samples) else 0,
@@ -127,6 +173,7 @@ def capture(tr) -> dict:
 def restore(tr, st: dict) -> None:
     """Load checkpoint `st` into Trainer `tr` (model, optimizer, scaler, counters, clock, accumulators, RNG)."""
     step = tr.step_fn
+    built = [{k: v for k, v in g.items() if k != "params"} for g in step.optimizer.param_groups]
     try:
         if st.get("sharded"):  # data_parallel fsdp: weights and optimizer state in a DCP folder (sharded.py)
             load_shards(tr.model, step.optimizer, os.path.join(os.path.dirname(checkpoint_path(tr.resume_dir)),
@@ -134,6 +181,9 @@ def restore(tr, st: dict) -> None:
         else:
             unwrap(tr.model).load_state_dict(st["model"])
             step.optimizer.load_state_dict(st["optimizer"])
+        if getattr(tr, "resume_override", None):  # accepted changes (e.g. lr): this config's hyperparameters
+            for g, hyper in zip(step.optimizer.param_groups, built):
+                g.update(hyper)
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint of {tr.resume_dir} does not match this model/optimizer "
                               f"({str(e).splitlines()[0][:120]}); resume with the run's own config")

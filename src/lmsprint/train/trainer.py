@@ -30,7 +30,7 @@ from ..config import RunConfig, parse_duration
 from ..data.loader import BatchSampler, n_val_windows, to_device, val_batches
 from ..hw import autocast_context, enable_tf32, mfu, peak_flops, sync
 from ..model.transformer import Transformer
-from ..optim.schedules import lr_multiplier
+from ..optim.schedules import apply_schedule
 from . import artifacts, ranks, state
 from .checks import check_run
 from .clock import Clock
@@ -38,6 +38,8 @@ from .data import load_data
 from .distributed import World, all_reduce_mean, broadcast_object, destroy, init_distributed
 from .evaluate import evaluate
 from .generate import sample_text
+from .guard import Guard, end_status
+from . import resume
 from .report import Console, print_report, run_summary
 from .step import build_train_step, oom_as_user_error
 
@@ -56,8 +58,11 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """One run: `setup()` (data, model, step, run dir, resume), `run()` the loop, `run_summary` the summary."""
 
-    def __init__(self, cfg: RunConfig, world: World, make_sinks: Callable, resume_dir: Optional[str] = None):
+    def __init__(self, cfg: RunConfig, world: World, make_sinks: Callable, resume_dir: Optional[str] = None,
+                 resume_override=frozenset()):
         self.cfg, self.world, self.resume_dir, self.make_sinks = cfg, world, resume_dir, make_sinks
+        self.resume_override = frozenset(resume_override)
+        self.guard = Guard(world)  # signals and non-finite losses
         self.device = world.device
         self.is_main = world.is_main
         self.clock = Clock(cfg.time_budget_s, cfg.train.iterations, world)
@@ -77,11 +82,17 @@ class Trainer:
         cfg, world, dev = self.cfg, self.world, self.device
         # a resume reads its checkpoint first: a missing or corrupt one is reported before any other work
         resume_state = state.load_checkpoint(rundir.checkpoint_path(self.resume_dir)) if self.resume_dir else None
+        if resume_state is not None:
+            if self.is_main:
+                rundir.lock_run_dir(self.resume_dir)
+            resume.check_config(resume_state.get("config"), cfg, self.resume_override, self.resume_dir)
         seed_everything(cfg.train.seed)
         enable_tf32()
         self.manifest, self.tok, train_tokens, self.val_tokens = load_data(cfg, world,
                                                                            progress=world.is_main and Console(cfg, True).bar_on)
         self.token_bytes = self.tok.token_bytes()
+        if resume_state is not None:
+            resume.check_data(resume_state.get("data"), self.manifest, self.resume_override, self.resume_dir)
 
         # another number of processes than the checkpoint's: same global batch, another per-process split
         self.saved_config = ranks.adapt_batch(cfg, resume_state, world) if resume_state is not None else None
@@ -108,10 +119,14 @@ class Trainer:
                 ms = resume_state["metrics_state"]
                 rundir.truncate_metrics(self.run_dir, ms["rows"])
                 rundir.truncate_file(rundir.samples_path(self.run_dir), ms.get("samples_bytes", 0))
+                if self.resume_override:  # the accepted changes are now this run's config
+                    rundir.write_config(self.run_dir, cfg)
+            self.guard.ckpt_step = self.guard.last_log_step = self.step
         else:
             self.run_dir = broadcast_object(rundir.create_run_dir(cfg) if self.is_main else None, world)
             if self.is_main:
                 rundir.write_config(self.run_dir, cfg)
+        self.guard.run_dir = self.run_dir
         self.sinks = self.make_sinks(cfg, self.run_dir, enabled=self.is_main)
         if self.is_main:  # what eval/generate/export need besides the weights (rebuilt offline from the run dir)
             artifacts.write_run_files(self.run_dir, self.tok)
@@ -127,13 +142,17 @@ class Trainer:
     def save(self, extra_name: Optional[str] = None) -> None:
         every_rank = ranks.gather_states(self)  # all ranks take part: each one's RNG and accumulators
         if self.world.sharded:  # FSDP: every rank writes its shards (train/ranks.py)
+            self.guard.check_before_save(ranks.finite_view(self))
             ranks.save_sharded(self, every_rank, extra_name)
+            self.guard.saved(self.step)
             return
         if not self.is_main:
             return
+        self.guard.check_before_save(self)  # never a checkpoint after a non-finite loss
         path = rundir.checkpoint_path(self.run_dir)
         state.save_checkpoint(path, {**state.capture(self), **every_rank})
         artifacts.write_weights(self.run_dir, self.model, self.cfg.model, self.step)  # model.safetensors, no pickle
+        self.guard.saved(self.step)
         if extra_name:
             shutil.copyfile(path, rundir.checkpoint_path(self.run_dir, extra_name))
 
@@ -147,10 +166,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ one optimizer step
     def train_step(self) -> None:
-        mult = lr_multiplier(self.clock.progress(self.step), self.cfg.optim,
-                             None if self.clock.budget else self.cfg.train.iterations)
-        for g in self.opt.param_groups:
-            g["lr"] = g["base_lr"] * mult
+        apply_schedule(self.opt.param_groups, self.clock.progress(self.step), self.cfg.optim,
+                       None if self.clock.budget else self.cfg.train.iterations)
         x, y = self._batch(self.step)
         stats = self.step_fn.forward_backward(x, y)
         # while the device still runs this step's backward, sample the next batch and start its copy
@@ -181,6 +198,7 @@ class Trainer:
             return {}
         vals = torch.stack([a["loss"] / a["steps"], a["ce"] / max(a["n"], 1)])
         loss, ce = all_reduce_mean(vals, self.world).tolist()
+        self.guard.check_loss(loss, self.step)
         m = {K.TRAIN_LOSS: loss, K.TRAIN_CE: ce, K.LR: self.opt.param_groups[0]["lr"],
              K.TOKENS: self.step * self.tokens_per_step}
         for k, v in sorted(a["aux"].items()):
@@ -229,6 +247,7 @@ class Trainer:
 
     def periodic_eval(self) -> dict:
         res = self.run_eval(self.cfg.train.eval_tokens)
+        self.guard.check_eval(res.get(K.VAL_LOSS), self.step)  # NaN weights: stop before logging or sampling
         self.n_evals += 1
         self.last_val = {k: v for k, v in res.items() if k != "eval_tokens"}
         self.log({**self.last_val, K.TOKENS: self.step * self.tokens_per_step, K.EVAL_TIME: self.clock.eval_time})
@@ -278,6 +297,9 @@ class Trainer:
             if is_eval or extra or due:
                 self.save(extra)
                 last_ckpt = time.perf_counter()
+            if self.guard.stop_requested(is_log):  # SIGTERM/SIGHUP/SIGINT: checkpoint here, summary `interrupted`
+                self.save()
+                raise self.guard.interrupted(self.step)
         # the last partial log interval
         if self.acc["steps"]:
             t0 = time.perf_counter()
@@ -301,16 +323,19 @@ class Trainer:
         return self.final
 
 
-def train(cfg: RunConfig, make_sinks: Callable, resume_dir: Optional[str] = None) -> dict:
+def train(cfg: RunConfig, make_sinks: Callable, resume_dir: Optional[str] = None,
+          resume_override=frozenset()) -> dict:
     """Run (or resume) one training run; returns its summary (status 'complete'). `make_sinks(cfg, run_dir,
-    enabled)` returns the metric sinks (`log`, `log_text`, `finish`)."""
+    enabled)` returns the metric sinks (`log`, `log_text`, `finish`). `resume_override`: option names (or
+    `dataset`) a resume may change (`resume.check_config`). Raises `guard.RunInterrupted` after a stop signal."""
     check_run(cfg)  # also for configs read back from a run directory on --resume
     world = init_distributed(cfg.train.device, cfg.train.distributed_backend, cfg.train.data_parallel)
-    tr = Trainer(cfg, world, make_sinks, resume_dir)
+    tr = Trainer(cfg, world, make_sinks, resume_dir, resume_override)
     try:
         with oom_as_user_error(cfg):
             tr.setup()
-            tr.run()
+            with tr.guard.signals():
+                tr.run()
         summary = run_summary(tr, "complete")
         if tr.is_main:
             rundir.write_summary(tr.run_dir, summary)
@@ -320,11 +345,16 @@ def train(cfg: RunConfig, make_sinks: Callable, resume_dir: Optional[str] = None
         return summary
     except BaseException as e:
         if tr.run_dir is not None and tr.is_main:
-            err = "interrupted" if isinstance(e, KeyboardInterrupt) else (str(e).splitlines() or [type(e).__name__])[0]
-            summary = run_summary(tr, "failed", error=err)
-            rundir.write_summary(tr.run_dir, summary)
-            if tr.sinks is not None:
-                tr.sinks.finish(summary)
+            status, err = end_status(e)
+            summary = run_summary(tr, status, error=err)
+            try:
+                rundir.write_summary(tr.run_dir, summary)
+                if tr.sinks is not None:
+                    tr.sinks.finish(summary)
+            except OSError:
+                pass  # e.g. the disk is full: the error being raised says more than this one
         raise
     finally:
+        if tr.run_dir is not None and tr.is_main:
+            rundir.unlock_run_dir(tr.run_dir)
         destroy(world)

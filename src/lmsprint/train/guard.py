@@ -1,0 +1,128 @@
+"""Stopping a run cleanly: termination signals and non-finite losses.
+
+- `Guard.signals()`: a context manager around the training loop (main thread only). While it is active SIGTERM,
+  SIGHUP and SIGINT only set a flag (no work in the handler; a second SIGINT raises KeyboardInterrupt at once).
+  The loop asks `stop_requested(is_log)` between optimizer steps; under torchrun the flag is agreed over ranks at
+  log steps (those already synchronise). The Trainer then saves a checkpoint and raises `RunInterrupted`: summary
+  `interrupted` at that step, exit status 128 + the signal number (SIGHUP 129, SIGINT 130, SIGTERM 143).
+- `Guard.check_loss(loss, step)`: the training loss read at a log step (the loss sums of every step since the last
+  log step are accumulated on the device, so one non-finite step makes the sum non-finite; no extra host sync)
+  -> `NonFiniteLoss` naming the steps. The run stops, the summary says `failed` with the reason.
+- `Guard.check_eval(val_loss, step)`: the same for the val loss of a periodic eval (before it is logged or a sample
+  is drawn from non-finite weights).
+- `Guard.check_before_save(tr)`: a checkpoint is never written after a non-finite loss or with non-finite weights
+  (one device reduction, read while saving, which waits for the device anyway), so the checkpoint kept is the last
+  finite one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+from typing import Optional
+
+import torch
+
+from ..errors import UserError
+from ..hw import unwrap
+from .distributed import World, all_reduce_mean
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+class RunInterrupted(Exception):
+    """The run stopped at a signal after saving a checkpoint; `exit_code` is 128 + the signal number."""
+
+    def __init__(self, signum: int, step: int, run_dir: Optional[str]):
+        self.signum, self.step, self.run_dir = signum, step, run_dir
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} at step {step}: checkpoint saved; continue with "
+                         f"`lmsprint train --resume {run_dir}`")
+
+
+class NonFiniteLoss(UserError):
+    """The training loss (or the weights) became NaN or infinite; the run stopped without saving over the last
+    finite checkpoint."""
+
+
+class Guard:
+    def __init__(self, world: World):
+        self.world = world
+        self.signum: Optional[int] = None
+        self.last_log_step = 0
+        self.ckpt_step: Optional[int] = None
+        self.run_dir: Optional[str] = None
+
+    # ------------------------------------------------------------------ signals
+    def _handler(self, signum, frame) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
+        self.signum = signum
+
+    @contextlib.contextmanager
+    def signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self._handler) for s in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def stop_requested(self, is_log: bool) -> bool:
+        if not self.world.distributed:
+            return self.signum is not None
+        if not is_log:
+            return False
+        flag = torch.tensor([0.0 if self.signum is None else float(self.signum)], device=self.world.device)
+        got = all_reduce_mean(flag, self.world).item()
+        if got and self.signum is None:
+            self.signum = signal.SIGTERM  # another rank was signalled
+        return bool(got)
+
+    def interrupted(self, step: int) -> RunInterrupted:
+        return RunInterrupted(self.signum or signal.SIGTERM, step, self.run_dir)
+
+    # ------------------------------------------------------------------ non-finite numbers
+    def _stopped(self, what: str, value, step: int) -> NonFiniteLoss:
+        kept = (f"the last finite checkpoint (step {self.ckpt_step}) is kept" if self.ckpt_step is not None
+                else "no checkpoint had been written")
+        first = f"steps {self.last_log_step + 1}-{step}" if step > self.last_log_step + 1 else f"step {step}"
+        return NonFiniteLoss(f"{what} is {value} at step {step} (it became non-finite in {first}); the run stopped and "
+                             f"is marked failed, {kept}; lower `lr` or check the data")
+
+    def check_loss(self, loss: float, step: int) -> None:
+        if not math.isfinite(loss):
+            raise self._stopped("the training loss", loss, step)
+        self.last_log_step = step
+
+    def check_eval(self, val_loss, step: int) -> None:
+        """The val loss of a periodic eval (already on the host): non-finite means the weights are."""
+        if val_loss is not None and not math.isfinite(val_loss):
+            raise self._stopped("the val loss", val_loss, step)
+
+    def check_before_save(self, tr) -> None:
+        acc = tr.acc
+        flags = [torch.isfinite(acc["loss"]).reshape(1)]
+        flags += [torch.isfinite(p).all().reshape(1) for p in unwrap(tr.model).parameters()]
+        if not bool(torch.cat(flags).all()):
+            loss_ok = bool(torch.isfinite(acc["loss"]))
+            raise self._stopped("the training loss" if not loss_ok else "a model weight",
+                                float(acc["loss"]) if not loss_ok else "not finite", tr.step)
+
+    def saved(self, step: int) -> None:
+        self.ckpt_step = step
+
+
+def end_status(e: BaseException) -> tuple[str, str]:
+    """(summary status, error text) of a run that ended with exception `e`."""
+    if isinstance(e, RunInterrupted):
+        return "interrupted", f"{signal.Signals(e.signum).name} at step {e.step}"
+    if isinstance(e, KeyboardInterrupt):
+        return "failed", "interrupted"
+    return "failed", (str(e).splitlines() or [type(e).__name__])[0]
