@@ -144,3 +144,49 @@ def test_misplaced_train_flags_say_where_they_belong():
     # a typo still gets the closest flag of that command, never the flag typed
     one_error_line(lmsprint("sweep", "--grd", "lr=1"), "did you mean --grid?")
     one_error_line(lmsprint("train", "--n_layers", "2"), "did you mean --n_layer?")
+
+
+CONSOLE_SCRIPT = """
+import time
+from lmsprint.config import build_config
+from lmsprint.train.report import Console
+class Clock:
+    budget, iterations, train_time = None, 3, 0.0
+c = Console(build_config({}), True)
+c.start(Clock(), 0)
+for i in range(3):
+    time.sleep(0.05)
+    c.advance()
+    if i == 1:
+        c.eval_done(2, {"val/loss": 3.0, "val/acc": 0.25, "val/bpb": 1.5})
+c.close()
+"""
+
+
+def test_terminal_gets_a_redrawn_bar_and_persistent_eval_lines():
+    """On a terminal (a real pseudo-terminal of 100 columns) the bar redraws with carriage returns and the eval line
+    is printed above it, on its own line."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    p = subprocess.Popen([sys.executable, "-c", CONSOLE_SCRIPT], stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert p.wait(timeout=120) == 0
+    out = b"".join(chunks).decode(errors="replace")
+    assert "\r" in out and "train:" in out and "3/3" in out
+    lines = [line.rstrip("\r").split("\r")[-1] for line in out.split("\n")]  # what stays on screen per line
+    assert any(line.startswith("eval step 2 | ") and "val loss 3.0000 acc 0.2500 bpb 1.5000" in line for line in lines)
