@@ -1,4 +1,4 @@
-"""Presets of defaults (`--config_format base|demo`): flag values applied over the dataclass defaults and under
+"""Presets of defaults (`--config_format base|demo|speedrun`): flag values applied over the dataclass defaults and under
 the config file and the CLI flags (see `io.build_config`)."""
 
 from __future__ import annotations
@@ -13,4 +13,9 @@ PRESETS: dict[str, dict[str, Any]] = {
              "batch_size": 16, "acc_steps": 1, "iterations": 100000, "time_budget": "120s", "lr": 3e-3,
              "eval_freq": 40, "eval_tokens": 16 * 128 * 4, "warmup_percent": 0.05, "log_interval": 5,
              "grad_clip": 1.0, "ckpt_interval": "1m", "sample_tokens": 120, "eval_seq_prefix": "ROMEO:"},
+    # base's shapes, data and tokens per step (124M, seq 512, 32x4 sequences, SlimPajama) with the recipe that won
+    # the equal-time races of docs/recipes.md; only training choices, so it shrinks by flags like base does
+    "speedrun": {"dataset": "slimpajama", "model": "llama2", "mlp": "relu2", "tie_embeddings": False,
+                 "opt": "muon", "lr": 1e-2, "muon_lr": 0.02, "muon_momentum": 0.95, "scheduler": "wsd",
+                 "warmup_percent": 0.05, "wsd_decay_frac": 0.2, "grad_clip": 1.0},
 }

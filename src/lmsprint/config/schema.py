@@ -147,10 +147,16 @@ class ModelConfig:
     rmsnorm_eps: float = option(1e-5, "epsilon of RMSNorm/LayerNorm", check=positive)
     multiple_of: int = option(256, "llama2: SwiGLU hidden size is rounded up to a multiple of this", check=positive)
     norm: Optional[str] = option(None, "override the preset's norm", choices=[None, "layernorm", "rmsnorm"])
-    mlp: Optional[str] = option(None, "override the preset's MLP", choices=[None, "gelu", "swiglu"])
+    mlp: Optional[str] = option(None, "override the preset's MLP: gelu, swiglu, relu2 (ReLU squared, 4x hidden)",
+                             choices=[None, "gelu", "swiglu", "relu2"])
     pos: Optional[str] = option(None, "override the preset's positions", choices=[None, "learned", "rope"])
     rope_theta: float = option(10000.0, "RoPE base", check=positive)
     tie_embeddings: bool = option(True, "tie the input embedding and the output head")
+    qk_norm: bool = option(False, "RMS-normalise queries and keys per head (no weight) before RoPE", group="attention")
+    zero_init_proj: bool = option(False, "zero-initialise the residual output projections (attention and MLP) and "
+                               "the untied output head")
+    logit_softcap: float = option(0.0, "cap the output logits at +-C smoothly: C*tanh(logits/C), in training, "
+                               "evaluation and generation (0 = off)", check=nonneg)
     attn: AttentionConfig = field(default_factory=AttentionConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
 
@@ -173,8 +179,8 @@ class ModelConfig:
 
     @property
     def mlp_hidden(self) -> int:
-        """Dense MLP hidden size: 4*d for GELU; llama2's 2/3*4*d rounded up to multiple_of for SwiGLU."""
-        if self.mlp_kind == "gelu":
+        """Dense MLP hidden size: 4*d for GELU and ReLU²; llama2's 2/3*4*d rounded up to multiple_of for SwiGLU."""
+        if self.mlp_kind in ("gelu", "relu2"):
             return 4 * self.n_embd
         h = int(2 * (4 * self.n_embd) / 3)
         return self.multiple_of * ((h + self.multiple_of - 1) // self.multiple_of)
@@ -200,6 +206,11 @@ class OptimConfig:
     nesterov: bool = option(False, "SGD: Nesterov momentum")
     muon_lr: float = option(0.02, "Muon learning rate for 2-D hidden matrices", check=positive)
     muon_momentum: float = option(0.95, "Muon momentum", check=frac_open)
+    muon_momentum_warmup: float = option(0.0, "fraction of the run over which Muon's momentum rises linearly from "
+                                      "--muon_momentum_start to --muon_momentum (0 = off)", check=frac)
+    muon_momentum_start: float = option(0.85, "Muon momentum at the start of --muon_momentum_warmup", check=frac_open)
+    embed_lr: float = option(0.0, "peak lr of the embedding table (and so of a tied head); 0 = --lr", check=nonneg)
+    head_lr: float = option(0.0, "peak lr of an untied output head; 0 = --lr", check=nonneg)
     lamb_clamp: float = option(10.0, "LAMB: clip the trust ratio's weight norm at this value (0 = no clipping)",
                             check=nonneg)
     grad_clip: float = option(0.0, "clip the global gradient norm at this value (0 = off)", check=nonneg)
@@ -300,8 +311,10 @@ class LogConfig:
 class RunConfig:
     """The whole run: {data, model{attn, moe}, optim, train, log}; flag names are unique across the tree."""
 
-    config_format: str = option("base", "preset of defaults: base (the hackathon's: 124M, SlimPajama, 25k iterations) "
-                             "or demo (small model on Shakespeare, minutes on a CPU)", choices=["base", "demo"])
+    config_format: str = option("base", "preset of defaults: base (the hackathon's: 124M, SlimPajama, 25k iterations), "
+                             "demo (small model on Shakespeare, minutes on a CPU) or speedrun (base's shapes and data "
+                             "with the recipe that won equal-time races, see docs/recipes.md)",
+                             choices=["base", "demo", "speedrun"])
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

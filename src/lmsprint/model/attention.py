@@ -17,6 +17,8 @@ Variants:
   (batch) or an earlier position of the same sequence (past). Both keep the model causal. The swap happens on the
   projected queries before RoPE, so the row keeps the rotation of the position it is used at. Random masks are
   drawn with torch.rand on the device: no host sync, compile friendly.
+- `qk_norm`: queries and keys are RMS-normalised per head (no weight) before RoPE, so attention logits are
+  bounded by sqrt(head_dim) times the projections' scale (modded-nanogpt, OLMo 2).
 - `orthogonal_qkv`: the Q, K and V projections of every head are (head_dim x n_embd) matrices with orthonormal
   rows, held as ONE weight of shape (3 * n_head, head_dim, n_embd) under
   `torch.nn.utils.parametrizations.orthogonal` (Householder map), applied as one (3 * n_embd, n_embd) matmul.
@@ -154,6 +156,7 @@ class Attention(nn.Module):
         self.backend = a.attn_backend
         self.shuffle_frac = a.shuffle_query_frac
         self.shuffle_mode = a.shuffle_query_mode
+        self.qk_norm = cfg.qk_norm
         self._block_masks: dict = {}
 
     def extra_repr(self) -> str:
@@ -168,6 +171,8 @@ class Attention(nn.Module):
         q = q.transpose(1, 2)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         y = self.attend(q, k, v)

@@ -1,6 +1,6 @@
 """The language-model loss, in one place: output head + cross-entropy, label smoothing, the metrics it yields.
 
-`lm_loss(hidden, head_weight, targets, label_smoothing, chunk)` returns a `LossOut`:
+`lm_loss(hidden, head_weight, targets, label_smoothing, chunk, softcap)` returns a `LossOut`:
 - `loss`: the training objective (mean over tokens, label-smoothed if asked) -- add MoE aux losses to it;
 - `ce_sum`: plain (unsmoothed) cross-entropy summed over tokens, detached -- what val loss/ppl/bpb report;
 - `correct`: number of tokens whose argmax prediction equals the target, detached;
@@ -15,6 +15,10 @@ recomputation); backward only scales these saved gradients by the incoming scala
 (evaluation) it is a plain chunked loop. `loss_peak_bytes()` documents the resulting peak.
 
 Label smoothing follows `F.cross_entropy(label_smoothing=eps)`: (1-eps)*CE + eps*mean_j(-log_softmax_j).
+
+Logit soft-capping (`softcap` C > 0, modded-nanogpt / Gemma 2): the logits are C*tanh(z/C) everywhere (training
+objective, reported CE and accuracy, generation via `softcap_logits`); the chunked backward multiplies the logit
+gradient by dC*tanh(z/C)/dz = 1 - (capped/C)^2.
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ def loss_peak_bytes(n_tokens: int, vocab: int, chunk: int, n_embd: int = 0, item
     return transient + saved
 
 
+def softcap_logits(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap); the identity for cap <= 0."""
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
 def _chunk_stats(logits: torch.Tensor, t: torch.Tensor, eps: float):
     """fp32 logits (c, V), targets (c,) -> (lse, target logit, smoothed-loss sum, ce sum, correct count)."""
     lse = torch.logsumexp(logits, dim=-1)
@@ -85,7 +94,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
     """Chunked head matmul + cross-entropy whose forward also produces the input gradients (no (N, V) saved)."""
 
     @staticmethod
-    def forward(ctx, h, w, t, eps: float, chunk: int, cdtype: torch.dtype):
+    def forward(ctx, h, w, t, eps: float, chunk: int, cdtype: torch.dtype, cap: float = 0.0):
         n, vocab = h.shape[0], w.shape[0]
         hc, wc = h.to(cdtype), w.to(cdtype)
         grad_h = torch.empty(h.shape, dtype=cdtype, device=h.device)
@@ -95,8 +104,9 @@ class _ChunkedLinearCE(torch.autograd.Function):
         correct = torch.zeros((), dtype=torch.int64, device=h.device)
         for s, e in _bounds(n, chunk):
             hs, ts = hc[s:e], t[s:e]
-            logits = (hs @ wc.t()).float()
+            logits = softcap_logits((hs @ wc.t()).float(), cap)
             lse, o, c_sum, corr = _chunk_stats(logits, ts, eps)
+            dcap = 1.0 - (logits / cap).square() if cap > 0 else None
             obj = obj + o
             ce_sum = ce_sum + c_sum
             correct = correct + corr
@@ -106,6 +116,8 @@ class _ChunkedLinearCE(torch.autograd.Function):
             if eps > 0:
                 g.sub_(eps / vocab)
             g.scatter_add_(1, ts.unsqueeze(1), torch.full((e - s, 1), -(1.0 - eps), dtype=g.dtype, device=g.device))
+            if dcap is not None:
+                g.mul_(dcap)
             g = g.to(cdtype)
             grad_h[s:e] = g @ wc
             grad_w += (g.t() @ hs).float()
@@ -120,7 +132,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
         scale = grad_loss.float() / ctx.n
         gh = (grad_h.float() * scale).to(ctx.h_dtype) if ctx.needs_input_grad[0] else None
         gw = (grad_w * scale).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
-        return gh, gw, None, None, None, None
+        return gh, gw, None, None, None, None, None
 
 
 def _compute_dtype(h: torch.Tensor, w: torch.Tensor) -> torch.dtype:
@@ -132,7 +144,7 @@ def _compute_dtype(h: torch.Tensor, w: torch.Tensor) -> torch.dtype:
 
 
 def lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
-            chunk: int = 0) -> LossOut:
+            chunk: int = 0, softcap: float = 0.0) -> LossOut:
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
     n, vocab = t.numel(), head_weight.shape[0]
@@ -140,30 +152,30 @@ def lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tens
     cdtype = _compute_dtype(h, head_weight)
     eps = float(label_smoothing)
     if torch.is_grad_enabled() and (h.requires_grad or head_weight.requires_grad):
-        loss, ce_sum, correct = _ChunkedLinearCE.apply(h, head_weight, t, eps, chunk, cdtype)
+        loss, ce_sum, correct = _ChunkedLinearCE.apply(h, head_weight, t, eps, chunk, cdtype, float(softcap))
         return LossOut(loss=loss, ce_sum=ce_sum.detach(), correct=correct.detach(), n=n)
-    return _lm_loss_nograd(h, head_weight, t, eps, chunk, cdtype)
+    return _lm_loss_nograd(h, head_weight, t, eps, chunk, cdtype, float(softcap))
 
 
-def _lm_loss_nograd(h, w, t, eps: float, chunk: int, cdtype: torch.dtype) -> LossOut:
+def _lm_loss_nograd(h, w, t, eps: float, chunk: int, cdtype: torch.dtype, cap: float = 0.0) -> LossOut:
     n = t.numel()
     hc, wc = h.to(cdtype), w.to(cdtype)
     obj = torch.zeros((), dtype=torch.float32, device=h.device)
     ce_sum = torch.zeros((), dtype=torch.float32, device=h.device)
     correct = torch.zeros((), dtype=torch.int64, device=h.device)
     for s, e in _bounds(n, chunk):
-        logits = (hc[s:e] @ wc.t()).float()
+        logits = softcap_logits((hc[s:e] @ wc.t()).float(), cap)
         _, o, c_sum, corr = _chunk_stats(logits, t[s:e], eps)
         obj, ce_sum, correct = obj + o, ce_sum + c_sum, correct + corr
     return LossOut(loss=obj / n, ce_sum=ce_sum, correct=correct, n=n)
 
 
 def reference_lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor,
-                      label_smoothing: float = 0.0) -> LossOut:
+                      label_smoothing: float = 0.0, softcap: float = 0.0) -> LossOut:
     """The unchunked definition (full logits + `F.cross_entropy`), kept as the reference for tests and benches."""
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
-    logits = (h @ head_weight.t()).float()
+    logits = softcap_logits((h @ head_weight.t()).float(), softcap)
     ce = F.cross_entropy(logits, t, reduction="sum")
     loss = F.cross_entropy(logits, t, label_smoothing=label_smoothing) if label_smoothing > 0 else ce / t.numel()
     correct = (logits.argmax(-1) == t).sum()

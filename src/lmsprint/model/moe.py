@@ -322,6 +322,8 @@ class MoE(nn.Module):
         if self.kind == "swiglu":
             gate, up = hdn.chunk(2, dim=-1)
             act = F.silu(gate) * up
+        elif self.kind == "relu2":
+            act = F.relu(hdn).square()
         else:
             act = F.gelu(hdn)
         return self._bias(self._matmul(act, self.w_out, offs), self.b_out, e_rows)

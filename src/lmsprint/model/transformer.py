@@ -1,7 +1,9 @@
 """The one decoder-only Transformer. GPT-2 (`base`) and Llama-2 (`llama2`) are presets choosing its parts.
 
 Parts chosen by `ModelConfig`: norm (LayerNorm/RMSNorm), positions (learned/RoPE), attention (see
-attention.py), feed-forward (GELU MLP / SwiGLU / MoE, see mlp.py and moe.py). Weights are tied by default.
+attention.py), feed-forward (GELU MLP / ReLU² / SwiGLU / MoE, see mlp.py and moe.py). Weights are tied by default;
+`zero_init_proj` starts the residual projections (and an untied head) at zero; `logit_softcap C` makes the
+output logits C*tanh(logits/C) (`softcap`, read by the loss and by generation).
 
 Interface:
 - `Transformer(cfg)(idx) -> (hidden, aux)`: final-normed hidden states (B, T, d) and a dict of auxiliary
@@ -23,6 +25,7 @@ import torch.nn as nn
 from ..config import ModelConfig
 from .attention import Attention
 from .layers import make_norm, rope_cache
+from .loss import softcap_logits
 from .mlp import make_dense_mlp
 from .moe import MoE
 
@@ -65,11 +68,14 @@ class Transformer(nn.Module):
 
     # ------------------------------------------------------------------ init
     def reset_parameters(self):
-        """N(0, 0.02) everywhere; residual projections N(0, 0.02/sqrt(2 n_layer)) (GPT-2 / llm-baselines)."""
-        std_resid = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+        """N(0, 0.02) everywhere; residual projections N(0, 0.02/sqrt(2 n_layer)) (GPT-2 / llm-baselines), or zero
+        with `zero_init_proj` (then an untied head starts at zero too, as in modded-nanogpt)."""
+        std_resid = 0.0 if self.cfg.zero_init_proj else 0.02 / math.sqrt(2 * self.cfg.n_layer)
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, std_resid if getattr(m, "residual_proj", False) else 0.02)
+                zero_head = m is self.lm_head and self.cfg.zero_init_proj
+                std = std_resid if getattr(m, "residual_proj", False) else 0.0 if zero_head else 0.02
+                nn.init.normal_(m.weight, 0.0, std)  # std 0 -> zeros
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Embedding):
@@ -78,6 +84,10 @@ class Transformer(nn.Module):
                 m.reset_expert_parameters(std=0.02, std_resid=std_resid)
 
     # ------------------------------------------------------------------ forward
+    @property
+    def softcap(self) -> float:
+        return self.cfg.logit_softcap
+
     @property
     def head_weight(self) -> torch.Tensor:
         return self.wte.weight if self.lm_head is None else self.lm_head.weight
@@ -100,7 +110,7 @@ class Transformer(nn.Module):
 
     def logits(self, idx: torch.Tensor) -> torch.Tensor:
         h, _ = self(idx)
-        return h @ self.head_weight.t()
+        return softcap_logits(h @ self.head_weight.t(), self.softcap)
 
     # ------------------------------------------------------------------ accounting
     def num_params(self) -> int:

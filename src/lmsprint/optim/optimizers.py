@@ -9,7 +9,8 @@ Parameter roles (see `param_roles`):
 - `other`:  norms, biases (also per-expert (E, d) biases named b_*), and parametrization internals (the
             orthogonal Q/K/V reflectors, whose fixed +-1 diagonal must never move)  -> no decay
 Every param group carries "base_lr" (the peak lr) and "role"; the training loop sets
-`group["lr"] = group["base_lr"] * lr_multiplier(progress, optim_cfg)` each step.
+`group["lr"] = group["base_lr"] * lr_multiplier(progress, optim_cfg)` each step. The peak lr of a group is
+`lr`, except `embed` (`embed_lr` if > 0), `head` (`head_lr` if > 0) and, under muon, `matrix` (`muon_lr`).
 
 Optimizers:
 - adamw: torch.optim.AdamW, fused on CUDA, foreach elsewhere.
@@ -78,13 +79,23 @@ def param_roles(model: nn.Module) -> "OrderedDict[str, tuple[str, nn.Parameter]]
     return out
 
 
-def _groups(roles: dict, wanted: Iterable[str], lr: float, weight_decay: float) -> list[dict]:
-    """One param group per role in `wanted` (empty ones dropped); decay only on DECAY_ROLES."""
+def role_lr(role: str, cfg) -> float:
+    """Peak lr of a role's group (cfg: OptimConfig): `embed_lr` / `head_lr` where set, `muon_lr` for Muon's
+    matrices, else `lr`."""
+    if role == "matrix" and cfg.opt == "muon":
+        return cfg.muon_lr
+    own = {"embed": cfg.embed_lr, "head": cfg.head_lr}.get(role, 0.0)
+    return own if own > 0 else cfg.lr
+
+
+def _groups(roles: dict, wanted: Iterable[str], cfg) -> list[dict]:
+    """One param group per role in `wanted` (empty ones dropped) at `role_lr`; decay only on DECAY_ROLES."""
     groups = []
     for role in wanted:
         params = [p for r, p in roles.values() if r == role]
+        lr = role_lr(role, cfg)
         if params:
-            wd = weight_decay if role in DECAY_ROLES else 0.0
+            wd = cfg.weight_decay if role in DECAY_ROLES else 0.0
             groups.append({"params": params, "lr": lr, "base_lr": lr, "weight_decay": wd, "role": role})
     return groups
 
@@ -178,16 +189,16 @@ def _adamw(groups: list[dict], cfg, device_type: str) -> torch.optim.Optimizer:
 
 
 def _build_adamw(roles, cfg, device_type):
-    return _adamw(_groups(roles, ALL_ROLES, cfg.lr, cfg.weight_decay), cfg, device_type)
+    return _adamw(_groups(roles, ALL_ROLES, cfg), cfg, device_type)
 
 
 def _build_sgd(roles, cfg, device_type):
-    return torch.optim.SGD(_groups(roles, ALL_ROLES, cfg.lr, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+    return torch.optim.SGD(_groups(roles, ALL_ROLES, cfg), lr=cfg.lr, momentum=cfg.momentum,
                            nesterov=cfg.nesterov)
 
 
 def _build_lamb(roles, cfg, device_type):
-    opt = _pytorch_optimizer("Lamb")(_groups(roles, ALL_ROLES, cfg.lr, cfg.weight_decay), lr=cfg.lr,
+    opt = _pytorch_optimizer("Lamb")(_groups(roles, ALL_ROLES, cfg), lr=cfg.lr,
                                       betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decouple=False,
                                       adam_debias=True)  # step size = lr, not lr / (1 - beta1^t)
     opt.clamp = cfg.lamb_clamp if cfg.lamb_clamp > 0 else float("inf")  # phi(||w||) = min(||w||, clamp)
@@ -195,13 +206,13 @@ def _build_lamb(roles, cfg, device_type):
 
 
 def _build_lion(roles, cfg, device_type):
-    return _pytorch_optimizer("Lion")(_groups(roles, ALL_ROLES, cfg.lr, cfg.weight_decay), lr=cfg.lr,
+    return _pytorch_optimizer("Lion")(_groups(roles, ALL_ROLES, cfg), lr=cfg.lr,
                                       betas=(cfg.beta1, cfg.beta2), weight_decouple=True)
 
 
 def _build_muon(roles, cfg, device_type):
-    muon_groups = _groups(roles, ("matrix",), cfg.muon_lr, cfg.weight_decay)
-    adam_groups = _groups(roles, ("expert", "head", "embed", "other"), cfg.lr, cfg.weight_decay)
+    muon_groups = _groups(roles, ("matrix",), cfg)
+    adam_groups = _groups(roles, ("expert", "head", "embed", "other"), cfg)
     parts = []
     if muon_groups:
         parts.append(torch.optim.Muon(muon_groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum,

@@ -15,6 +15,12 @@ Schedules (`scheduler`):
 - `wsd` (warmup-stable-decay): linear warmup from 1/div_factor to 1 over `warmup_percent`, constant, then linear
   decay to 0 over the last `wsd_decay_frac` of the run.
 
+`muon_momentum(progress, optim_cfg)`: Muon's momentum under `muon_momentum_warmup f`, rising linearly from
+`muon_momentum_start` to `muon_momentum` over the first f of the run (modded-nanogpt: 0.85 -> 0.95), then
+constant. `apply_schedule(param_groups, progress, optim_cfg, total_steps)` is what the training loop calls
+before each optimizer step: every group's lr = base_lr * lr_multiplier, and, under muon, the Muon (`matrix`)
+groups' momentum = muon_momentum(progress).
+
 With `total_steps` given (step-based runs), cos/linear reproduce OneCycleLR's discrete phase boundaries exactly
 (its warmup ends at step `warmup_percent * total_steps - 1`); without it (time-based progress) the continuous
 limit is used, which differs from the discrete one by O(1/total_steps).
@@ -73,6 +79,26 @@ def lr_multiplier(progress: float, optim_cfg, total_steps: Optional[int] = None)
     if kind == "none":
         return 1.0
     raise ValueError(f"unknown scheduler {kind!r}")
+
+
+def muon_momentum(progress: float, optim_cfg) -> float:
+    """Muon momentum at `progress` in [0, 1]: linear warm-up from muon_momentum_start over muon_momentum_warmup."""
+    o = optim_cfg
+    w = o.muon_momentum_warmup
+    if w <= 0 or progress >= w:
+        return o.muon_momentum
+    frac = max(float(progress), 0.0) / w
+    return o.muon_momentum_start + frac * (o.muon_momentum - o.muon_momentum_start)
+
+
+def apply_schedule(param_groups, progress: float, optim_cfg, total_steps: Optional[int] = None) -> None:
+    """Set this step's lr on every param group and, under muon, Muon's momentum on its `matrix` groups."""
+    mult = lr_multiplier(progress, optim_cfg, total_steps)
+    momentum = muon_momentum(progress, optim_cfg) if optim_cfg.opt == "muon" else None
+    for g in param_groups:
+        g["lr"] = g["base_lr"] * mult
+        if momentum is not None and g.get("role") == "matrix":
+            g["momentum"] = momentum
 
 
 def check_schedule_config(optim_cfg) -> None:

@@ -42,7 +42,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable, token_bytes: Optional[np
                 x, y = to_device(x, y, device)
                 with ctx:
                     hidden, _ = model(x)
-                out = lm_loss(hidden, head_owner.head_weight, y)
+                out = lm_loss(hidden, head_owner.head_weight, y, softcap=head_owner.softcap)
                 sums[0] += out.ce_sum.double()
                 sums[1] += out.correct.double()
                 sums[2] += out.n

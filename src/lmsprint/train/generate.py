@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from ..hw import unwrap
+from ..model.loss import softcap_logits
 
 
 @torch.no_grad()
@@ -31,7 +32,7 @@ def generate_tokens(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
                     hidden, _ = m(cond)
             else:
                 hidden, _ = m(cond)
-            logits = (hidden[:, -1, :] @ m.head_weight.t()).float()
+            logits = softcap_logits((hidden[:, -1, :] @ m.head_weight.t()).float(), m.softcap)
             if vocab_limit is not None:
                 logits = logits[:, :vocab_limit]  # never sample the embedding's padding rows
             if temperature <= 0:

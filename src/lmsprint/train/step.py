@@ -41,7 +41,8 @@ class LossHead(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor):
         hidden, aux = self.model(x)
-        out = lm_loss(hidden, self.model.head_weight, y, self.label_smoothing, self.loss_chunk)
+        out = lm_loss(hidden, self.model.head_weight, y, self.label_smoothing, self.loss_chunk,
+                      self.model.softcap)
         objective = out.loss + aux["loss"] if "loss" in aux else out.loss
         return objective, out.ce_sum, out.correct, aux
 
