@@ -162,7 +162,7 @@ def _build(data_cfg, source: Source, out: str, progress: bool, shard_docs, stop_
             state["vocab"] = shakespeare_chars()
         else:
             bar = _tqdm(progress, desc="reading (char vocabulary)", unit=" docs")
-            state["vocab"] = char_vocab(bar.update(1) or d for d in _docs(source, 0, data_cfg.max_docs))
+            state["vocab"] = char_vocab(d for d in _docs(source, 0, data_cfg.max_docs) if bar.update(1) or True)
             bar.close()
         write_json_atomic(record_path, state)
     enc = Encoder(tokenizer, state["vocab"], data_cfg.num_proc)
