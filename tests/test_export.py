@@ -84,6 +84,12 @@ def test_gpt2_conversion_reproduces_the_shipped_gpt2_files():
     ({"model": "llama2", "mlp": "gelu"}, "mlp"),
     ({"pos": "rope"}, "norm"),
     ({"norm": "rmsnorm"}, "norm"),
+    ({"model": "llama2", "mlp": "relu2"}, "mlp"),
+    ({"mlp": "relu2"}, "mlp"),
+    ({"model": "llama2", "qk_norm": True}, "qk_norm"),
+    ({"qk_norm": True}, "qk_norm"),
+    ({"model": "llama2", "logit_softcap": 30.0}, "logit_softcap"),
+    ({"config_format": "speedrun"}, "mlp"),
 ])
 def test_unexportable_models_are_refused_in_one_line_naming_the_flag(flags, flag, tmp_path):
     cfg = model_cfg(**flags)
@@ -100,6 +106,9 @@ def test_training_only_options_do_not_block_export():
     cfg = model_cfg(model="llama2", dropout=0.1, shuffle_query_frac=0.5, moe_num_experts=4, moe_router_jitter=0.1,
                     moe_expert_hidden=96)
     assert hf_architecture(cfg) == "MixtralForCausalLM"
+    assert hf_architecture(model_cfg(model="llama2", zero_init_proj=True)) == "LlamaForCausalLM"  # an init only
+    # the speedrun preset with the one part HF lacks put back: its untied head exports
+    assert hf_architecture(model_cfg(config_format="speedrun", mlp="swiglu")) == "LlamaForCausalLM"
 
 
 def test_export_refuses_a_non_empty_folder_and_a_too_small_vocab(tmp_path):
@@ -124,6 +133,7 @@ CASES = {
     "llama2-orthogonal-bias-untied": ({"model": "llama2", "orthogonal_qkv": True, "bias": True,
                                        "tie_embeddings": False, "multiple_of": 32}, "char", "LlamaForCausalLM"),
     "base-orthogonal": ({"orthogonal_qkv": True}, "char", "GPT2LMHeadModel"),
+    "llama2-untied": ({"model": "llama2", "tie_embeddings": False}, "char", "LlamaForCausalLM"),
     "llama2-moe": ({"model": "llama2", "moe_num_experts": 4, "moe_num_experts_per_tok": 2, "moe_expert_hidden": 48},
                    "char", "MixtralForCausalLM"),
 }
@@ -270,3 +280,14 @@ def test_load_weights_errors(tmp_path):
     save_weights(str(tmp_path / "noconf.safetensors"), {"a": torch.ones(1)})
     with pytest.raises(CheckpointError, match="model config"):
         model_config_of(load_weights(str(tmp_path / "noconf.safetensors"))[1])
+
+
+def test_untied_llama2_exports_its_own_head(exported):
+    transformers = pytest.importorskip("transformers")
+    m, out = exported("llama2-untied")
+    with open(os.path.join(out, "config.json")) as fh:
+        assert json.load(fh)["tie_word_embeddings"] is False
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    head, emb = hf.get_output_embeddings().weight, hf.get_input_embeddings().weight
+    assert head.data_ptr() != emb.data_ptr() and not torch.equal(head, emb)
+    assert torch.equal(head, m.lm_head.weight) and torch.equal(emb, m.wte.weight)

@@ -18,9 +18,12 @@ The architecture follows the model's parts, not the preset name (`hf_architectur
   does. Experts are written in the hub layout (`experts.E.w1` gate, `w3` up, `w2` down) that every
   transformers version reads (5.x fuses them into `gate_up_proj` on load); intermediate_size = expert hidden.
 
-Orthogonal QKV exports the materialised (Householder-mapped) projection. Dropout, query shuffling, router
-jitter and the attention backend only act in training and are ignored. Everything else HF cannot express is
-refused by `check_exportable` with one ConfigError line naming the option.
+Orthogonal QKV exports the materialised (Householder-mapped) projection. An untied head (`tie_embeddings`
+false) is written as `lm_head.weight` with `tie_word_embeddings` false. Dropout, query shuffling, router jitter,
+the attention backend and `zero_init_proj` (an initialisation) only act in training and are ignored. Everything
+else HF cannot express is refused by `check_exportable` with one ConfigError line naming the option: among them
+the ReLU² MLP (`mlp` relu2: GPT-2's and Llama's MLPs are GELU and gated SiLU), `qk_norm` (neither normalises
+queries and keys) and `logit_softcap` (neither caps its logits).
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ def hf_architecture(cfg: ModelConfig) -> str:
     if a.attention != "causal":
         raise ConfigError(f"`attention` {a.attention} has no Hugging Face equivalent; export supports causal "
                           "attention only")
+    if cfg.mlp_kind == "relu2":
+        raise ConfigError("`mlp` relu2 (ReLU squared) has no Hugging Face equivalent; export supports gelu (GPT-2) "
+                          "and swiglu (Llama) MLPs")
+    if cfg.qk_norm:
+        raise ConfigError("`qk_norm` has no Hugging Face equivalent (GPT-2 and Llama do not normalise queries and "
+                          "keys); export supports `qk_norm` false")
+    if cfg.logit_softcap > 0:
+        raise ConfigError(f"`logit_softcap` {cfg.logit_softcap:g} has no Hugging Face equivalent (GPT-2 and Llama "
+                          "do not cap their logits); export supports `logit_softcap` 0")
     parts = (cfg.norm_kind, cfg.mlp_kind, cfg.pos_kind)
     if parts == ("layernorm", "gelu", "learned"):
         arch = GPT2
