@@ -24,7 +24,8 @@ from ..config import FLAGS, flags_where
 from .discover import Run
 
 NOISE_RULE = ("noise rule: a difference between two seed groups is 'within noise' when |mean_a - mean_b| < "
-              "sd_a + sd_b (sample sd over seeds); a group with one seed has 'single seed: noise unknown'")
+              "sd_a + sd_b (sample sd over seeds); a group with one seed, or whose runs share one seed, has "
+              "'noise unknown'; a group with a non-finite metric is not ranked")
 SINGLE_SEED = "single seed: noise unknown"
 SAME_SEED = "runs share one seed: noise unknown"
 NON_FINITE = "non-finite or missing"
