@@ -7,7 +7,8 @@
   denominator, from the GPU's name or measured with a large matmul; `sync(device)` waits for the device.
 - `count_host_syncs()`, `host_resident(device, optimizer)`, `cuda_sync_errors(device)`: host-device sync
   detection (bench --check_sync, tests).
-- `mfu(...)`: model FLOPs utilization, the one formula training and bench report; `enable_tf32()`.
+- `mfu(...)`: model FLOPs utilization, the one formula training and bench report; `enable_tf32()`;
+  `set_cpu_threads(n)`: torch's intra-op CPU threads (`threads`; 0 keeps torch's default).
 - `unwrap(model)`: the plain module under DDP / torch.compile wrappers.
 
 Imports nothing of lmsprint except `errors`, so every layer above may use it.
@@ -240,3 +241,9 @@ def enable_tf32() -> None:
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def set_cpu_threads(n: int) -> None:
+    """Use `n` intra-op CPU threads in this process (`threads`); 0 keeps torch's default."""
+    if n > 0:
+        torch.set_num_threads(n)

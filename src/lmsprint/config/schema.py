@@ -245,6 +245,8 @@ class TrainConfig:
     seed: int = option(0, "seed for model init and dropout", bounds=_SEED, name_part=_seed_part,
                     sweep_reserved="use --seeds 0,1,2 instead of a seed flag or grid")
     device: str = option("auto", "device: auto, cpu, cuda, cuda:N", resume_safe=True)
+    threads: int = option(0, "CPU threads torch uses for this run's math (0 = torch's default); e.g. 1 per run when "
+                       "several runs share a machine", check=nonneg, resume_safe=True, bookkeeping=True)
     dtype: Optional[str] = option(None, "compute dtype: bfloat16, float16, float32 (default: bfloat16 autocast on CUDA, "
                                "float32 on CPU)", choices=[None, "bfloat16", "float16", "float32"])
     compile: bool = option(False, "torch.compile the model", resume_safe=True)

@@ -28,7 +28,7 @@ from .. import keys as K
 from .. import rundir
 from ..config import RunConfig, parse_duration
 from ..data.loader import BatchSampler, n_val_windows, to_device, val_batches
-from ..hw import autocast_context, enable_tf32, mfu, peak_flops, sync
+from ..hw import autocast_context, enable_tf32, mfu, peak_flops, set_cpu_threads, sync
 from ..model.transformer import Transformer
 from ..optim.schedules import apply_schedule
 from . import artifacts, ranks, state
@@ -88,6 +88,7 @@ class Trainer:
             resume.check_config(resume_state.get("config"), cfg, self.resume_override, self.resume_dir)
         seed_everything(cfg.train.seed)
         enable_tf32()
+        set_cpu_threads(cfg.train.threads)
         self.manifest, self.tok, train_tokens, self.val_tokens = load_data(cfg, world,
                                                                            progress=world.is_main and Console(cfg, True).bar_on)
         self.token_bytes = self.tok.token_bytes()
