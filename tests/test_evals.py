@@ -38,7 +38,7 @@ def test_result_files_never_overwrite_an_earlier_result(tmp_path):
     first = write_results(run, {"results": {"t": {"acc,none": 0.25}}}, {"n": 1}, stamp=stamp)
     second = write_results(run, {"results": {"t": {"acc,none": 0.5}}}, {"n": 2}, stamp=stamp)
     (tmp_path / "evals" / "lm_eval-20250101-000000-3.json").write_text("someone else's")
-    third = write_results(run, {"results": {"t": {"acc,none": 0.75}}}, {"n": 3}, stamp=stamp)
+    third = write_results(run, {"results": {"t": {"acc,none": 0.75, "sample_len": 4}}}, {"n": 3}, stamp=stamp)
     assert [os.path.basename(p) for p in (first, second, third)] == [
         "lm_eval-20250101-000000.json", "lm_eval-20250101-000000-2.json", "lm_eval-20250101-000000-4.json"]
     assert json.loads(open(first).read())["results"]["t"]["acc,none"] == 0.25

@@ -82,8 +82,8 @@ def list_results(run_dir: str) -> list[str]:
 
 
 def latest_metrics(run_dir: str) -> dict[str, float]:
-    """{"<task>/<metric>": value} over all result files of the run, a newer file's value replacing an older one;
-    unreadable files are skipped."""
+    """{"<task>/<metric>": value} over all result files of the run, a newer file's value replacing an older one
+    (sample counts left out; unreadable files skipped)."""
     out: dict[str, float] = {}
     for path in list_results(run_dir):
         try:
@@ -92,7 +92,7 @@ def latest_metrics(run_dir: str) -> dict[str, float]:
         except (OSError, ValueError):
             continue
         if isinstance(results, dict):
-            out.update(summary_metrics(results))
+            out.update({k: v for k, v in summary_metrics(results).items() if not k.endswith("/sample_len")})
     return out
 
 
