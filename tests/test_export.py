@@ -13,7 +13,8 @@ from lmsprint.config import build_config
 from lmsprint.data.sources import shakespeare_documents
 from lmsprint.data.tokenizer import get_tokenizer, gpt2_files
 from lmsprint.errors import ConfigError, UserError, cli_message
-from lmsprint.export import export_hf, hf_architecture, load_weights, model_config_of, save_weights
+from lmsprint.export import (describe_tokenizer, export_hf, hf_architecture, load_weights, model_config_of,
+                             save_weights)
 from lmsprint.export.hf_tokenizer import gpt2_vocab_merges, ranks_to_vocab_merges
 from lmsprint.model.transformer import Transformer
 
@@ -291,3 +292,31 @@ def test_untied_llama2_exports_its_own_head(exported):
     head, emb = hf.get_output_embeddings().weight, hf.get_input_embeddings().weight
     assert head.data_ptr() != emb.data_ptr() and not torch.equal(head, emb)
     assert torch.equal(head, m.lm_head.weight) and torch.equal(emb, m.wte.weight)
+
+
+def test_hugging_face_tokenizer_is_carried_into_the_export(tmp_path):
+    """A run trained with `--tokenizer path/to/tokenizer.json` keeps that file's JSON (describe_tokenizer); export
+    writes it as tokenizer.json, and AutoTokenizer gives lmsprint's ids and its separator as eos."""
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    tk = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    text = shakespeare_text(20_000)
+    tk.train_from_iterator([text], trainer)
+    path = tmp_path / "tok" / "tokenizer.json"
+    path.parent.mkdir()
+    tk.save(str(path))
+    ours = get_tokenizer(str(path))
+    info = describe_tokenizer(ours)
+    assert info["name"] == ours.name and json.loads(info["vocab"])["model"]["type"] == "BPE"
+    path.unlink()  # the run directory's description alone rebuilds it
+    cfg = model_cfg(model="llama2", vocab_size=320)
+    out = str(tmp_path / "hf")
+    export_hf(cfg, tiny_model(cfg).state_dict(), info, out)
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    ids = tok(text[:3000])["input_ids"]
+    assert ids == ours.encode(text[:3000]) and tok.decode(ids) == text[:3000]
+    assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == ours.eot
