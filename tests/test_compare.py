@@ -87,24 +87,24 @@ def test_table_has_final_metrics_and_only_differing_keys(runs):
 def test_seed_groups_mean_sd_and_within_noise(runs):
     c = report.compare([runs])
     assert len(c.groups) == 2
-    by = {g.label: g for g in c.groups}
-    a, b = by["label_smoothing=0"], by["label_smoothing=0.1"]
+    by = {g.label: g for g in c.groups}  # named runs (ls0_s0, ...): groups carry the name stem
+    a, b = by["ls0"], by["ls01"]
     m, s = a.mean_sd("val/loss")
     ref = np.array([3.0, 3.1, 3.2])
     assert m == pytest.approx(ref.mean()) and s == pytest.approx(ref.std(ddof=1))  # sample sd
     assert stats.noise_verdict(a, b, "val/loss") == "within noise"  # |3.1 - 3.15| = 0.05 < 0.1 + 0.1
     header, rows = report.group_table(c.groups, "val/loss")
     cells = {r[0]: dict(zip(header, r)) for r in rows}
-    assert cells["label_smoothing=0"]["val/loss vs best"].startswith("best")
-    assert cells["label_smoothing=0.1"]["val/loss vs best"] == "+0.0500: within noise"
-    assert cells["label_smoothing=0"]["val loss mean ± sd"] == "3.1000 ± 0.1000"
-    assert cells["label_smoothing=0"]["seeds"] == "0,1,2"
+    assert cells["ls0"]["val/loss vs best"].startswith("best")
+    assert cells["ls01"]["val/loss vs best"] == "+0.0500: within noise"
+    assert cells["ls0"]["val loss mean ± sd"] == "3.1000 ± 0.1000"
+    assert cells["ls0"]["seeds"] == "0,1,2"
     # group A is best in both: lowest loss (3.1 < 3.15) and highest accuracy (0.29 > 0.285)
     assert stats.best_group(c.groups, "val/loss") is a and stats.best_group(c.groups, "val/acc") is a
     header, rows = report.group_table(c.groups, "val/acc")
     cells = {r[0]: dict(zip(header, r)) for r in rows}
-    assert cells["label_smoothing=0"]["val/acc vs best"].startswith("best")
-    assert cells["label_smoothing=0.1"]["val/acc vs best"] == "-0.0050: within noise"
+    assert cells["ls0"]["val/acc vs best"].startswith("best")
+    assert cells["ls01"]["val/acc vs best"] == "-0.0050: within noise"
 
 
 def test_beyond_noise_and_single_seed(tmp_path):

@@ -8,6 +8,9 @@ missing or not finite (a NaN run) has no mean for it and is never the best group
 `load_warnings(groups)`: runs of one config whose tokens/s differ by more than LOAD_RATIO were measured under
 different machine load. `seed_group_id(flat)`: a stable name of a run's seed group (wandb's `group`).
 Bookkeeping options (config metadata `bookkeeping=True`: names, folders, sinks, cadence) are never "differing".
+A group is labelled by its runs' `--exp_name` stem (the name less its seed: `relu2_s1` -> relu2, sweep's
+`lr=0.01_seed=1` -> lr=0.01) when every group's runs share one stem and no two groups share it; otherwise by the
+config keys that differ (`model=llama2 opt=muon`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from typing import Optional
@@ -106,7 +110,20 @@ def group_runs(runs: list[Run], diff: Optional[list[str]] = None) -> list[Group]
             label = " ".join(f"{k}={fmt_val(r.flat.get(k))}" for k in gkeys) or "all runs"
             groups[key] = Group(label=label, runs=[], key=key)
         groups[key].runs.append(r)
-    return list(groups.values())
+    out = list(groups.values())
+    stems = [{exp_stem(r.flat.get("exp_name"), r.flat.get("seed")) for r in g.runs} for g in out]
+    if all(len(s) == 1 and "" not in s for s in stems) and len({next(iter(s)) for s in stems}) == len(out) > 1:
+        for g, s in zip(out, stems):
+            g.label = next(iter(s))
+    return out
+
+
+def exp_stem(name, seed) -> str:
+    """A run's `--exp_name` less its seed suffix (`_s3`, `-seed3`, `_seed=3`, with `seed` the run's seed); '' when
+    the run has no name."""
+    name = str(name or "")
+    m = re.fullmatch(r"(.+?)[_\-.](?:s|seed=?)(\d+)", name)
+    return m.group(1) if m and str(seed) == m.group(2) else name
 
 
 def noise_verdict(a: Group, b: Group, metric: str) -> str:
