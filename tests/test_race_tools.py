@@ -5,6 +5,7 @@ chosen group with the noise rule), seed groups named after the runs' `--exp_name
 from __future__ import annotations
 
 import random
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,8 @@ import pytest
 import torch
 
 import lmsprint
+from lmsprint.track.report import compare, group_table
+from lmsprint.track.stats import exp_stem
 
 SHAPE = {"n_layer": "1", "n_embd": "16", "n_head": "2", "sequence_length": "16", "batch_size": "4", "acc_steps": "1",
          "iterations": "4", "eval_freq": "4", "eval_tokens": "64", "sample_tokens": "0", "final_eval": "fixed",
@@ -55,3 +58,49 @@ def test_threads_sets_torch_threads_for_the_run(corpus):
 
 def test_threads_refuses_a_negative_count(corpus):
     one_error_line(lmsprint_cli("train", *TINY, "--threads", "-1", cwd=corpus), "--threads")
+
+
+# ---------------------------------------------------------------------------------------------------- compare
+
+
+@pytest.fixture(scope="module")
+def arms(corpus):
+    """Two named arms x two seeds (base_s0, base_s1, lr_s0, lr_s1), trained side by side, one thread each."""
+    out = corpus / "arms"
+    procs = [subprocess.Popen([sys.executable, "-m", "lmsprint", "train", *TINY, *flags, "--seed", str(seed),
+                               "--results_base_folder", str(out), "--exp_name", f"{arm}_s{seed}"],
+                              cwd=corpus, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for arm, flags in (("base", []), ("lr", ["--lr", "3e-2"])) for seed in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    return out
+
+
+def test_seed_groups_are_named_by_the_exp_name_stem(arms):
+    c = compare([str(arms)])
+    assert sorted(g.label for g in c.groups) == ["base", "lr"] and all(g.n == 2 for g in c.groups)
+    assert exp_stem("lr=0.01_seed=2", 2) == "lr=0.01" and exp_stem("m0-s1", 1) == "m0"
+    assert exp_stem("runs12", 12) == "runs12" and exp_stem("a_s3", 4) == "a_s3"  # not the run's seed: kept
+
+
+def test_compare_reference_judges_every_group_against_it(arms):
+    for spec in ("base", "base_s*", str(arms / "base_s1")):
+        c = compare([str(arms)], metric="val/loss", reference=spec)
+        assert c.reference.label == "base"
+        header, rows = group_table(c.groups, "val/loss", c.reference)
+        assert header[-1] == "val/loss vs reference"
+        verdicts = {r[0]: r[-1] for r in rows}
+        assert verdicts["base"] == "reference"
+        assert re.fullmatch(r"[+-]\d\.\d{4} \([+-]\d+\.\d%\): (within noise|(better|worse), beyond noise)",
+                            verdicts["lr"]), verdicts
+    p = lmsprint_cli("compare", str(arms), "--reference", "lr_s*", "--no_report", cwd=arms)
+    assert p.returncode == 0, p.stderr
+    assert "against the reference group lr" in p.stdout and "vs reference" in p.stdout
+
+
+def test_compare_reference_that_names_no_single_group_is_one_line(arms):
+    one_error_line(lmsprint_cli("compare", str(arms), "--reference", "nope*", "--no_report", cwd=arms),
+                   "--reference 'nope*' matches no seed group")
+    one_error_line(lmsprint_cli("compare", str(arms), "--reference", "*_s0", "--no_report", cwd=arms),
+                   "matches 2 seed groups")

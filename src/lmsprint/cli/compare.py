@@ -19,12 +19,15 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
                    "non-empty folder is refused, never overwritten)")
     p.add_argument("--metric", default=K.VAL_LOSS, choices=list(K.VAL_KEYS),
                    help="final metric whose group differences get a noise verdict (default: val/loss)")
+    p.add_argument("--reference", default=None, metavar="GROUP_OR_RUN_GLOB",
+                   help="judge every seed group against this one (its label as shown, or a glob matching the names "
+                   "or paths of its runs, e.g. 'base_s*') instead of against the best group")
     p.add_argument("--only_complete", action="store_true", help="skip runs whose status is not complete")
     p.add_argument("--no_report", action="store_true", help="print the table only; write no report folder")
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    c = compare(args.runs, metric=args.metric, only_complete=args.only_complete)
+    c = compare(args.runs, metric=args.metric, only_complete=args.only_complete, reference=args.reference)
     print(c.text())
     if not args.no_report:
         out = unique_out_dir(args.out)

@@ -4,13 +4,16 @@ formatting together.
 
 Run table: final val metrics (columns from keys.VAL_METRICS), training tokens, training time, tokens/s, total and
 active parameters, and only the config keys whose values differ between the runs. A run that is not complete is
-marked `*` (its numbers are the last logged ones) and left out of the seed statistics. The report folder (--out,
-default ./reports/compare-<timestamp>) is never overwritten.
+marked `*` (its numbers are the last logged ones) and left out of the seed statistics. Seed groups are judged
+with the noise rule against the best group, or against the group chosen by `--reference` (its label, or a glob
+matching the name or path of one of its runs: `reference_group`). The report folder (--out, default
+./reports/compare-<timestamp>) is never overwritten.
 """
 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import math
 import os
 import time
@@ -22,7 +25,7 @@ from ..errors import UserError
 from .discover import Run, find_runs, lm_eval_columns, load_run
 from .plots import plot_curves
 from .stats import (NOISE_RULE, NON_FINITE, Group, best_group, differing_keys, fmt_val, group_runs, load_warnings,
-                    noise_verdict, norm)
+                    lower_is_better, noise_verdict, norm)
 
 # ---------------------------------------------------------------------------------------------------- formatting
 
@@ -75,15 +78,35 @@ def run_table(runs: list[Run], diff: list[str]) -> tuple[list[str], list[list[st
     return header, rows
 
 
-def group_table(groups: list[Group], metric: str) -> tuple[list[str], list[list[str]]]:
+def reference_verdict(g: Group, ref: Group, metric: str) -> str:
+    """'-0.0123 (-1.2%): better, beyond noise' | '... within noise' | the reason noise is unknown, for g vs ref."""
+    if g is ref:
+        return "reference" + (f" ({g.noise_note()})" if g.noise_note() else "")
+    m, r = g.mean_sd(metric)[0], ref.mean_sd(metric)[0]
+    if m is None:
+        return f"not ranked: {NON_FINITE}" if g.runs else "-"
+    if r is None:
+        return "-"
+    d = m - r
+    verdict = noise_verdict(g, ref, metric)
+    if verdict == "beyond noise":
+        verdict = ("better" if (d < 0) == lower_is_better(metric) else "worse") + ", beyond noise"
+    return f"{d:+.4f}" + (f" ({100 * d / abs(r):+.1f}%)" if r else "") + f": {verdict}"
+
+
+def group_table(groups: list[Group], metric: str, reference: Optional[Group] = None
+                ) -> tuple[list[str], list[list[str]]]:
     best = best_group(groups, metric)
-    header = ["group", "n", "seeds"] + [f"{m.label} mean ± sd" for m in K.VAL_METRICS] + [f"{metric} vs best"]
+    header = ["group", "n", "seeds"] + [f"{m.label} mean ± sd" for m in K.VAL_METRICS] + [
+        f"{metric} vs {'reference' if reference is not None else 'best'}"]
     rows = []
     for g in groups:
         seeds = ",".join(fmt_val(r.flat.get("seed")) for r in g.runs)
         if len({norm(r.flat.get("data_seed")) for r in g.runs}) > 1:
             seeds += " data_seed " + ",".join(fmt_val(r.flat.get("data_seed")) for r in g.runs)
-        if g.mean_sd(metric)[0] is None:
+        if reference is not None:
+            verdict = reference_verdict(g, reference, metric)
+        elif g.mean_sd(metric)[0] is None:
             verdict = f"not ranked: {NON_FINITE}" if g.runs else "-"
         elif best is None:
             verdict = "-"
@@ -119,17 +142,35 @@ class Comparison:
     groups: list
     metric: str
     notes: list
+    reference: Optional[Group] = None
+
+    @property
+    def against(self) -> str:
+        return f"the reference group {self.reference.label}" if self.reference is not None else "the best group"
 
     def text(self) -> str:
         parts = [text_table(*run_table(self.runs, self.diff))]
         if self.groups:
-            parts += ["", f"seed groups (complete runs; verdicts on {self.metric}):",
-                      text_table(*group_table(self.groups, self.metric)), NOISE_RULE]
+            parts += ["", f"seed groups (complete runs; verdicts on {self.metric} against {self.against}):",
+                      text_table(*group_table(self.groups, self.metric, self.reference)), NOISE_RULE]
         parts += self.notes
         return "\n".join(parts)
 
 
-def compare(specs: list[str], metric: str = K.VAL_LOSS, only_complete: bool = False) -> Comparison:
+def reference_group(groups: list[Group], spec: str) -> Group:
+    """The one seed group `spec` names: a group label, or a glob matching the name or path of its runs."""
+    hits = [g for g in groups if g.label == spec] or [
+        g for g in groups if any(fnmatch.fnmatchcase(r.name, spec) or fnmatch.fnmatchcase(r.path, spec)
+                                 or fnmatch.fnmatchcase(os.path.relpath(r.path), spec) for r in g.runs)]
+    if len(hits) != 1:
+        found = "matches no seed group" if not hits else f"matches {len(hits)} seed groups"
+        raise UserError(f"--reference '{spec}' {found}; give one group's label or a glob of its run names: "
+                        + "; ".join(g.label for g in groups))
+    return hits[0]
+
+
+def compare(specs: list[str], metric: str = K.VAL_LOSS, only_complete: bool = False,
+            reference: Optional[str] = None) -> Comparison:
     runs = [load_run(p) for p in find_runs(specs)]
     notes = []
     pending = [r for r in runs if not r.complete]
@@ -145,7 +186,8 @@ def compare(specs: list[str], metric: str = K.VAL_LOSS, only_complete: bool = Fa
     diff = differing_keys(runs)
     groups = group_runs(runs, diff)
     notes += load_warnings(groups)
-    return Comparison(runs=runs, diff=diff, groups=groups, metric=metric, notes=notes)
+    ref = reference_group(groups, reference) if reference else None
+    return Comparison(runs=runs, diff=diff, groups=groups, metric=metric, notes=notes, reference=ref)
 
 
 # ---------------------------------------------------------------------------------------------------- report folder
@@ -225,7 +267,7 @@ def write_report(c: Comparison, out_dir: str, specs: list[str]) -> str:
         md += [note, ""]
     if c.groups:
         md += ["## Seed groups", "", f"Runs that differ only by seed/data_seed, verdicts on `{c.metric}` "
-               "against the best group.", "", md_table(*group_table(c.groups, c.metric)), "",
+               f"against {c.against}.", "", md_table(*group_table(c.groups, c.metric, c.reference)), "",
                NOISE_RULE[0].upper() + NOISE_RULE[1:] + ".", ""]
     md += ["## Curves", "", "Curves are the periodic evaluations on the fixed val set; a star is a run's final evaluation "
            "(the full val split unless the run said otherwise: the number in the tables); a shaded band is a seed "
