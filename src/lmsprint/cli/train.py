@@ -77,7 +77,8 @@ def resume_config(run_dir: str, cli_values: dict, overrides=frozenset()):
     if changed:
         raise UserError(f"--resume continues {run_dir} with its own config; {', '.join(changed)} would change the "
                         f"run (only {', '.join(sorted('--' + s for s in RESUME_SAFE if s != 'results_base_folder'))}"
-                        " may be given); start a new run instead")
+                        " may be given); start a new run instead, or accept the change with --resume_override "
+                        f"{','.join(c.lstrip('-') for c in changed)}")
     return cfg.validate()
 
 
