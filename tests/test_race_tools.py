@@ -104,3 +104,26 @@ def test_compare_reference_that_names_no_single_group_is_one_line(arms):
                    "--reference 'nope*' matches no seed group")
     one_error_line(lmsprint_cli("compare", str(arms), "--reference", "*_s0", "--no_report", cwd=arms),
                    "matches 2 seed groups")
+
+
+# ---------------------------------------------------------------------------------------------------- sweep
+
+
+def test_sweep_parallel_starts_every_run_together_and_logs_each(corpus):
+    p = lmsprint_cli("sweep", "--grid", "lr=1e-3,3e-2", "--seeds", "0,1", "--parallel", "4", "--name", "race", "--",
+                     *TINY, "--results_base_folder", "exps_sweep", cwd=corpus)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert "4 at a time" in lines[0]
+    started = [i for i, line in enumerate(lines) if line.endswith(": starting")]
+    finished = [i for i, line in enumerate(lines) if ": complete after " in line]
+    assert len(started) == len(finished) == 4 and max(started) < min(finished)  # all running at once
+    sweep_dir = corpus / "exps_sweep" / "race"
+    assert sorted(f.name for f in sweep_dir.glob("*.log")) == sorted(
+        f"lr={lr}_seed={s}.log" for lr in ("1e-3", "3e-2") for s in (0, 1))
+    c = compare([str(sweep_dir)], reference="lr=1e-3")
+    assert sorted(g.label for g in c.groups) == ["lr=1e-3", "lr=3e-2"] and c.reference.n == 2
+
+
+def test_sweep_parallel_below_one_is_one_line(corpus):
+    one_error_line(lmsprint_cli("sweep", "--parallel", "0", "--", *TINY, cwd=corpus), "--parallel 0: must be >= 1")

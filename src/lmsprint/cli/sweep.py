@@ -10,6 +10,7 @@ import sys
 from typing import Optional
 
 from ..config import FLAGS, SuggestingParser
+from ..errors import UserError
 from ..track import sweep as S
 from ..track.report import compare
 from .train import add_train_arguments  # the pass-through flags are exactly `lmsprint train`'s
@@ -21,6 +22,9 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0", help="comma-separated --seed values run for every grid point (default: 0)")
     p.add_argument("--name", default=None, help="sweep folder under --results_base_folder (default: "
                    "sweep-<grid flags>); rerun with the same name to resume")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="run N points at a time, started together, each one's output in <sweep folder>/<run>.log "
+                   "(an equal-time race: N = all runs, with -- --threads 1; default: 1, one after another)")
     p.add_argument("--dry_run", action="store_true", help="print the plan and the commands, run nothing")
     p.add_argument("train_args", nargs="*", metavar="-- TRAIN_FLAGS",
                    help="flags passed to every `lmsprint train` (after a literal --)")
@@ -38,6 +42,8 @@ def parse_train_args(argv: list[str]) -> tuple[dict, Optional[str]]:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    if args.parallel < 1:
+        raise UserError(f"--parallel {args.parallel}: must be >= 1 (the number of runs at a time)")
     grid = S.parse_grid(args.grid)
     seeds = S.parse_seeds(args.seeds)
     train_args = list(args.train_args or [])
@@ -52,8 +58,11 @@ def run_sweep(args: argparse.Namespace) -> int:
         S.write_record(sweep_dir, {"grid": grid, "seeds": seeds, "train_args": train_args,
                                    "points": [p.name for p in points]})
     print(f"sweep {name}: {len(points)} runs ({len(points) // len(seeds)} grid points x {len(seeds)} seeds) in "
-          f"{sweep_dir}", flush=True)
-    results = S.run_sweep_points(points, train_values, config_file, sweep_dir, dry_run=args.dry_run)
+          f"{sweep_dir}" + (f", {args.parallel} at a time" if args.parallel > 1 else ""), flush=True)
+    if args.parallel > 1 and not args.dry_run:
+        S.prepare_data(points, train_values, config_file)
+    results = S.run_sweep_points(points, train_values, config_file, sweep_dir, dry_run=args.dry_run,
+                                 parallel=args.parallel)
     if args.dry_run:
         return 0
     failed = [n for n, (o, _d) in results.items() if o == "failed"]

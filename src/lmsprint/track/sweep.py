@@ -12,6 +12,9 @@
   resume-safe flags), and only runs never started (or stopped before their first checkpoint) start over.
 - Each training is `sys.executable -m lmsprint train ...` in its own process, so one failure (or a crash) does
   not stop the sweep; a Ctrl-C stops the sweep (rerun to resume).
+- `--parallel N`: N runs at a time, started together (an equal-time race needs every arm under the same load:
+  give N = number of runs and `--threads 1` per run); each run's output goes to `<sweep folder>/<run>.log`, and
+  the data is prepared once beforehand (`prepare_data`) so that concurrent runs never prepare it side by side.
 The command line (argument parsing, the final comparison, the exit status) is in cli/sweep.py.
 """
 
@@ -30,6 +33,7 @@ from typing import Optional
 from .. import rundir
 from ..config import FLAGS, build_config, coerce, flags_where, flatten, unknown_flag_error
 from ..config.schema import ALIASES
+from ..data.prepare import prepare
 from ..errors import UserError
 from ..files import atomic_write_text, json_text
 from ..train.checks import check_run
@@ -141,6 +145,18 @@ def validate_points(points: list[Point], train_values: dict, config_file: Option
     return build_config(dict(train_values), config_file)
 
 
+def prepare_data(points: list[Point], train_values: dict, config_file: Optional[str]) -> None:
+    """Prepare (or find in the cache) every distinct dataset of the points, once, before runs start together."""
+    seen = set()
+    for pt in points:
+        values = {k: v for k, v in train_values.items() if k not in pt.values}
+        data = build_config({**values, **pt.values, "seed": pt.seed}, config_file).data
+        key = json_text(vars(data))
+        if key not in seen:
+            seen.add(key)
+            prepare(data, progress=False)
+
+
 def write_record(sweep_dir: str, record: dict) -> None:
     os.makedirs(sweep_dir, exist_ok=True)
     atomic_write_text(os.path.join(sweep_dir, SWEEP_FILE), json_text(record, indent=2))
@@ -194,9 +210,11 @@ def train_command(point: Point, train_values: dict, config_file: Optional[str], 
 
 
 def run_sweep_points(points: list[Point], train_values: dict, config_file: Optional[str], sweep_dir: str,
-                     dry_run: bool = False) -> dict[str, tuple[str, Optional[str]]]:
-    """Run every point in order; returns name -> (outcome, run dir). Outcomes: skipped, complete, failed, planned."""
+                     dry_run: bool = False, parallel: int = 1) -> dict[str, tuple[str, Optional[str]]]:
+    """Run every point, `parallel` at a time (in order); returns name -> (outcome, run dir). Outcomes: skipped,
+    complete, failed, planned."""
     results: dict[str, tuple[str, Optional[str]]] = {}
+    todo = []
     for i, point in enumerate(points, 1):
         action, run_dir = decide(point, existing_runs(sweep_dir))
         tag = f"[sweep {i}/{len(points)}] {point.name}"
@@ -204,30 +222,56 @@ def run_sweep_points(points: list[Point], train_values: dict, config_file: Optio
             print(f"{tag}: complete in {run_dir}, skipped", flush=True)
             results[point.name] = ("skipped", run_dir)
             continue
-        cmd = train_command(point, train_values, config_file, sweep_dir, run_dir if action == "resume" else None)
-        print(f"{tag}: {'resuming ' + run_dir if action == 'resume' else 'starting'}", flush=True)
-        print("  $ " + " ".join(_quote(c) for c in cmd[2:]), flush=True)
+        resume_dir = run_dir if action == "resume" else None
+        cmd = train_command(point, train_values, config_file, sweep_dir, resume_dir)
         if dry_run:
+            _announce(tag, resume_dir, cmd)
             results[point.name] = ("planned", run_dir)
             continue
-        t0 = time.time()
-        proc = subprocess.Popen(cmd)
-        try:
-            rc = proc.wait()
-        except KeyboardInterrupt:  # Ctrl-C reaches the child too: let it write its checkpoint/summary, then stop
+        todo.append((tag, point, resume_dir, cmd))
+    running: list = []  # (tag, point, resume_dir, proc, t0, log file)
+    try:
+        while todo or running:
+            while todo and len(running) < max(parallel, 1):
+                tag, point, resume_dir, cmd = todo.pop(0)
+                _announce(tag, resume_dir, cmd)
+                log = open(os.path.join(sweep_dir, point.name + ".log"), "a") if parallel > 1 else None
+                if log is not None:
+                    print(f"  output: {log.name}", flush=True)
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None)
+                running.append((tag, point, resume_dir, proc, time.time(), log))
+            done = [r for r in running if r[3].poll() is not None] if parallel > 1 else [running[0]]
+            if not done:
+                time.sleep(0.2)
+                continue
+            for item in done:
+                tag, point, resume_dir, proc, t0, log = item
+                rc = proc.wait()
+                running.remove(item)
+                if log is not None:
+                    log.close()
+                after = existing_runs(sweep_dir).get(point.name, [])
+                run_dir = resume_dir or (after[-1] if after else None)
+                ok = rc == 0 and run_dir is not None and rundir.status(run_dir) == "complete"
+                print(f"{tag}: {'complete' if ok else f'FAILED (exit {rc})'} after {time.time() - t0:.0f}s", flush=True)
+                results[point.name] = ("complete" if ok else "failed", run_dir)
+    except KeyboardInterrupt:  # Ctrl-C reaches the children too: let them write their checkpoints/summaries, then stop
+        for tag, _point, _d, proc, _t0, log in running:
             try:
                 proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            if log is not None:
+                log.close()
             print(f"{tag}: interrupted; rerun the same sweep command to resume", file=sys.stderr, flush=True)
-            raise
-        after = existing_runs(sweep_dir).get(point.name, [])
-        run_dir = run_dir or (after[-1] if after else None)
-        ok = rc == 0 and run_dir is not None and rundir.status(run_dir) == "complete"
-        print(f"{tag}: {'complete' if ok else f'FAILED (exit {rc})'} after {time.time() - t0:.0f}s", flush=True)
-        results[point.name] = ("complete" if ok else "failed", run_dir)
+        raise
     return results
+
+
+def _announce(tag: str, resume_dir: Optional[str], cmd: list[str]) -> None:
+    print(f"{tag}: {'resuming ' + resume_dir if resume_dir else 'starting'}", flush=True)
+    print("  $ " + " ".join(_quote(c) for c in cmd[2:]), flush=True)
 
 
 def _quote(s: str) -> str:
