@@ -20,7 +20,7 @@ Device resolution is `hw.resolve_device`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -39,6 +39,7 @@ class World:
     world_size: int = 1
     device: str = "cpu"
     sharded: bool = False  # data_parallel fsdp: the model is sharded over the process group (of >= 1 process)
+    ddp: list = field(default_factory=list, repr=False)  # the DDP modules `wrap_ddp` made (released by `destroy`)
 
     @property
     def distributed(self) -> bool:
@@ -80,7 +81,9 @@ def wrap_ddp(model: torch.nn.Module, world: World) -> torch.nn.Module:
         return model
     ids = [torch.device(world.device).index] if world.device.startswith("cuda") else None
     # the only buffers are constant RoPE tables: no need to broadcast them before every forward
-    return DDP(model, device_ids=ids, broadcast_buffers=False)
+    ddp = DDP(model, device_ids=ids, broadcast_buffers=False)
+    world.ddp.append(ddp)
+    return ddp
 
 
 def shard_model(model: torch.nn.Module, dtype: torch.dtype, compile_kw: Optional[dict] = None) -> torch.nn.Module:
@@ -161,5 +164,11 @@ def gather_object(obj: Any, world: World) -> Optional[list]:
 
 
 def destroy(world: World) -> None:
+    """Release DDP's reducers, then the process group. Order matters: a reducer holding the last reference to the
+    gloo group would destroy it when the module is garbage collected, joining gloo's threads while holding the GIL,
+    and a gloo thread still releasing a tensor needs the GIL -- the process would hang at exit."""
+    for m in world.ddp:
+        m.reducer = m.logger = None  # the C++ reducer (and the logger holding it) go now, the group stays referenced
+    world.ddp.clear()
     if (world.distributed or world.sharded) and dist.is_initialized():
         dist.destroy_process_group()
