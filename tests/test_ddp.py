@@ -1,55 +1,70 @@
 """Data parallelism on CPU with real torch.distributed (gloo): `torchrun --nproc_per_node 2 -m lmsprint train`
-with batch B per process follows the same loss curve as one process with batch 2B (same global batch)."""
+with batch B per process follows the same loss curve as one process with batch 2B (same global batch), and a
+2-process run killed with -9 and continued with `--resume` is bit-identical to the uninterrupted one (metrics rows
+and final weights). Runs start at most three processes at once (the machine may have 2 cores)."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from distributed_runs import finish, kill_after_first_checkpoint, resume, rows, same_weights, start
+from tiny import tiny_flags
 
-FLAGS = ["--config_format", "demo", "--n_layer", "2", "--n_embd", "32", "--n_head", "4", "--sequence_length", "32",
-         "--acc_steps", "1", "--iterations", "6", "--time_budget", "0", "--log_interval", "1", "--eval_freq", "3",
-         "--eval_tokens", "512", "--final_eval", "fixed", "--sample_tokens", "0", "--progress", "false",
-         "--exp_name", "r", "--device", "cpu"]
-
-
-def _rows(run_dir, key):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-        return [r[key] for r in map(json.loads, fh) if key in r]
-
+# 6 optimizer steps, a log row each, eval (and so a checkpoint) at step 3 and 6
+FLAGS = ["--config_format", "demo", *tiny_flags(vocab_size=50304), "--iterations", "6", "--time_budget", "0",
+         "--log_interval", "1", "--eval_freq", "3", "--eval_tokens", "512", "--final_eval", "fixed",
+         "--sample_tokens", "0", "--progress", "false", "--exp_name", "r", "--device", "cpu"]
 
 # the research options together (the balance loss is left out: it is a non-linear function of the batch, so
 # per-process batches legitimately give a slightly different value; the query shuffle is random per batch)
 OPTIONS = ["--model", "llama2", "--moe_num_experts", "4", "--moe_num_experts_per_tok", "2", "--moe_aux_loss_factor", "0",
            "--attention", "local", "--attention_window", "8", "--orthogonal_qkv", "--label_smoothing", "0.1",
            "--opt", "lion", "--lr", "1e-4"]
+VARIANTS = {"base": [], "llama2-moe-local-orthogonal-smoothing-lion": OPTIONS}
 
 
-@pytest.mark.parametrize("options", [[], OPTIONS], ids=["base", "llama2-moe-local-orthogonal-smoothing-lion"])
-def test_two_gloo_processes_match_one_process_with_twice_the_batch(shakespeare_manifest, tmp_path, options):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    d = ["--dataset", shakespeare_manifest.dir, *options]
-    one = subprocess.Popen([sys.executable, "-m", "lmsprint", "train", *FLAGS, *d, "--batch_size", "4",
-                            "--results_base_folder", str(tmp_path / "one")], cwd=tmp_path, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    two = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                            "-m", "lmsprint", "train", *FLAGS, *d, "--batch_size", "2",
-                            "--results_base_folder", str(tmp_path / "two")], cwd=tmp_path, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for p in (one, two):
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
-    assert os.listdir(tmp_path / "two") == os.listdir(tmp_path / "one")  # one run dir (+ pointer), written by rank 0
-    r1, r2 = str(tmp_path / "one" / "r"), str(tmp_path / "two" / "r")
-    l1, l2 = _rows(r1, "train/loss"), _rows(r2, "train/loss")
+def _flags(data, options, batch):
+    return [*FLAGS, "--dataset", data, *options, "--batch_size", batch]
+
+
+@pytest.fixture(scope="module")
+def runs(shakespeare_manifest, tmp_path_factory):
+    """Per variant: one process with batch 4 ("one") and two with batch 2 ("two"), side by side; then a base
+    2-process run killed (-9) right after its first checkpoint ("killed")."""
+    root = tmp_path_factory.mktemp("ddp")
+    data = shakespeare_manifest.dir
+    for name, options in VARIANTS.items():
+        finish(start(1, _flags(data, options, 4), root / name / "one", root),
+               start(2, _flags(data, options, 2), root / name / "two", root))
+    kill_after_first_checkpoint(start(2, _flags(data, [], 2), root / "killed", root), root / "killed" / "r")
+    return root
+
+
+def _col(run_dir, key):
+    return [r[key] for r in rows(run_dir) if key in r]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_two_gloo_processes_match_one_process_with_twice_the_batch(runs, variant):
+    one, two = runs / variant / "one", runs / variant / "two"
+    assert os.listdir(two) == os.listdir(one)  # one run dir (+ pointer), written by rank 0
+    l1, l2 = _col(one / "r", "train/loss"), _col(two / "r", "train/loss")
     assert len(l1) == len(l2) == 6
     assert all(abs(a - b) < 1e-4 for a, b in zip(l1, l2)), (l1, l2)
     assert l1[0] != l1[-1]  # the curve moves: the comparison is not of constants
-    v1, v2 = _rows(r1, "val/loss"), _rows(r2, "val/loss")
+    v1, v2 = _col(one / "r", "val/loss"), _col(two / "r", "val/loss")
     assert len(v1) == len(v2) == 2 and all(abs(a - b) < 1e-4 for a, b in zip(v1, v2))
-    with open(os.path.join(r2, "summary.json")) as fh:
+    with open(two / "r" / "summary.json") as fh:
         s = json.load(fh)
     assert s["status"] == "complete" and s["world_size"] == 2 and s["tokens"] == 6 * 4 * 32
+
+
+def test_kill_9_then_resume_on_2_is_bit_identical(runs):
+    resume(2, runs / "killed", runs)
+    ref, run = runs / "base" / "two" / "r", runs / "killed" / "r"
+    assert rows(run) == rows(ref)  # every rank's RNG, sampler position and loss accumulators restored
+    same_weights(run, ref)
+    with open(run / "summary.json") as fh:
+        assert json.load(fh)["status"] == "complete"
