@@ -41,8 +41,6 @@ def add_measure_arguments(parser: argparse.ArgumentParser):
     g.add_argument("--measure_peak", action="store_true", help="measure the peak with a large bf16 matmul instead")
     g.add_argument("--compile_backend", default=None, help="torch.compile backend with --compile (default inductor; "
                    "--suite cpu defaults to aot_eager, which traces like inductor but compiles in seconds)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's; --suite cpu: 1, "
-                   "which is robust on a busy machine)")
     g.add_argument("--config", default=None, help="YAML/TOML config file (as in lmsprint train)")
     add_flags(parser, sections=_SECTIONS)
     return g

@@ -73,10 +73,9 @@ def _print_memory(args) -> int:
 
 
 def run_bench(args) -> int:
-    threads = args.threads if args.threads is not None else (1 if args.suite == "cpu" else None)
-    if threads is not None:
-        if threads < 1:
-            raise UserError("--threads must be >= 1")
+    # --threads is the train flag (0 = torch's default); the CPU suite defaults to 1, robust on a busy machine
+    threads = config_from_args(args).train.threads if "threads" in vars(args) else (1 if args.suite == "cpu" else 0)
+    if threads:
         torch.set_num_threads(threads)
     if args.suite:
         return _run_suite(args, threads)
