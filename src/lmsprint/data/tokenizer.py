@@ -202,8 +202,9 @@ def tokenizer_key(name: str) -> str:
     return "hf-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in stem) + "-" + digest
 
 
-def _bytes_to_unicode() -> dict[str, int]:
-    """GPT-2's byte-level alphabet: the printable character that stands for each byte, inverted."""
+@functools.lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte-level alphabet: byte -> the printable unicode character that stands for it."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -212,7 +213,7 @@ def _bytes_to_unicode() -> dict[str, int]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return dict(zip(bs, (chr(c) for c in cs)))
 
 
 def _uses_byte_level(spec: dict) -> bool:
@@ -251,7 +252,7 @@ class HFTokenizer:
         """UTF-8 bytes each id stands for (0 for special tokens), for bits per byte."""
         special = {t.get("id") for t in self.spec.get("added_tokens", []) if t.get("special")}
         byte_level = _uses_byte_level(self.spec)
-        alphabet = _bytes_to_unicode() if byte_level else {}
+        alphabet = {c: b for b, c in bytes_to_unicode().items()} if byte_level else {}
         out = np.zeros(self.n_vocab, dtype=np.int64)
         for i in range(self.n_vocab):
             t = self.tok.id_to_token(i)

@@ -29,7 +29,7 @@ import json
 import os
 from typing import Any, Mapping, Optional, Union
 
-from ..data.tokenizer import TOKENIZERS, _GPT2_EOT, _GPT2_N_VOCAB, get_tokenizer, gpt2_files
+from ..data.tokenizer import TOKENIZERS, _GPT2_EOT, _GPT2_N_VOCAB, bytes_to_unicode, get_tokenizer, gpt2_files
 from ..errors import ConfigError, UserError
 
 GPT2_EOT = _GPT2_EOT
@@ -63,20 +63,6 @@ def is_hf_state(vocab) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- GPT-2 BPE
-
-
-@functools.lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable unicode character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
 
 
 def _bpe_parts(ranks: Mapping[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
