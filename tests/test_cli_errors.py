@@ -43,6 +43,8 @@ def _cases(manifest, root):
     runs.write_config(no_ckpt, cfg)
     bad_ckpt = runs.create_run_dir(cfg)
     runs.write_config(bad_ckpt, cfg)
+    changed = runs.create_run_dir(cfg)  # its own run: the cases run at once, and a run is locked while resumed
+    runs.write_config(changed, cfg)
     with open(os.path.join(bad_ckpt, "checkpoints", "latest.pt"), "wb") as fh:
         fh.write(b"PK\x03\x04 not really a checkpoint")
     d = ["--dataset", prepared]
@@ -60,7 +62,7 @@ def _cases(manifest, root):
         "tokenizer_mismatch": (TINY + d + ["--tokenizer", "char"], "tokenized with gpt2"),
         "resume_missing_ckpt": (["--resume", no_ckpt], "is missing or corrupt"),
         "resume_corrupt_ckpt": (["--resume", bad_ckpt, "--device", "cpu"], "is missing or corrupt"),
-        "resume_changes_run": (["--resume", bad_ckpt, "--lr", "0.5"], "--lr would change the run"),
+        "resume_changes_run": (["--resume", changed, "--lr", "0.5"], "--lr would change the run"),
         "resume_unknown_run": (["--resume", str(root / "nope")], "is not a run directory"),
     }
 

@@ -178,7 +178,6 @@ def create_run_dir(cfg: RunConfig) -> str:
         except OSError as e:
             raise UserError(f"cannot create a run directory in --results_base_folder '{base}': {e.strerror}; "
                             "choose a writable folder")
-        lock_run_dir(path)
         os.mkdir(os.path.join(path, CKPT_DIR))
         write_latest_pointer(base, path)
         return path

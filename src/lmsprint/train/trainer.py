@@ -126,6 +126,7 @@ class Trainer:
         else:
             self.run_dir = broadcast_object(rundir.create_run_dir(cfg) if self.is_main else None, world)
             if self.is_main:
+                rundir.lock_run_dir(self.run_dir)  # before config.yaml: a run dir without the lock is a dead one
                 rundir.write_config(self.run_dir, cfg)
         self.guard.run_dir = self.run_dir
         self.sinks = self.make_sinks(cfg, self.run_dir, enabled=self.is_main)
