@@ -15,6 +15,7 @@ import yaml
 from lmsprint.cli import main
 from lmsprint.config import build_config
 from lmsprint.errors import UserError
+from lmsprint import rundir
 from lmsprint.rundir import write_latest_pointer
 from lmsprint.track import discover, report, stats
 from lmsprint.track.plots import val_curve
@@ -144,19 +145,25 @@ def test_beyond_noise_and_single_seed(tmp_path):
 
 
 def test_incomplete_runs_are_marked_or_skipped(runs, capsys):
-    make_run(runs, "ls0_s3", status="running", seed=3, val_loss=9.0, label_smoothing=0.0)
+    live = make_run(runs, "ls0_s3", status="running", seed=3, val_loss=9.0, label_smoothing=0.0)
     make_run(runs, "ls0_s4", status="failed", seed=4, val_loss=9.0, label_smoothing=0.0)
-    c = report.compare([runs])
+    # a run whose summary still says running while no process holds its lock died (here before any checkpoint)
+    make_run(runs, "ls0_s5", status="running", seed=5, val_loss=9.0, label_smoothing=0.0)
+    rundir.lock_run_dir(live)  # this process plays the live trainer of ls0_s3
+    try:
+        c = report.compare([runs])
+    finally:
+        rundir.unlock_run_dir(live)
     header, rows = report.run_table(c.runs, c.diff)
     marked = {r[0]: r[1] for r in rows if r[0].endswith("*")}
-    assert marked == {"ls0_s3*": "running", "ls0_s4*": "failed"}
+    assert marked == {"ls0_s3*": "running", "ls0_s4*": "failed", "ls0_s5*": "failed"}
     # their numbers are the last logged ones; they are not part of the seed statistics
     row = dict(zip(header, rows[[r.name for r in c.runs].index("ls0_s3")]))
     assert row["val loss"] == f"{9.0 + 0.5 / 3:.4f}"
     assert sum(g.n for g in c.groups) == 6
     assert any("not complete" in n for n in c.notes)
     c2 = report.compare([runs], only_complete=True)
-    assert len(c2.runs) == 6 and any("skipped 2 run(s)" in n for n in c2.notes)
+    assert len(c2.runs) == 6 and any("skipped 3 run(s)" in n for n in c2.notes)
 
 
 def test_find_runs_dirs_globs_and_nested_folders(tmp_path):
