@@ -72,26 +72,23 @@ class Hasher:
             self.max_id = max(self.max_id, int(np.frombuffer(chunk, dtype=self.dtype).max()))
 
 
+def _read_through(path: str, h) -> None:
+    """Feed the whole file to `h.update` in 16 MiB chunks."""
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(16 * 2**20), b""):
+            h.update(chunk)
+
+
 def token_file_facts(path: str, dtype: str) -> tuple[str, int, dict]:
     """(sha256, largest id, sampled blocks) of a token file, read in full."""
     h = Hasher(dtype)
-    with open(path, "rb") as fh:
-        while True:
-            chunk = fh.read(16 * 2**20)
-            if not chunk:
-                break
-            h.update(chunk)
+    _read_through(path, h)
     return h.sha.hexdigest(), h.max_id, sample_blocks(path)
 
 
 def file_sha256(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            chunk = fh.read(16 * 2**20)
-            if not chunk:
-                break
-            h.update(chunk)
+    _read_through(path, h)
     return h.hexdigest()
 
 
