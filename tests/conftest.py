@@ -1,4 +1,6 @@
-"""Shared pytest fixtures (each engineer appends their own below)."""
+"""Shared pytest fixtures: the prepared Shakespeare data, one thread, the tiny config shape, a tiny local corpus."""
+
+import random
 
 import pytest
 import torch
@@ -29,3 +31,13 @@ def one_thread():
 def tiny():
     """`tiny(**overrides)` -> a validated RunConfig of the shared tiny shape (tests/tiny.py)."""
     return tiny_config
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A folder with one small text file (tiny.txt, 300 paragraphs of random words): a local dataset to prepare fast."""
+    d = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog and runs away from home".split()
+    (d / "tiny.txt").write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(60)) for _ in range(300)))
+    return d

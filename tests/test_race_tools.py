@@ -4,7 +4,6 @@ chosen group with the noise rule), seed groups named after the runs' `--exp_name
 
 from __future__ import annotations
 
-import random
 import re
 import subprocess
 import sys
@@ -31,15 +30,6 @@ def one_error_line(p, fragment):
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lmsprint: error: ") and fragment in lines[0], p.stderr
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(0)
-    words = "the quick brown fox jumps over a lazy dog and runs away from home".split()
-    (d / "tiny.txt").write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(60)) for _ in range(300)))
-    return d
 
 
 # ---------------------------------------------------------------------------------------------------- --threads

@@ -4,7 +4,6 @@ no carriage returns, --quiet) and the help (one default per flag, preset-aware d
 
 from __future__ import annotations
 
-import random
 import re
 import subprocess
 import sys
@@ -28,15 +27,6 @@ def one_error_line(p, fragment):
     assert len(lines) == 1 and lines[0].startswith("lmsprint: error: "), p.stderr
     assert fragment in lines[0], lines[0]
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(0)
-    words = "the quick brown fox jumps over a lazy dog and runs away from home".split()
-    (d / "tiny.txt").write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(60)) for _ in range(300)))
-    return d
 
 
 TINY = ["--dataset", "tiny.txt", "--data_dir", "dc", "--n_layer", "1", "--n_embd", "16", "--n_head", "2",
