@@ -15,7 +15,7 @@ from lmsprint.config import DataConfig
 from lmsprint.data.loader import open_tokens
 from lmsprint.data.manifest import check_vocab, load_manifest
 from lmsprint.data.prepare import prepare
-from lmsprint.data.readers import MIRROR_ENV
+from lmsprint.data.readers import MIRROR_ENV, text_docs
 from lmsprint.data.sources import HUB, resolve_source, shakespeare_documents
 from lmsprint.data.tokenizer import get_tokenizer
 from lmsprint.errors import ConfigError, DataError, UserError, cli_message
@@ -355,3 +355,42 @@ def test_hub_name_without_network_is_one_line(tmp_path):
     r = lmsprint("prepare", "--dataset", "hf:someone/some-corpus:en", "--text_field", "content", "--data_dir",
                  tmp_path / "c", "--quiet", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
     assert "cannot reach the Hugging Face hub to stream 'hf:someone/some-corpus:en'" in one_line_error(r)
+
+
+# ---------------------------------------------------------------------------------------------------- plain text
+
+TEXTS = {
+    "paragraphs": "first para\nline two\n\nsecond\n\n\nthird after three newlines\n\n\n\nfourth\n",
+    "crlf_and_cr": "a\r\nb\r\n\r\nc\rd\r\re\n",
+    "no_final_newline": "\n\nleading blanks\n\nlast",
+    "bad_bytes": b"caf\xe9 ok\n\n\xff\xfe tail\n".decode("latin-1"),
+    "empty": "",
+    "only_blank": "\n\n\n\n",
+}
+
+
+@pytest.mark.parametrize("chunk", [3, 7, 10 << 20])
+@pytest.mark.parametrize("name", sorted(TEXTS))
+@pytest.mark.parametrize("sample_by", ["paragraph", "document"])
+def test_text_files_read_as_datasets_text_builder_does(tmp_path, name, chunk, sample_by):
+    """Plain .txt files need no `datasets`; the rows equal `load_dataset("text", ...)`'s, chunk boundaries included."""
+    datasets = pytest.importorskip("datasets")
+    path = tmp_path / f"{name}.txt"
+    raw = TEXTS[name].encode("latin-1") if name == "bad_bytes" else TEXTS[name].encode()
+    path.write_bytes(raw)
+    ours = list(text_docs(str(path), sample_by, chunk_chars=chunk))
+    kw = {"chunksize": chunk} if sample_by == "paragraph" else {}
+    ds = datasets.load_dataset("text", data_files=[str(path)], split="train", streaming=True, sample_by=sample_by,
+                               encoding_errors="replace", **kw)
+    assert ours == [row["text"] for row in ds]
+
+
+def test_text_dataset_prepares_without_the_datasets_library(corpus, tmp_path):
+    """`--dataset some.txt` with only the core install: `datasets` made unimportable in a fresh process."""
+    code = ("import sys\nsys.modules['datasets'] = None\n"
+            "from lmsprint.config import DataConfig\nfrom lmsprint.data.prepare import prepare\n"
+            f"m = prepare(DataConfig(dataset={str(corpus / 'tiny.txt')!r}, data_dir={str(tmp_path)!r}, "
+            "tokenizer='char'), progress=False)\nprint('TOKENS', m.train_tokens + m.val_tokens)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert int(p.stdout.split("TOKENS")[-1]) > 50_000  # 300 paragraphs of 60 words, one token per character

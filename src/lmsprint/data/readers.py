@@ -1,10 +1,12 @@
-"""Documents read through the `datasets` library: local text files, `save_to_disk` folders and hub streams.
+"""Documents of local files, `save_to_disk` folders and hub streams (all but plain text through `datasets`).
 
 Each reader returns `docs(skip) -> Iterator[str]` (one string per row, "" for an empty one) for sources.py to wrap
 in a Source; nothing here writes to the files it reads.
 
-- `local_docs(files, text_field)`: .txt / .jsonl / .json / .parquet files via `load_dataset(builder, data_files=...,
-  streaming=True)`; one .txt file is split into paragraphs, several are one document per file.
+- `local_docs(files, text_field)`: .jsonl / .json / .parquet files via `load_dataset(builder, data_files=...,
+  streaming=True)`; .txt files by `text_docs`, which yields what `load_dataset("text", sample_by=...)` yields (its
+  algorithm, tested equal) with no dependency beyond Python, so a plain-text corpus needs no `lmsprint[hub]`. One
+  .txt file is split into paragraphs, several are one document per file.
 - `saved_splits(path, text_field)` + `merged_docs(...)`: a `save_to_disk` folder (Dataset or DatasetDict) read with
   `load_from_disk`; a DatasetDict's train and validation splits are interleaved evenly (`interleaved_val(i)` says
   which documents are val), so that `max_docs` keeps both.
@@ -42,8 +44,8 @@ def _datasets():
     try:
         import datasets  # lazy: optional dependency (lmsprint[hub]), only for local files and hub datasets
     except ImportError:
-        raise ConfigError("reading local files and hub datasets needs the datasets library; pip install "
-                          "'lmsprint[hub]' or use `dataset` shakespeare")
+        raise ConfigError("reading .jsonl/.json/.parquet files, save_to_disk folders and hub datasets needs the "
+                          "datasets library; pip install 'lmsprint[hub]' (or use .txt files or `dataset` shakespeare)")
     datasets.disable_progress_bars() if hasattr(datasets, "disable_progress_bars") else None
     return datasets
 
@@ -69,6 +71,29 @@ def _rows(ds, text_field: str, where: str) -> Iterator[str]:
 LOCAL_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
+TEXT_CHUNK_CHARS = 10 << 20  # characters read at a time from a .txt file (`datasets`' text builder: 10 MB)
+
+
+def text_docs(path: str, sample_by: str, chunk_chars: int = TEXT_CHUNK_CHARS) -> Iterator[str]:
+    """The rows `load_dataset("text", data_files=path, sample_by=..., encoding_errors="replace")` yields, read the
+    same way: universal newlines, undecodable bytes replaced; `paragraph`: pieces between blank lines ("\\n\\n"),
+    empty ones dropped, read in chunks of whole lines; `document`: the whole file as one row."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        if sample_by == "document":
+            yield f.read()
+            return
+        batch = ""
+        while True:
+            new = f.read(chunk_chars)
+            if not new:
+                break
+            parts = (batch + new + f.readline()).split("\n\n")
+            yield from (p for p in parts[:-1] if p)
+            batch = parts[-1]
+        if batch:
+            yield batch
+
+
 def local_docs(files: list[str], text_field: str) -> Callable[[int], Iterator[str]]:
     kind_of = lambda f: LOCAL_SUFFIXES[os.path.splitext(f)[1].lower()]  # noqa: E731
     groups = [(b, list(fs)) for b, fs in itertools.groupby(files, key=kind_of)]
@@ -76,23 +101,32 @@ def local_docs(files: list[str], text_field: str) -> Callable[[int], Iterator[st
     n_txt = sum(len(fs) for b, fs in groups if b == "text")
     sample_by = "paragraph" if n_txt == 1 else "document"
 
+    def text_rows(fs: list[str]) -> Iterator[str]:
+        for f in fs:
+            try:
+                rows = text_docs(f, sample_by)
+                if sample_by == "paragraph":  # paragraphs come without their line break
+                    rows = (r if not r or r.endswith("\n") else r + "\n" for r in rows)
+                yield from rows
+            except OSError as e:
+                raise DataError(f"cannot read {f}: {e.strerror or first_line(e)}")
+
     def docs(skip: int) -> Iterator[str]:
-        lib = _datasets()
         streams = []
         for builder, fs in groups:
-            kw = {"sample_by": sample_by} if builder == "text" else {}
-            if builder in ("text", "json"):  # undecodable bytes: replaced and counted (policy in textfiles.py)
-                # json: only an encoding spelled other than "utf-8" makes datasets decode (and so replace) the bytes
-                kw.update(encoding_errors="replace", **({"encoding": "utf_8"} if builder == "json" else {}))
+            if builder == "text":
+                streams.append(text_rows(fs))
+                continue
+            lib = _datasets()
+            # undecodable bytes: replaced and counted (policy in textfiles.py); only an encoding spelled other than
+            # "utf-8" makes datasets decode (and so replace) the bytes of json
+            kw = {"encoding_errors": "replace", "encoding": "utf_8"} if builder == "json" else {}
             try:
                 ds = lib.load_dataset(builder, data_files=fs, split="train", streaming=True, **kw)
             except Exception as e:
                 raise DataError(f"cannot read {fs[0]}: {first_line(e)}; check that the files are valid "
                                 f".txt/.jsonl/.parquet with a '{text_field}' field")
-            rows = _rows(ds, "text" if builder == "text" else text_field, fs[0])
-            if builder == "text" and sample_by == "paragraph":  # paragraphs come without their line break
-                rows = (r if not r or r.endswith("\n") else r + "\n" for r in rows)
-            streams.append(rows)
+            streams.append(_rows(ds, text_field, fs[0]))
         return itertools.islice(itertools.chain(*streams), skip, None)
 
     return docs
