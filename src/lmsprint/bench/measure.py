@@ -4,7 +4,8 @@ The step is the one training runs (`build_train_step`: micro-batched fwd+bwd, gr
 --compile), so every model/optim/train flag of `lmsprint train` applies (`add_measure_arguments`). Data
 loading is excluded. The result row (`bench_config`) has tokens/s, MFU (active training FLOPs per token from the
 model vs the accelerator's dense bf16 peak, `hw.mfu`), peak memory, compile time and, with `check_sync`, the
-host-device syncs counted in the timed steps (on CUDA any sync raises).
+host-device syncs counted in the timed steps (on CUDA any sync raises). `--reference` times llm-baselines' step
+instead (`bench/reference.py`): the suite's in-run reference row.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..hw import (count_host_syncs, cuda_sync_errors, enable_tf32, host_resident
 from ..model.transformer import Transformer
 from ..train.checks import check_run
 from ..train.step import TrainStep, build_train_step
+from .reference import ReferenceStep
 
 _SECTIONS = ("run", "model", "optim", "train")
 
@@ -41,6 +43,9 @@ def add_measure_arguments(parser: argparse.ArgumentParser):
     g.add_argument("--measure_peak", action="store_true", help="measure the peak with a large bf16 matmul instead")
     g.add_argument("--compile_backend", default=None, help="torch.compile backend with --compile (default inductor; "
                    "--suite cpu defaults to aot_eager, which traces like inductor but compiles in seconds)")
+    g.add_argument("--reference", action="store_true", help="time the hackathon llm-baselines step instead of "
+                   "lmsprint's (eager unless --compile, full-logits cross-entropy, its AdamW groups, bf16 autocast): "
+                   "the suite's in-run reference row")
     g.add_argument("--config", default=None, help="YAML/TOML config file (as in lmsprint train)")
     add_flags(parser, sections=_SECTIONS)
     return g
@@ -51,7 +56,7 @@ def config_from_args(args: argparse.Namespace):
     return build_config({k: v for k, v in vars(args).items() if k in FLAGS}, args.config)
 
 
-def synthetic_batches(step: TrainStep, n: int, seed: int = 0) -> list:
+def synthetic_batches(step: "TrainStep | ReferenceStep", n: int, seed: int = 0) -> list:
     """`n` batches (x, y) of uniformly random tokens for one optimizer step each, already on the device."""
     g = torch.Generator().manual_seed(seed)
     T, V = step.cfg.model.sequence_length, step.cfg.model.vocab_size
@@ -62,22 +67,26 @@ def synthetic_batches(step: TrainStep, n: int, seed: int = 0) -> list:
     return out
 
 
-def build_bench_step(cfg, device, compile_backend: str = "inductor") -> TrainStep:
-    """The training step of `cfg` on `device`, its model seeded like training's."""
+def build_bench_step(cfg, device, compile_backend: str = "inductor", reference: bool = False):
+    """The training step of `cfg` on `device` (a TrainStep; with `reference`, llm-baselines' step), its model
+    seeded like training's."""
     torch.manual_seed(cfg.train.seed)
     model = Transformer(cfg.model).to(device)
     model.train()
+    if reference:
+        return ReferenceStep(cfg, model, device, compile_backend)
     return build_train_step(cfg, model, device, compile_backend=compile_backend)
 
 
 def bench_config(cfg, warmup: int = 3, steps: int = 10, check_sync: bool = False, peak: Optional[float] = None,
-                 measure_peak: bool = False, compile_backend: str = "inductor") -> dict:
-    """Time `steps` training steps after `warmup` ones; returns a result row."""
+                 measure_peak: bool = False, compile_backend: str = "inductor", reference: bool = False) -> dict:
+    """Time `steps` training steps after `warmup` ones (`reference`: llm-baselines' step, `ReferenceStep`);
+    returns a result row."""
     check_run(cfg)
     device = torch.device(resolve_device(cfg.train.device))
     if device.type == "cuda":
         enable_tf32()
-    step = build_bench_step(cfg, device, compile_backend)
+    step = build_bench_step(cfg, device, compile_backend, reference)
     model = step.model
     data = synthetic_batches(step, min(max(warmup + steps, 1), 4))
     if device.type == "cuda":
@@ -116,7 +125,7 @@ def bench_config(cfg, warmup: int = 3, steps: int = 10, check_sync: bool = False
         mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
         dev_name = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     return {
-        "ok": True, "device": dev_name, "torch": torch.__version__, "model": cfg.model.model,
+        "ok": True, "reference": reference, "device": dev_name, "torch": torch.__version__, "model": cfg.model.model,
         "params_total": model.num_params(), "params_active": model.num_active_params(),
         "flops_per_token": fpt, "tokens_per_step": step.tokens_per_step, "micro_batch": step.micro_bs,
         "n_micro": step.n_micro, "compile": bool(cfg.train.compile), "compile_mode": cfg.train.compile_mode,

@@ -2,17 +2,24 @@
 
 `--suite gpu`: GPT-2/Llama-2 124M at the hackathon's 32x4x512 tokens per step, eager and compiled, 24 layers, the
 4-expert top-2 MoE against a dense model of equal active FLOPs, local vs causal attention at 4096 tokens,
-orthogonal Q/K/V, --micro_batch auto, max-autotune; `--suite cpu`: the same set at toy sizes. Each config runs
-in its own subprocess with a time limit (or in this process after a dynamo reset); failures and timeouts are
-rows, never an abort. The table shows each row's ratio to the reference figures in `ANCHORS` -- context for
-reading a result (measured once on an H200), not a pass/fail test. `run_suite(..., out=DIR)` writes bench.json
-and bench.md.
+orthogonal Q/K/V, --micro_batch auto, max-autotune; `--suite cpu`: the same set at toy sizes. Most important
+first: a time budget that runs out skips the tail.
+
+The first row, `llmb-gpt2-124m-reference`, is the in-run reference: the hackathon llm-baselines step
+(`bench/reference.py`: eager, full-logits cross-entropy, its AdamW, bf16 autocast) on the same GPU in the same
+run. Every row's `x ref` is its tokens/s over that row's, and the targets are ratios over it (the absolute targets
+were set on an H200 over llm-baselines' own 409.6K tokens/s; `TARGETS`), so a result holds on whatever GPU ran it.
+The fixed H200 figures in `ANCHORS` stay as context (`x H200 anchor`). Each config runs in its own subprocess with
+a time limit (or in this process after a dynamo reset); failures and timeouts are rows, never an abort.
+`run_suite(..., out=DIR)` writes DIR/<date>-<device>.json and .md (`results_name`).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,22 +29,31 @@ import torch
 
 from ..config import SuggestingParser
 from ..errors import UserError
-from ..files import json_text
+from ..files import atomic_write_text, json_text
 from .measure import add_measure_arguments, bench_config, config_from_args
 
-# reference figures: H200, torch 2.11, hackathon defaults (tokens/s) and the targets of the speed work
+REFERENCE = "llmb-gpt2-124m-reference"
+# tokens/s measured once on an H200 (torch 2.11, bf16) with the hackathon's code and defaults: context only
 ANCHORS = {
-    "gpt2-124m-eager": {"anchor": 409.6e3},
-    "gpt2-124m-compiled": {"anchor": 527.8e3, "target": 690e3},
-    "llama2-124m-eager": {"anchor": 282.7e3},
-    "llama2-124m-compiled": {"anchor": 470.6e3, "target": 660e3},
-    "gpt2-24l-eager": {"anchor": 243.3e3},
-    "llama2-moe4top2-eager": {"anchor": 102.7e3},
-    "llama2-moe4top2-compiled": {"anchor": 91.9e3, "target": 310e3},
+    REFERENCE: 409.6e3,  # llm-baselines GPT-2 124M, eager: what the reference row reproduces
+    "gpt2-124m-compiled": 527.8e3,  # llm-baselines with --compile (the step, not lmsprint's)
+    "llmb-llama2-124m-reference": 282.7e3,
+    "llama2-124m-compiled": 470.6e3,
+    "llama2-moe4top2-eager": 102.7e3,  # the seed team's MoE
+    "llama2-moe4top2-compiled": 91.9e3,
+    "gpt2-24l-eager": 243.3e3,
 }
+# the targets, set as tokens/s on an H200 where the reference step runs at ANCHORS[REFERENCE]; judged as ratios
+TARGETS = {"gpt2-124m-compiled": 690e3, "llama2-124m-compiled": 660e3, "llama2-moe4top2-compiled": 310e3}
 MOE_VS_DENSE_TARGET = 1.35  # MoE step time <= 1.35 x the same-active-FLOPs dense model's (both compiled)
 
 _MOE = ["--model", "llama2", "--moe_num_experts", "4", "--moe_num_experts_per_tok", "2"]
+
+
+def target_ratio(name: str) -> Optional[float]:
+    """The target of config `name` as a multiple of the reference row's tokens/s (None: no target)."""
+    t = TARGETS.get(name)
+    return None if t is None else t / ANCHORS[REFERENCE]
 
 
 def suite_configs(kind: str) -> list[tuple[str, list[str]]]:
@@ -59,19 +75,21 @@ def suite_configs(kind: str) -> list[tuple[str, list[str]]]:
         raise UserError(f"--suite '{kind}' is not one of: gpu, cpu")
     c = ["--compile"]
     return [
-        ("gpt2-124m-eager", size + ["--model", "base"]),
+        (REFERENCE, size + ["--model", "base", "--reference"]),
         ("gpt2-124m-compiled", size + ["--model", "base"] + c),
-        ("llama2-124m-eager", size + ["--model", "llama2"]),
         ("llama2-124m-compiled", size + ["--model", "llama2"] + c),
         ("llama2-moe4top2-compiled", size + _MOE + c),
-        ("llama2-moe4top2-eager", size + _MOE),
         ("llama2-dense2x-compiled", size + ["--model", "llama2"] + dense2x + c),
-        ("gpt2-24l-eager", size + ["--model", "base"] + big),
         ("llama2-causal-4k-sdpa-compiled", size + ["--model", "llama2"] + long + ["--attn_backend", "sdpa"] + c),
         ("llama2-local-4k-flex-compiled", size + ["--model", "llama2"] + long + seq_local +
          ["--attention", "local"] + c),
-        ("llama2-orthoqkv-compiled", size + ["--model", "llama2", "--orthogonal_qkv"] + c),
+        ("gpt2-124m-eager", size + ["--model", "base"]),
+        ("llama2-124m-eager", size + ["--model", "llama2"]),
+        ("llama2-moe4top2-eager", size + _MOE),
+        ("llmb-llama2-124m-reference", size + ["--model", "llama2", "--reference"]),
+        ("gpt2-24l-eager", size + ["--model", "base"] + big),
         ("gpt2-124m-microauto-eager", size + ["--model", "base", "--micro_batch", "auto"]),
+        ("llama2-orthoqkv-compiled", size + ["--model", "llama2", "--orthogonal_qkv"] + c),
         ("gpt2-124m-maxautotune", size + ["--model", "base", "--compile_mode", "max-autotune-no-cudagraphs"] + c),
     ]
 
@@ -111,7 +129,7 @@ def _run_one_inprocess(name: str, flags: list[str], warmup: int, steps: int, ext
         add_measure_arguments(parser)
         args = parser.parse_args([*flags, *extra])
         row = bench_config(config_from_args(args), warmup, steps, args.check_sync, args.peak_flops,
-                           args.measure_peak, args.compile_backend or "inductor")
+                           args.measure_peak, args.compile_backend or "inductor", args.reference)
     except Exception as e:  # noqa: BLE001 -- a failed config is a row of the table
         msg = (str(e).strip().splitlines() or [""])[0]
         row = {"ok": False, "error": f"{type(e).__name__}: {msg}"[:300]}
@@ -123,7 +141,8 @@ def run_suite(kind: str, warmup: int, steps: int, per_config_s: float, budget_s:
               only: Optional[list[str]] = None, extra: Optional[list[str]] = None, out: Optional[str] = None,
               progress: bool = True, isolate: bool = True) -> dict:
     """Run the suite's configs (one subprocess each with `isolate`, else in this process after a dynamo reset);
-    returns {"suite", "rows", "notes", "table"} and writes bench.json / bench.md under `out`."""
+    returns {"suite", "date", "device", "torch", "rows", "notes", "table", "wall_s"} and, with `out`, writes
+    OUT/<results_name>.json and .md."""
     configs = suite_configs(kind)
     if only:
         configs = [(n, f) for n, f in configs if any(o in n for o in only)]
@@ -135,7 +154,7 @@ def run_suite(kind: str, warmup: int, steps: int, per_config_s: float, budget_s:
     for name, flags in configs:
         left = budget_s - (time.perf_counter() - t_start)
         if left < 10:
-            rows.append({"name": name, "ok": False, "error": "skipped: suite time budget spent"})
+            rows.append({"name": name, "ok": False, "error": "skipped: suite time budget spent", "flags": " ".join(flags)})
             continue
         if progress:
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)
@@ -147,30 +166,68 @@ def run_suite(kind: str, warmup: int, steps: int, per_config_s: float, budget_s:
                 row = {"name": name, "ok": False, "error": f"over the {per_config_s:.0f}s per-config limit "
                        f"({row['wall_s']:.0f}s)", "wall_s": row["wall_s"]}
         row["flags"] = " ".join(flags)
-        if kind == "gpu":
-            row.update({k: v for k, v in ANCHORS.get(name, {}).items()})
-        if row.get("ok") and row.get("anchor"):
-            row["ratio"] = row["tokens_per_s"] / row["anchor"]
         rows.append(row)
-    notes = suite_notes(rows)
+    annotate_rows(rows, kind)
+    notes = suite_notes(rows, kind)
     if kind == "cpu":
         notes.append("cpu suite: toy sizes (names refer to the GPU configs); not comparable to the GPU anchors")
         if not isolate:
             notes.append("configs ran in one process: peak mem is the process's peak resident set so far")
     table = format_table(rows, notes)
-    result = {"suite": kind, "rows": rows, "notes": notes, "table": table, "wall_s": time.perf_counter() - t_start}
+    ok = [r for r in rows if r.get("ok")]
+    result = {"suite": kind, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+              "device": ok[0]["device"] if ok else None, "torch": torch.__version__, "rows": rows, "notes": notes,
+              "table": table, "wall_s": time.perf_counter() - t_start}
     if out:
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "bench.json"), "w") as fh:
-            fh.write(json_text(result, indent=2))
-        with open(os.path.join(out, "bench.md"), "w") as fh:
-            fh.write(f"# lmsprint bench --suite {kind}\n\n{table}\n")
+        base = os.path.join(out, results_name(result))
+        atomic_write_text(base + ".json", json_text(result, indent=2) + "\n")
+        atomic_write_text(base + ".md", f"# lmsprint bench --suite {kind}, {result['date']}, {result['device']}, "
+                          f"torch {result['torch']}\n\n{table}\n")
+        result["files"] = [base + ".json", base + ".md"]
     return result
 
 
-def suite_notes(rows: list[dict]) -> list[str]:
+def results_name(result: dict) -> str:
+    """`<date>-<device>` for a suite result, e.g. 2026-11-28-nvidia-h200 (cpu: <date>-cpu)."""
+    dev = result.get("device") or "unknown"
+    if dev.startswith("cpu"):
+        slug = "cpu"
+    else:
+        slug = re.sub(r"[^a-z0-9]+", "-", dev.lower()).strip("-") or "unknown"
+    return f"{result['date']}-{slug}"
+
+
+def annotate_rows(rows: list[dict], kind: str) -> None:
+    """Add to each row its ratio to the in-run reference (`x_ref`) and, on the gpu suite, the H200 anchor
+    (`anchor`, `x_anchor`) and the target as a ratio to the reference (`target_x_ref`, `target_met`)."""
+    ref = next((r for r in rows if r["name"] == REFERENCE and r.get("ok") and r.get("tokens_per_s")), None)
+    for r in rows:
+        if kind == "gpu":
+            if r["name"] in ANCHORS:
+                r["anchor"] = ANCHORS[r["name"]]
+            if target_ratio(r["name"]) is not None:
+                r["target_x_ref"] = target_ratio(r["name"])
+        if not r.get("ok"):
+            continue
+        if ref is not None:
+            r["x_ref"] = r["tokens_per_s"] / ref["tokens_per_s"]
+            if r.get("target_x_ref") is not None:
+                r["target_met"] = r["x_ref"] >= r["target_x_ref"]
+        if r.get("anchor"):
+            r["x_anchor"] = r["tokens_per_s"] / r["anchor"]
+
+
+def suite_notes(rows: list[dict], kind: str = "gpu") -> list[str]:
     by = {r["name"]: r for r in rows if r.get("ok")}
     notes = []
+    ref = by.get(REFERENCE)
+    if ref is None:
+        notes.append(f"no reference row ({REFERENCE} failed or was not run): no x ref ratios, no target verdicts")
+    elif kind == "gpu":
+        notes.append(f"reference row (llm-baselines' step, same GPU, same run): {fmt_si(ref['tokens_per_s'])} "
+                     f"tokens/s = {ref['tokens_per_s'] / ANCHORS[REFERENCE]:.2f}x what llm-baselines' own code "
+                     f"ran at on an H200 ({fmt_si(ANCHORS[REFERENCE])})")
     moe, dense = by.get("llama2-moe4top2-compiled"), by.get("llama2-dense2x-compiled")
     if moe and dense and moe["tokens_per_s"] > 0:
         r = dense["tokens_per_s"] / moe["tokens_per_s"]
@@ -178,8 +235,9 @@ def suite_notes(rows: list[dict]) -> list[str]:
                      f"(target <= {MOE_VS_DENSE_TARGET}x: {'met' if r <= MOE_VS_DENSE_TARGET else 'not met'})")
     loc, cau = by.get("llama2-local-4k-flex-compiled"), by.get("llama2-causal-4k-sdpa-compiled")
     if loc and cau and cau["tokens_per_s"] > 0:
-        notes.append(f"local window (flex) / causal (SDPA) at long context: {loc['tokens_per_s'] / cau['tokens_per_s']:.2f}x "
-                     "tokens/s")
+        r = loc["tokens_per_s"] / cau["tokens_per_s"]
+        notes.append(f"local window (flex) / causal (SDPA) at long context: {r:.2f}x tokens/s "
+                     f"(target > 1: {'met' if r > 1 else 'not met'})")
     ortho, base = by.get("llama2-orthoqkv-compiled"), by.get("llama2-124m-compiled")
     if ortho and base and ortho["tokens_per_s"] > 0:
         notes.append(f"orthogonal_qkv step time overhead: {base['tokens_per_s'] / ortho['tokens_per_s'] - 1:+.1%}")
@@ -190,7 +248,8 @@ def suite_notes(rows: list[dict]) -> list[str]:
     if devices:
         notes.append("device: " + "; ".join(devices) + f"; torch {next(iter(by.values()))['torch']}")
     if any(r.get("anchor") for r in rows):
-        notes.append("anchors (ratio column): H200, torch 2.11, hackathon code; compare like with like")
+        notes.append("x H200 anchor: over figures measured once on an H200 (torch 2.11) with the hackathon's code; "
+                     "context only -- targets are judged on x ref")
     return notes
 
 
@@ -204,20 +263,27 @@ def fmt_si(v: Optional[float], unit: str = "") -> str:
 
 
 def format_table(rows: list[dict], notes: Optional[list[str]] = None) -> str:
-    """Markdown table: config, tokens/s, MFU, peak memory, compile time, ratio to anchor, target."""
-    head = "| config | tokens/s | MFU | peak mem | compile s | x anchor | target |"
-    lines = [head, "|" + "---|" * 7]
+    """Markdown table: config, tokens/s, x ref, target (as x ref), MFU, peak memory, compile time, x H200 anchor."""
+    head = "| config | tokens/s | x ref | target | MFU | peak mem | compile s | x H200 anchor |"
+    lines = [head, "|" + "---|" * 8]
     for r in rows:
+        tgt = r.get("target_x_ref")
         if not r.get("ok"):
-            lines.append(f"| {r['name']} | FAILED: {r.get('error', '?')} | | | | | |")
+            tgt_s = f">= {tgt:.2f} (not run)" if tgt else ""
+            lines.append(f"| {r['name']} | FAILED: {r.get('error', '?')} | | {tgt_s} | | | | |")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
-        ratio = f"{r['ratio']:.2f}" if r.get("ratio") is not None else "-"
-        tgt = r.get("target")
-        tgt_s = "-" if not tgt else f"{fmt_si(tgt)} ({'met' if r['tokens_per_s'] >= tgt else 'not met'})"
+        x_ref = f"{r['x_ref']:.2f}" if r.get("x_ref") is not None else "-"
+        if not tgt:
+            tgt_s = "-"
+        elif r.get("target_met") is None:
+            tgt_s = f">= {tgt:.2f} (no reference)"
+        else:
+            tgt_s = f">= {tgt:.2f} ({'met' if r['target_met'] else 'not met'})"
         comp = f"{r['compile_s']:.1f}" if r.get("compile") else "-"
-        lines.append(f"| {r['name']} | {fmt_si(r['tokens_per_s'])} | {mfu} | {fmt_si(r['peak_mem_bytes'], 'B')} | "
-                     f"{comp} | {ratio} | {tgt_s} |")
+        anchor = f"{r['x_anchor']:.2f}" if r.get("x_anchor") is not None else "-"
+        lines.append(f"| {r['name']} | {fmt_si(r['tokens_per_s'])} | {x_ref} | {tgt_s} | {mfu} | "
+                     f"{fmt_si(r['peak_mem_bytes'], 'B')} | {comp} | {anchor} |")
     if notes:
         lines.append("")
         lines.extend(f"- {n}" for n in notes)

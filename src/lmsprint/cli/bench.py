@@ -1,13 +1,14 @@
 """`lmsprint bench`: arguments and output of one measurement (`bench/measure.py`) or of the suite
 (`bench/suite.py`). Every model/optim/train flag of `lmsprint train` works, plus --warmup/--steps, --compile,
---check_sync, --peak_flops/--measure_peak and --json; `--suite gpu|cpu` runs the suite, `--out DIR` writes
-bench.json and bench.md; `--memory [--world_size N]` prints the computed per-GPU memory table (bench/memory.py).
+--check_sync, --peak_flops/--measure_peak, --reference (llm-baselines' step) and --json; `--suite gpu|cpu` runs
+the suite, `--out DIR` writes DIR/<date>-<device>.json and .md; `--memory [--world_size N]` prints the computed per-GPU memory table (bench/memory.py).
 Imports only torch and the standard library beyond lmsprint, so `python -m lmsprint bench` runs on a bare GPU box.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -26,7 +27,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--config_timeout", type=float, default=None, help="suite: seconds per config (gpu 150, cpu 60)")
     g.add_argument("--suite_budget", type=float, default=None, help="suite: total seconds; later configs are "
                    "skipped as rows (gpu 450, cpu 110)")
-    g.add_argument("--out", default=None, help="suite: folder for bench.json and bench.md")
+    g.add_argument("--out", default=None, help="suite: folder for <date>-<device>.json and "
+                   ".md (the committed results live in bench/results)")
     g.add_argument("--memory", action="store_true", help="print the computed per-GPU memory table (124M/350M/1.3B "
                    "shapes, ddp and fsdp) at --batch_size x --sequence_length under bf16 autocast, --opt's state")
     g.add_argument("--world_size", type=int, default=8, help="--memory: GPUs the fsdp rows shard over (default 8)")
@@ -46,13 +48,17 @@ def _run_suite(args, threads) -> int:
         extra += ["--peak_flops", str(args.peak_flops)]
     res = run_suite(args.suite, warmup, steps, args.config_timeout or (150 if gpu else 60),
                     args.suite_budget or (450 if gpu else 110), only, extra, args.out, isolate=isolate)
-    print(json_text({k: res[k] for k in ("suite", "rows", "notes")}) if args.json else res["table"])
+    print(json_text({k: res[k] for k in ("suite", "date", "device", "torch", "rows", "notes")}) if args.json
+          else res["table"])
+    for path in res.get("files", []):
+        print(f"wrote {path}", file=sys.stderr)
     return 0 if any(r.get("ok") for r in res["rows"]) else 1
 
 
 def _print_row(row: dict, check_sync: bool) -> None:
     mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "- (unknown peak; pass --peak_flops)"
-    print(f"device {row['device']}, torch {row['torch']}, {row['model']} "
+    print(("llm-baselines reference step: " if row["reference"] else "")
+          + f"device {row['device']}, torch {row['torch']}, {row['model']} "
           f"{row['params_active'] / 1e6:.1f}M active / {row['params_total'] / 1e6:.1f}M params")
     print(f"{row['tokens_per_step']} tokens/step ({row['micro_batch']} x {row['n_micro']} micro-batches), "
           f"{row['step_s'] * 1e3:.1f} ms/step")
@@ -87,7 +93,7 @@ def run_bench(args) -> int:
     if warmup < 0 or steps < 1:
         raise UserError("--warmup must be >= 0 and --steps >= 1")
     row = bench_config(cfg, warmup, steps, args.check_sync, args.peak_flops, args.measure_peak,
-                       args.compile_backend or "inductor")
+                       args.compile_backend or "inductor", args.reference)
     if args.json:
         print(json_text(row))
     else:

@@ -1,0 +1,86 @@
+"""The suite's in-run reference (`bench/reference.py`): llm-baselines' training step around lmsprint's model.
+
+Checked against llm-baselines' own rules, written out here: its AdamW groups (decay exactly for the weights of
+linear layers), its loss (full-logits cross-entropy, `ignore_index=-1`), its OneCycleLR, and the same update as
+lmsprint's step when both run the same math (float32, constant lr).
+"""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmsprint.bench.measure import bench_config, build_bench_step, synthetic_batches
+from lmsprint.bench.reference import ReferenceStep, reference_param_groups, reference_problems
+from lmsprint.errors import ConfigError, cli_message
+from lmsprint.model.transformer import Transformer
+from lmsprint.optim.schedules import lr_multiplier
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def llm_baselines_decay_names(model: nn.Module) -> set:
+    """llm-baselines' `get_parameter_group_specs`: weights of nn.Linear decay; biases, norms and embeddings don't."""
+    decay = set()
+    for mn, m in model.named_modules():
+        for pn, _ in m.named_parameters(recurse=False):
+            if pn == "weight" and isinstance(m, nn.Linear):
+                decay.add(f"{mn}.{pn}" if mn else pn)
+    return decay
+
+
+@pytest.mark.parametrize("model", ["base", "llama2"])
+def test_param_groups_are_llm_baselines(tiny, model):
+    net = Transformer(tiny(model=model).model)
+    decay, rest = reference_param_groups(net, 0.1)
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert {names[id(p)] for p in decay["params"]} == llm_baselines_decay_names(net)
+    assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(rest["params"]) == len(list(net.parameters()))  # the tied head once
+
+
+def test_loss_is_full_logits_cross_entropy(tiny):
+    cfg = tiny(model="base")
+    torch.manual_seed(0)
+    step = ReferenceStep(cfg, Transformer(cfg.model), "cpu")
+    x = torch.randint(0, 64, (2, 32))
+    y = torch.randint(0, 64, (2, 32))
+    want = F.cross_entropy(step.model.logits(x).view(-1, 64), y.view(-1))
+    assert torch.equal(step.loss(x, y), want)
+
+
+@pytest.mark.parametrize("model", ["base", "llama2"])
+def test_update_equals_lmsprint_step_in_float32(tiny, model):
+    """Same weights, same batches, constant lr, AdamW: two optimizer steps of each step give the same weights."""
+    cfg = tiny(model=model, scheduler="none", acc_steps=2, weight_decay=0.1, seed=3)
+    ref = build_bench_step(cfg, torch.device("cpu"), reference=True)
+    ours = build_bench_step(cfg, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(ref.model.parameters(), ours.model.parameters()))
+    for x, y in synthetic_batches(ours, 2):
+        ref(x, y)
+        ours(x, y)
+    for (name, a), b in zip(ref.model.named_parameters(), ours.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_schedule_is_one_cycle_as_llm_baselines(tiny):
+    cfg = tiny(iterations=40, warmup_percent=0.1)
+    step = build_bench_step(cfg, torch.device("cpu"), reference=True)
+    lr = cfg.optim.lr
+    batches = synthetic_batches(step, 1) * 12
+    for k, (x, y) in enumerate(batches):
+        assert step.optimizer.param_groups[0]["lr"] == pytest.approx(lr * lr_multiplier(k / 40, cfg.optim, 40))
+        step(x, y)
+
+
+def test_refuses_what_llm_baselines_step_cannot_do(tiny):
+    assert reference_problems(tiny()) == []
+    cfg = tiny(opt="muon", label_smoothing=0.1)
+    with pytest.raises(ConfigError) as e:
+        ReferenceStep(cfg, Transformer(cfg.model), "cpu")
+    assert cli_message(e.value) == ("the llm-baselines reference step needs --opt adamw, --label_smoothing 0")
+
+
+def test_bench_row_is_marked_and_free_of_host_syncs(tiny):
+    row = bench_config(tiny(), warmup=1, steps=2, check_sync=True, reference=True)
+    assert row["reference"] is True and row["host_syncs"] == 0 and row["tokens_per_s"] > 0
