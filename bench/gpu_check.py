@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """The one script to start every stretch of GPU time with; about 9 minutes on one H100/H200.
 
-    python3 bench/gpu_check.py [--out bench/results] [--budget 560] [--tests_budget 150] [--only NAMES]
+    python3 bench/gpu_check.py [--out bench/results] [--budget 560] [--tests_budget 180] [--only NAMES]
 
 1. Runs lmsprint from this checkout on the GPU box's own torch (>= 2.11): PYTHONPATH=src, nothing is installed or
    downloaded. Needs torch with CUDA, numpy, tiktoken, pyyaml, safetensors, tqdm and pytest (pytest-xdist is used
    when present), all on stock GPU images.
 2. The CUDA tests, `pytest -m cuda tests/test_cuda.py` (they skip on machines without a GPU), within
-   --tests_budget seconds.
-3. `lmsprint bench --suite gpu` in the rest of --budget: the llm-baselines reference row first, every row's ratio
-   to it, the targets judged on those ratios (`lmsprint/bench/suite.py`).
+   --tests_budget seconds, and at the same time `lmsprint bench --suite gpu --prewarm_only`: the suite's compiled
+   configs compiled a few at a time, which fills torch's compile caches (compiling is CPU work; nothing is timed
+   while the tests run).
+3. `lmsprint bench --suite gpu` in the rest of --budget, each config compiled from the warm caches: the
+   llm-baselines reference row first, every row's ratio to it, the targets judged on those ratios
+   (`lmsprint/bench/suite.py`). Each row also gets its cold compile time from step 2 (`cold_compile_s`).
 4. Prints one report (each CUDA test's outcome, then the suite's table) and writes OUT/<date>-<gpu>.json and .md:
    device, torch, date, the tests, and one row per config (name, tokens_per_s, mfu, peak_mem_bytes, compile_s,
    x_ref, ...). Commit them under bench/results and summarise them in the README's speed section.
@@ -57,23 +60,31 @@ def device_facts(env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_tests(env: dict, budget_s: float, log_path: str) -> dict:
-    """pytest -m cuda on tests/test_cuda.py; outcome per test from pytest's verbose lines (also when the time limit
-    stops it half way)."""
+def start_tests(env: dict, log_path: str):
+    """pytest -m cuda on tests/test_cuda.py, started in the background; returns (process, log file, start time)."""
     cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-v", "-rfE", "-p", "no:cacheprovider",
            "--color=no"]
     if importlib.util.find_spec("xdist") is not None:  # compiles run in parallel; the GPU has room for them
-        cmd += ["-n", "6"]
-    t0 = time.perf_counter()
+        cmd += ["-n", "4"]
+    log = open(log_path, "w+")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True), log, \
+        time.perf_counter(), cmd
+
+
+def finish_tests(started, deadline: float) -> dict:
+    """Wait for the tests until `deadline` (perf_counter), then read each test's outcome from pytest's verbose lines
+    (also when the time limit stopped it half way)."""
+    proc, log, t0, cmd = started
     timed_out = False
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=budget_s)
-        text, rc = proc.stdout + proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as e:
-        text = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        rc, timed_out = None, True
-    with open(log_path, "w") as fh:
-        fh.write(text)
+        proc.wait(timeout=max(deadline - time.perf_counter(), 1))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        timed_out = True
+    log.seek(0)
+    text = log.read()
+    log.close()
     outcomes: dict = {}
     for m in OUTCOME.finditer(text):
         name, res = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
@@ -86,18 +97,18 @@ def run_tests(env: dict, budget_s: float, log_path: str) -> dict:
     counts: dict = {}
     for v in outcomes.values():
         counts[v["outcome"]] = counts.get(v["outcome"], 0) + 1
-    return {"command": " ".join(cmd[1:]), "returncode": rc, "timed_out": timed_out,
-            "seconds": round(time.perf_counter() - t0, 1), "counts": counts,
+    return {"command": " ".join(cmd[1:]), "returncode": None if timed_out else proc.returncode,
+            "timed_out": timed_out, "seconds": round(time.perf_counter() - t0, 1), "counts": counts,
             "tests": [{"name": k, **v} for k, v in outcomes.items()]}
 
 
-def run_suite(env: dict, kind: str, budget_s: float, out: str, only: str) -> dict:
-    cmd = [sys.executable, "-m", "lmsprint", "bench", "--suite", kind, "--suite_budget", str(int(budget_s)),
-           "--out", out, "--json"] + (["--only", only] if only else [])
+def bench_json(env: dict, args: list, timeout_s: float):
+    """Run `lmsprint bench ... --json`; its last JSON line, or {"error": ...}."""
+    cmd = [sys.executable, "-m", "lmsprint", "bench", *args, "--json"]
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=budget_s + 90)
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return {"error": f"the suite did not end within {budget_s + 90:.0f}s"}
+        return {"error": f"`lmsprint bench {' '.join(args)}` did not end within {timeout_s:.0f}s"}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
@@ -117,8 +128,9 @@ def tests_table(t: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"), help="folder for <date>-<gpu>.json/.md")
-    ap.add_argument("--budget", type=float, default=560, help="seconds for tests + suite (default 560)")
-    ap.add_argument("--tests_budget", type=float, default=150, help="seconds for the CUDA tests (default 150)")
+    ap.add_argument("--budget", type=float, default=560, help="seconds in all (default 560)")
+    ap.add_argument("--tests_budget", type=float, default=180, help="seconds for the CUDA tests and, meanwhile, "
+                    "the suite's compiles (default 180)")
     ap.add_argument("--only", default="", help="suite configs to run (comma-separated substrings of names)")
     ap.add_argument("--skip_tests", action="store_true", help="run the suite only")
     ap.add_argument("--dry_run", action="store_true", help="no GPU needed: the plumbing on CPU, --suite cpu")
@@ -132,19 +144,31 @@ def main(argv=None) -> int:
         print("gpu_check: no CUDA device visible (use --dry_run to check the script on CPU)", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
-    tests = None
-    if not args.skip_tests:
-        print(f"gpu_check: CUDA tests (at most {args.tests_budget:.0f}s) ...", flush=True)
-        tests = run_tests(env, args.tests_budget, os.path.join(args.out, "cuda-tests.log"))
-    left = args.budget - (time.perf_counter() - t0) - 20
     kind = "cpu" if args.dry_run else "gpu"
     only = args.only or ("llmb-gpt2,gpt2-124m-eager,dense2x" if args.dry_run else "")
+    sel = ["--only", only] if only else []
+    started = None
+    if not args.skip_tests:
+        print(f"gpu_check: CUDA tests (at most {args.tests_budget:.0f}s), and the suite's compiles meanwhile ...",
+              flush=True)
+        started = start_tests(env, os.path.join(args.out, "cuda-tests.log"))
+    warm_s = max(args.tests_budget, 60)
+    cold = bench_json(env, ["--suite", kind, "--prewarm_only", "--suite_budget", str(int(warm_s)), *sel], warm_s + 60)
+    tests = finish_tests(started, t0 + args.tests_budget) if started else None
+    left = args.budget - (time.perf_counter() - t0) - 20
     print(f"gpu_check: bench --suite {kind} (at most {left:.0f}s) ...", flush=True)
-    suite = run_suite(env, kind, max(left, 30), args.out, only)
+    suite = bench_json(env, ["--suite", kind, "--prewarm", "0", "--suite_budget", str(int(max(left, 30))),
+                             "--out", args.out, *sel], max(left, 30) + 90)
+    for row in suite.get("rows", []):
+        c = cold.get(row["name"]) if "error" not in cold else None
+        if c is not None:
+            row["cold_compile_s"] = c.get("compile_s") if c.get("ok") else None
+            if not c.get("ok"):
+                row["prewarm_error"] = c.get("error")
     result = {"date": suite.get("date"), "device": facts["device"], "torch": facts["torch"],
               "cuda": facts["cuda_version"], "python": facts["python"], "suite": suite.get("suite", kind),
               "cuda_tests": tests, "rows": suite.get("rows", []), "notes": suite.get("notes", []),
-              "suite_error": suite.get("error"), "wall_s": round(time.perf_counter() - t0, 1)}
+              "suite_error": suite.get("error"), "prewarm_error": cold.get("error"), "wall_s": round(time.perf_counter() - t0, 1)}
     result["date"] = result["date"] or time.strftime("%Y-%m-%d", time.gmtime())
     report = []
     if tests is not None:

@@ -11,7 +11,8 @@ import torch
 
 from lmsprint.bench.measure import build_bench_step, config_from_args, synthetic_batches
 from lmsprint.bench.suite import (ANCHORS, REFERENCE, TARGETS, _run_one_inprocess, _run_one_subprocess, annotate_rows,
-                                  format_table, results_name, run_suite, suite_configs, suite_notes, target_ratio)
+                                  format_table, prewarm, results_name, run_suite, select_configs, suite_configs,
+                                  suite_notes, target_ratio)
 from lmsprint.cli.bench import add_bench_arguments
 from lmsprint.config import SuggestingParser, build_config
 from lmsprint.hw import peak_flops, peak_flops_for_name
@@ -173,3 +174,19 @@ def test_bench_step_uses_the_training_optimizer(opt, cls):
     before = [p.detach().clone() for p in step.model.parameters()]
     step(*synthetic_batches(step, 1)[0])
     assert any(not torch.equal(a, p) for a, p in zip(before, step.model.parameters()))
+
+
+def test_prewarm_compiles_in_parallel_and_the_suite_reports_cold_compiles():
+    """Two compiled configs compiled side by side (subprocesses), then the timed pass; eager configs are not
+    prewarmed; a prewarm that runs out of time is a row, not an abort."""
+    configs = select_configs("cpu", ["gpt2-124m-compiled", "llama2-124m-compiled", "gpt2-124m-eager"])
+    cold = prewarm(configs, 2, 300, ["--compile_backend", "aot_eager", "--threads", "1"], progress=False)
+    assert set(cold) == {"gpt2-124m-compiled", "llama2-124m-compiled"}
+    assert all(r["ok"] and r["compile_s"] > 0 for r in cold.values()), cold
+    res = run_suite("cpu", 1, 1, 120, 300, ["gpt2-124m-compiled", "gpt2-124m-eager"],
+                    ["--compile_backend", "aot_eager"], progress=False, isolate=False, cold=cold)
+    comp, eager = res["rows"]
+    assert comp["cold_compile_s"] == cold["gpt2-124m-compiled"]["compile_s"] and "cold_compile_s" not in eager
+    assert f"(cold {comp['cold_compile_s']:.0f})" in res["table"]
+    late = prewarm(configs, 1, 0.01, ["--compile_backend", "aot_eager"], progress=False)
+    assert {r["ok"] for r in late.values()} == {False} and "limit" in late["llama2-124m-compiled"]["error"]

@@ -14,7 +14,7 @@ import torch
 
 from ..bench.measure import add_measure_arguments, bench_config, config_from_args
 from ..bench.memory import format_memory_table, memory_table
-from ..bench.suite import fmt_si, run_suite
+from ..bench.suite import default_prewarm_jobs, fmt_si, prewarm, run_suite, select_configs
 from ..errors import UserError
 from ..files import json_text
 
@@ -27,6 +27,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--config_timeout", type=float, default=None, help="suite: seconds per config (gpu 150, cpu 60)")
     g.add_argument("--suite_budget", type=float, default=None, help="suite: total seconds; later configs are "
                    "skipped as rows (gpu 450, cpu 110)")
+    g.add_argument("--prewarm", type=int, default=None, help="suite: compile the compiled configs this many at a time "
+                   "in parallel first, so the timed pass compiles from warm caches (default on gpu: one per 40 GB "
+                   "of GPU memory, at most 3; 0 = off)")
+    g.add_argument("--prewarm_only", action="store_true", help="suite: only the parallel compile pass (e.g. while "
+                   "the CUDA tests run); prints each config's cold compile time")
     g.add_argument("--out", default=None, help="suite: folder for <date>-<device>.json and "
                    ".md (the committed results live in bench/results)")
     g.add_argument("--memory", action="store_true", help="print the computed per-GPU memory table (124M/350M/1.3B "
@@ -46,8 +51,18 @@ def _run_suite(args, threads) -> int:
     isolate = (args.isolate or ("subprocess" if gpu else "inprocess")) == "subprocess"
     if args.peak_flops:
         extra += ["--peak_flops", str(args.peak_flops)]
-    res = run_suite(args.suite, warmup, steps, args.config_timeout or (150 if gpu else 60),
-                    args.suite_budget or (450 if gpu else 110), only, extra, args.out, isolate=isolate)
+    budget = args.suite_budget or (450 if gpu else 110)
+    jobs = args.prewarm if args.prewarm is not None else (default_prewarm_jobs() if gpu else 0)
+    if jobs < 0:
+        raise UserError("--prewarm must be >= 0 (0 = no parallel compile pass)")
+    if args.prewarm_only:
+        cold = prewarm(select_configs(args.suite, only), max(jobs, 1), budget, extra)
+        print(json_text(cold) if args.json else "\n".join(
+            f"{n}: " + (f"compiled in {r['compile_s']:.1f}s" if r.get("ok") else f"FAILED: {r.get('error')}")
+            for n, r in cold.items()))
+        return 0 if all(r.get("ok") for r in cold.values()) else 1
+    res = run_suite(args.suite, warmup, steps, args.config_timeout or (150 if gpu else 60), budget, only, extra,
+                    args.out, isolate=isolate, prewarm_jobs=jobs)
     print(json_text({k: res[k] for k in ("suite", "date", "device", "torch", "rows", "notes")}) if args.json
           else res["table"])
     for path in res.get("files", []):
