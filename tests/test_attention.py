@@ -288,3 +288,24 @@ def test_check_model_config_refuses_impossible_combinations():
     flex.train.device, flex.model.dropout = "cuda", 0.1
     with pytest.raises(ConfigError, match="dropout"):
         check(flex)
+
+
+def test_compiled_flex_with_rope_equals_sdpa():
+    """Inductor-compiled FlexAttention after RoPE, with v a strided view of the fused QKV output, equals SDPA with the
+    window mask (inference: flex has no CPU backward). Without the layer's .contiguous(), torch 2.13's CPU flex
+    kernel read v wrongly here (max error ~2)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    flex = tiny_config(model="llama2", n_embd=64, n_head=4, sequence_length=128, attention="local",
+                       attention_window=32, attn_backend="flex").model
+    sdpa = tiny_config(model="llama2", n_embd=64, n_head=4, sequence_length=128, attention="local",
+                       attention_window=32, attn_backend="sdpa").model
+    a, b = Attention(flex, 0).eval(), Attention(sdpa, 0).eval()
+    b.load_state_dict(a.state_dict())
+    net = Transformer(flex)
+    rope = (net.rope_cos[:128], net.rope_sin[:128])
+    x = torch.randn(2, 128, 64)
+    with torch.no_grad():
+        want = b(x, rope)
+        got = torch.compile(a, fullgraph=True)(x, rope)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

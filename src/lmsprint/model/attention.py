@@ -187,6 +187,9 @@ class Attention(nn.Module):
         if self.n_local == 0 or self.window >= T:  # the window covers everything: plain causal (flash)
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         if self._use_flex(q, p):
+            # contiguous: inductor's CPU flex kernel misreads a strided v (a view of the fused QKV output) when q/k
+            # come from RoPE, giving wrong outputs (torch 2.13, tests/test_attention.py); one copy per layer
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
             return _flex_attention()(q, k, v, block_mask=self._block_mask(T, q.device))
         mask = window_mask(T, self.window, self.n_head, self.n_local, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
