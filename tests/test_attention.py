@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from lmsprint.config import RunConfig
 from lmsprint.errors import ConfigError, cli_message
 from lmsprint.model.loss import lm_loss
+from lmsprint.model import attention as attn_mod
 from lmsprint.model import check_model_config
-from lmsprint.model.attention import (Attention, local_heads_of_layer, make_block_mask, shuffle_queries,
-                                      window_mask)
+from lmsprint.model.attention import (Attention, local_heads_of_layer, make_block_mask, prepare_block_masks,
+                                      shuffle_queries, window_mask)
 from lmsprint.model.transformer import Transformer
 from lmsprint.optim.optimizers import build_optimizer
 from tiny import tiny_config
@@ -309,3 +310,39 @@ def test_compiled_flex_with_rope_equals_sdpa():
         want = b(x, rope)
         got = torch.compile(a, fullgraph=True)(x, rope)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_block_masks_are_built_before_compile_and_read_by_the_graph(monkeypatch):
+    """`prepare_block_masks` builds one mask per flex layer; the compiled forward then builds none, and eager calls
+    at other lengths (generation) afterwards do not make the compiled model recompile."""
+    torch._dynamo.reset()
+    cfg = tiny_config(model="llama2", n_embd=64, n_head=4, n_layer=2, sequence_length=128, attention="local",
+                      attention_window=32, attn_backend="flex")
+    net = Transformer(cfg.model).eval()
+    assert prepare_block_masks(net, 128, "cpu") == 2
+    sdpa_cfg = tiny_config(model="llama2", n_embd=64, n_head=4, n_layer=2, sequence_length=128, attention="local",
+                           attention_window=32, attn_backend="sdpa")
+    assert prepare_block_masks(Transformer(sdpa_cfg.model), 128, "cpu") == 0
+    assert prepare_block_masks(net, 32, "cpu") == 0  # the window covers the sequence: plain causal
+    prepare_block_masks(net, 128, "cpu")
+    built = []
+    real = attn_mod.make_block_mask
+    monkeypatch.setattr(attn_mod, "make_block_mask", lambda *a, **k: built.append(a) or real(*a, **k))
+    compiles = []
+
+    def backend(gm, example_inputs):
+        compiles.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(net, backend=backend)
+    x = torch.randint(0, 64, (2, 128))
+    with torch.no_grad():
+        ref_net = Transformer(sdpa_cfg.model).eval()
+        ref_net.load_state_dict(net.state_dict())
+        got, _ = compiled(x)
+        assert built == [] and len(compiles) == 1
+        torch.testing.assert_close(got, ref_net(x)[0], rtol=1e-4, atol=1e-5)
+        net(x[:, :100])  # an eager call at another length fills the eager cache
+        assert len(built) == 2
+        compiled(x)
+    assert len(compiles) == 1, "the compiled model recompiled after an eager call"

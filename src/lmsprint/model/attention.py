@@ -9,7 +9,8 @@ Variants:
 - `attention global_local`: a per-layer pattern (`attention_pattern SSSL`, S = local layer, L = global layer,
   tiled over the layers) and/or a per-head split (`local_heads k`: the first k heads of every non-S layer are
   local, the others global). On CUDA windows run through FlexAttention block masks (compiled; the block mask is
-  cached per (T, device)) so out-of-window blocks are skipped; on CPU, with `attn_backend sdpa`, or when dropout
+  cached per (T, device), and `prepare_block_masks` builds them before torch.compile so the compiled graph reads
+  them) so out-of-window blocks are skipped; on CPU, with `attn_backend sdpa`, or when dropout
   is active, SDPA with a boolean mask runs instead (FlexAttention has neither dropout nor a CPU backward). When the
   window covers the whole sequence the layer is plain causal attention and takes the flash path.
 - `shuffle_query_frac p --shuffle_query_mode batch|past`: while training, a fraction p of query rows (all heads
@@ -30,6 +31,8 @@ model.check_model_config calls it.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -158,6 +161,7 @@ class Attention(nn.Module):
         self.shuffle_mode = a.shuffle_query_mode
         self.qk_norm = cfg.qk_norm
         self._block_masks: dict = {}
+        self._prepared: Optional[tuple] = None  # ((T, device), BlockMask) built before torch.compile
 
     def extra_repr(self) -> str:
         return f"local_heads={self.n_local}, window={self.window}, shuffle={self.shuffle_frac}/{self.shuffle_mode}"
@@ -206,14 +210,40 @@ class Attention(nn.Module):
             raise ConfigError(FLEX_CPU)
         return True
 
+    def uses_flex(self, T: int, device) -> bool:
+        """Whether a forward at length T on `device` (without dropout) runs FlexAttention."""
+        if self.n_local == 0 or self.window >= T or self.backend == "sdpa":
+            return False
+        return torch.device(device).type == "cuda" or self.backend == "flex"
+
     def _block_mask(self, T: int, device):
-        if torch.compiler.is_compiling():  # traced into the graph; no Python-side cache mutation while tracing
-            return make_block_mask(T, self.window, self.n_head, self.n_local, device)
         key = (T, str(device))
-        bm = self._block_masks.get(key)
+        if self._prepared is not None and self._prepared[0] == key:  # set once before compile: read by the graph
+            return self._prepared[1]
+        if torch.compiler.is_compiling():  # built in the graph at every call; no Python-side mutation while tracing
+            return make_block_mask(T, self.window, self.n_head, self.n_local, device)
+        bm = self._block_masks.get(key)  # eager calls (generation's growing lengths) never touch `_prepared`
         if bm is None:
             bm = self._block_masks[key] = make_block_mask(T, self.window, self.n_head, self.n_local, device)
         return bm
+
+    def prepare_block_mask(self, T: int, device) -> None:
+        """Build the block mask of length T once, for compiled graphs to read as a constant (`prepare_block_masks`);
+        kept apart from the eager cache so that later eager calls do not invalidate the compiled graph's guards."""
+        key = (T, str(device))
+        self._prepared = (key, make_block_mask(T, self.window, self.n_head, self.n_local, device))
+
+
+def prepare_block_masks(model: nn.Module, T: int, device) -> int:
+    """Build and cache the FlexAttention block masks that a forward of length T on `device` needs, before the model
+    is compiled, so the compiled graph reads them instead of rebuilding them at every call. Returns how many."""
+    dev = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", the key a tensor's .device gives
+    n = 0
+    for m in model.modules():
+        if isinstance(m, Attention) and m.uses_flex(T, dev):
+            m.prepare_block_mask(T, dev)
+            n += 1
+    return n
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -239,5 +269,5 @@ def check_attention_config(model_cfg: ModelConfig, device: str = "auto", micro_b
             raise ConfigError(FLEX_DROPOUT)
 
 
-__all__ = ["Attention", "OrthogonalQKV", "shuffle_queries", "window_mask", "make_block_mask",
+__all__ = ["Attention", "OrthogonalQKV", "shuffle_queries", "window_mask", "make_block_mask", "prepare_block_masks",
            "local_heads_of_layer", "check_attention_config"]
