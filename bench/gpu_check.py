@@ -155,6 +155,9 @@ def main(argv=None) -> int:
     warm_s = max(args.tests_budget, 60)
     cold = bench_json(env, ["--suite", kind, "--prewarm_only", "--suite_budget", str(int(warm_s)), *sel], warm_s + 60)
     tests = finish_tests(started, t0 + args.tests_budget) if started else None
+    if tests is not None:  # kept even if the suite is stopped before it ends
+        atomic_write_text(os.path.join(args.out, "cuda-tests.json"), json_text(tests, indent=2) + "\n")
+        print(tests_table(tests), flush=True)
     left = args.budget - (time.perf_counter() - t0) - 20
     print(f"gpu_check: bench --suite {kind} (at most {left:.0f}s) ...", flush=True)
     suite = bench_json(env, ["--suite", kind, "--prewarm", "0", "--suite_budget", str(int(max(left, 30))),

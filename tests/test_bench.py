@@ -109,11 +109,16 @@ def test_cpu_suite_table_and_files(tmp_path):
     assert res["files"] == [str(tmp_path / f"{res['date']}-cpu.json"), str(tmp_path / f"{res['date']}-cpu.md")]
     data = json.loads((tmp_path / f"{res['date']}-cpu.json").read_text())
     assert data["device"].startswith("cpu") and data["torch"] == torch.__version__ and data["suite"] == "cpu"
+    assert data["partial"] is False and "PARTIAL" not in md_of(tmp_path, res)
     assert data["rows"][2]["tokens_per_s"] > 0 and data["rows"][1]["compile"] is True
     for key in ("name", "tokens_per_s", "mfu", "peak_mem_bytes", "compile_s"):
         assert all(key in r for r in data["rows"])
     md = (tmp_path / f"{res['date']}-cpu.md").read_text()
     assert md.count("\n| ") >= 5 and "gpt2-124m-eager" in md and "toy sizes" in md
+
+
+def md_of(tmp_path, res):
+    return (tmp_path / f"{res['date']}-cpu.md").read_text()
 
 
 def _row(name, tps, **kw):

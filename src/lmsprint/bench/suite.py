@@ -235,25 +235,38 @@ def run_suite(kind: str, warmup: int, steps: int, per_config_s: float, budget_s:
             if not c.get("ok"):
                 row["prewarm_error"] = c.get("error")
         rows.append(row)
+        if out and any(r.get("ok") for r in rows) and len(rows) < len(configs):  # a killed suite keeps its rows
+            write_results(_result(kind, rows, isolate, t_start, partial=True), out)
+    result = _result(kind, rows, isolate, t_start)
+    if out:
+        result["files"] = write_results(result, out)
+    return result
+
+
+def _result(kind: str, rows: list[dict], isolate: bool, t_start: float, partial: bool = False) -> dict:
+    rows = [dict(r) for r in rows]
     annotate_rows(rows, kind)
     notes = suite_notes(rows, kind)
     if kind == "cpu":
         notes.append("cpu suite: toy sizes (names refer to the GPU configs); not comparable to the GPU anchors")
         if not isolate:
             notes.append("configs ran in one process: peak mem is the process's peak resident set so far")
-    table = format_table(rows, notes)
+    if partial:
+        notes.append("PARTIAL: the suite was still running when this file was written")
     ok = [r for r in rows if r.get("ok")]
-    result = {"suite": kind, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-              "device": ok[0]["device"] if ok else None, "torch": torch.__version__, "rows": rows, "notes": notes,
-              "table": table, "wall_s": time.perf_counter() - t_start}
-    if out:
-        os.makedirs(out, exist_ok=True)
-        base = os.path.join(out, results_name(result))
-        atomic_write_text(base + ".json", json_text(result, indent=2) + "\n")
-        atomic_write_text(base + ".md", f"# lmsprint bench --suite {kind}, {result['date']}, {result['device']}, "
-                          f"torch {result['torch']}\n\n{table}\n")
-        result["files"] = [base + ".json", base + ".md"]
-    return result
+    return {"suite": kind, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+            "device": ok[0]["device"] if ok else None, "torch": torch.__version__, "partial": partial, "rows": rows,
+            "notes": notes, "table": format_table(rows, notes), "wall_s": time.perf_counter() - t_start}
+
+
+def write_results(result: dict, out: str) -> list[str]:
+    """OUT/<results_name>.json and .md of a suite result (atomically); returns their paths."""
+    os.makedirs(out, exist_ok=True)
+    base = os.path.join(out, results_name(result))
+    atomic_write_text(base + ".json", json_text(result, indent=2) + "\n")
+    atomic_write_text(base + ".md", f"# lmsprint bench --suite {result['suite']}, {result['date']}, "
+                      f"{result['device']}, torch {result['torch']}\n\n{result['table']}\n")
+    return [base + ".json", base + ".md"]
 
 
 def select_configs(kind: str, only: Optional[list[str]] = None) -> list[tuple[str, list[str]]]:
