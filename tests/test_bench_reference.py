@@ -79,6 +79,8 @@ def test_refuses_what_llm_baselines_step_cannot_do(tiny):
     with pytest.raises(ConfigError) as e:
         ReferenceStep(cfg, Transformer(cfg.model), "cpu")
     assert cli_message(e.value) == ("the llm-baselines reference step needs --opt adamw, --label_smoothing 0")
+    moe = tiny(moe_num_experts=4, moe_num_experts_per_tok=2)
+    assert reference_problems(moe) == ["`moe_num_experts` 1 (llm-baselines' models are dense)"]
 
 
 def test_bench_row_is_marked_and_free_of_host_syncs(tiny):

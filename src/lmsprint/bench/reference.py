@@ -40,6 +40,8 @@ def reference_problems(cfg) -> list[str]:
         out.append("`label_smoothing` 0")
     if m.logit_softcap:
         out.append("`logit_softcap` 0")
+    if m.moe.moe_num_experts > 1:  # its MoE auxiliary losses are a step lmsprint's own step takes
+        out.append("`moe_num_experts` 1 (llm-baselines' models are dense)")
     if t.dtype == "float16":
         out.append("`dtype` bfloat16 or float32")
     if t.micro_batch not in ("", None):

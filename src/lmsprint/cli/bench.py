@@ -1,7 +1,9 @@
 """`lmsprint bench`: arguments and output of one measurement (`bench/measure.py`) or of the suite
 (`bench/suite.py`). Every model/optim/train flag of `lmsprint train` works, plus --warmup/--steps, --compile,
 --check_sync, --peak_flops/--measure_peak, --reference (llm-baselines' step) and --json; `--suite gpu|cpu` runs
-the suite, `--out DIR` writes DIR/<date>-<device>.json and .md; `--memory [--world_size N]` prints the computed per-GPU memory table (bench/memory.py).
+the suite (`--prewarm N` compiles its compiled configs N at a time first, `--prewarm_only` does only that), `--out
+DIR` writes DIR/<date>-<device>.json and .md; `--memory [--world_size N]` prints the computed per-GPU memory table
+(bench/memory.py).
 Imports only torch and the standard library beyond lmsprint, so `python -m lmsprint bench` runs on a bare GPU box.
 """
 
