@@ -105,7 +105,7 @@ def _moe(**kw) -> MoE:
 def _per_expert_reference(m: MoE, x: torch.Tensor) -> torch.Tensor:
     """token_choice MoE as a Python loop over experts, each expert its own matmuls (the router in fp32)."""
     xf = x.reshape(-1, x.shape[-1])
-    logits = xf.float() @ m.router.weight.float().t()
+    logits = m.router_logits(xf)  # the layer's own fp32 router: the same routing, no near-tie flips
     vals, idx = torch.topk(logits, m.top_k, dim=-1)
     w = torch.softmax(vals, dim=-1)
     out = torch.zeros_like(xf)
@@ -122,7 +122,8 @@ def _per_expert_reference(m: MoE, x: torch.Tensor) -> torch.Tensor:
 def test_grouped_mm_moe_matches_per_expert_reference_in_bf16():
     m = _moe()
     assert moe_mod.grouped_mm_supported(DEV, BF16), "grouped_mm must run bf16 on this GPU (else MoE falls back to bmm)"
-    x = torch.randn(4, 96, 128, device=DEV, requires_grad=True)
+    # inputs exactly representable in bf16, so the router sees the same values in both (it runs in fp32)
+    x = torch.randn(4, 96, 128, device=DEV).to(BF16).float().requires_grad_()
     gy = torch.randn(4, 96, 128, device=DEV)
     params = [x, m.router.weight, m.w_in, m.w_out]
     with torch.autocast("cuda", dtype=BF16):
