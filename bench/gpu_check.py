@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The one script to start every stretch of GPU time with; about 9 minutes on one H100/H200.
+"""The one script to start every stretch of GPU time with; sized to end within --budget (560 s; not yet timed on a GPU).
 
     python3 bench/gpu_check.py [--out bench/results] [--budget 560] [--tests_budget 180] [--only NAMES]
 
