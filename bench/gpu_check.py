@@ -35,7 +35,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))  # this checkout's lmsprint, on the box's own torch
 
-from lmsprint.bench.suite import format_table, results_name  # noqa: E402
+from lmsprint.bench.suite import add_cold_compile, bench_output, format_table, results_name  # noqa: E402
 from lmsprint.files import atomic_write_text, json_text  # noqa: E402
 
 OUTCOME = re.compile(r"(?:(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS))"
@@ -109,11 +109,7 @@ def bench_json(env: dict, args: list, timeout_s: float):
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"error": f"`lmsprint bench {' '.join(args)}` did not end within {timeout_s:.0f}s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    return {"error": (err[-1] if err else f"exit code {proc.returncode}")[:300]}
+    return bench_output(proc.stdout, proc.stderr, proc.returncode)
 
 
 def tests_table(t: dict) -> str:
@@ -163,11 +159,7 @@ def main(argv=None) -> int:
     suite = bench_json(env, ["--suite", kind, "--prewarm", "0", "--suite_budget", str(int(max(left, 30))),
                              "--out", args.out, *sel], max(left, 30) + 90)
     for row in suite.get("rows", []):
-        c = cold.get(row["name"]) if "error" not in cold else None
-        if c is not None:
-            row["cold_compile_s"] = c.get("compile_s") if c.get("ok") else None
-            if not c.get("ok"):
-                row["prewarm_error"] = c.get("error")
+        add_cold_compile(row, None if "error" in cold else cold)
     result = {"date": suite.get("date"), "device": facts["device"], "torch": facts["torch"],
               "cuda": facts["cuda_version"], "python": facts["python"], "suite": suite.get("suite", kind),
               "cuda_tests": tests, "rows": suite.get("rows", []), "notes": suite.get("notes", []),

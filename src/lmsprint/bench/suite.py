@@ -100,19 +100,35 @@ def _bench_cmd(flags: list[str], warmup: int, steps: int, extra: list[str]) -> l
             "--json", *extra]
 
 
-def _row_of_output(name: str, stdout: str, stderr: str, returncode: Optional[int], wall: float) -> dict:
-    """The JSON row a `lmsprint bench --json` process printed, or a failure row with its last stderr line."""
+def bench_output(stdout: str, stderr: str, returncode: Optional[int]) -> dict:
+    """The last JSON object a `lmsprint bench --json` process printed, or {"ok": False, "error": its last stderr
+    line}."""
     for line in reversed(stdout.splitlines()):
         if line.startswith("{"):
             try:
-                row = json.loads(line)
+                return json.loads(line)
             except json.JSONDecodeError:
                 continue
-            row.update(name=name, wall_s=wall)
-            return row
     err = [ln for ln in (stderr or "").strip().splitlines() if ln.strip()]
     msg = err[-1] if err else f"exit code {returncode}, no output"
-    return {"name": name, "ok": False, "error": msg[:300], "wall_s": wall}
+    return {"ok": False, "error": msg[:300]}
+
+
+def _row_of_output(name: str, stdout: str, stderr: str, returncode: Optional[int], wall: float) -> dict:
+    """The row a `lmsprint bench --json` process printed (or its failure row), named and timed."""
+    row = bench_output(stdout, stderr, returncode)
+    row.update(name=name, wall_s=wall)
+    return row
+
+
+def add_cold_compile(row: dict, cold: Optional[dict]) -> None:
+    """Give a suite row the cold compile time `prewarm` measured for its config (`cold`: {name: prewarm row})."""
+    c = (cold or {}).get(row["name"])
+    if c is None:
+        return
+    row["cold_compile_s"] = c.get("compile_s") if c.get("ok") else None
+    if not c.get("ok"):
+        row["prewarm_error"] = c.get("error")
 
 
 def _run_one_subprocess(name: str, flags: list[str], warmup: int, steps: int, limit_s: float,
@@ -229,11 +245,7 @@ def run_suite(kind: str, warmup: int, steps: int, per_config_s: float, budget_s:
                 row = {"name": name, "ok": False, "error": f"over the {per_config_s:.0f}s per-config limit "
                        f"({row['wall_s']:.0f}s)", "wall_s": row["wall_s"]}
         row["flags"] = " ".join(flags)
-        if cold and name in cold:
-            c = cold[name]
-            row["cold_compile_s"] = c.get("compile_s") if c.get("ok") else None
-            if not c.get("ok"):
-                row["prewarm_error"] = c.get("error")
+        add_cold_compile(row, cold)
         rows.append(row)
         if out and any(r.get("ok") for r in rows) and len(rows) < len(configs):  # a killed suite keeps its rows
             write_results(_result(kind, rows, isolate, t_start, partial=True), out)

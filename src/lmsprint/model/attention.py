@@ -188,7 +188,7 @@ class Attention(nn.Module):
         """q, k, v: (B, H, T, D) -> (B, H, T, D) under this layer's mask."""
         T = q.shape[-2]
         p = self.dropout if self.training else 0.0
-        if self.n_local == 0 or self.window >= T:  # the window covers everything: plain causal (flash)
+        if not self.windowed(T):  # the window covers everything: plain causal (flash)
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         if self._use_flex(q, p):
             # contiguous: inductor's CPU flex kernel misreads a strided v (a view of the fused QKV output) when q/k
@@ -210,9 +210,13 @@ class Attention(nn.Module):
             raise ConfigError(FLEX_CPU)
         return True
 
+    def windowed(self, T: int) -> bool:
+        """Whether some head's window is shorter than T (else the layer is plain causal attention)."""
+        return self.n_local > 0 and self.window < T
+
     def uses_flex(self, T: int, device) -> bool:
         """Whether a forward at length T on `device` (without dropout) runs FlexAttention."""
-        if self.n_local == 0 or self.window >= T or self.backend == "sdpa":
+        if not self.windowed(T) or self.backend == "sdpa":
             return False
         return torch.device(device).type == "cuda" or self.backend == "flex"
 
