@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from lmsprint import rundir
+from lmsprint.export import load_weights
 
 TIMING = ("time/", "perf/")
 ITERS = 150
@@ -90,6 +91,11 @@ def rows(run_dir):
 def summary(run_dir):
     with open(rundir.summary_path(run_dir)) as fh:
         return json.loads(fh.read(), parse_constant=lambda c: pytest.fail(f"bare {c} in summary.json"))
+
+
+def _file_limit(limit):
+    """preexec_fn: a write past `limit` bytes fails with EFBIG (Python ignores SIGXFSZ), like a full disk."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
 def digest(path):
@@ -166,14 +172,37 @@ def test_data_dir_naming_a_file_and_an_unwritable_results_folder(data, tmp_path)
 
 
 def test_disk_full_during_prepare_is_one_line(tmp_path):
-    limit = 1 << 20  # RLIMIT_FSIZE: a write past 1 MiB fails (EFBIG; Python ignores SIGXFSZ), like a full disk
-
-    def small_files():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
     p = cli("prepare", "--dataset", "shakespeare-char", "--data_dir", tmp_path / "d", cwd=tmp_path,
-            preexec_fn=small_files)
+            preexec_fn=_file_limit(1 << 20))
     one_line_error(p)
+
+
+def test_a_weights_file_that_cannot_be_written_is_an_os_error_and_the_old_file_is_kept(tmp_path):
+    """safetensors reports a failed write as its own SafetensorError; lmsprint raises the OSError it is, with the
+    file's name, and leaves the previous model.safetensors and no temporary file."""
+    path = tmp_path / "model.safetensors"
+    code = (
+        "import errno, sys, torch\n"
+        "from lmsprint.export import save_weights\n"
+        "save_weights(sys.argv[1], {'w': torch.zeros(4)})\n"
+        "try:\n"
+        "    save_weights(sys.argv[1], {'w': torch.ones(1 << 16)})\n"
+        "except OSError as e:\n"
+        "    print(errno.errorcode[e.errno], e.filename == sys.argv[1])\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=_env(),
+                       preexec_fn=_file_limit(64 << 10), timeout=120)
+    assert p.returncode == 0 and p.stdout.split() == ["EFBIG", "True"], (p.stdout, p.stderr[-2000:])
+    assert torch.equal(load_weights(str(path))[0]["w"], torch.zeros(4))
+    assert os.listdir(tmp_path) == ["model.safetensors"]
+
+
+def test_export_that_cannot_write_its_weights_is_one_line_and_leaves_no_folder(reference, tmp_path):
+    out = tmp_path / "hf"
+    p = cli("export", reference, out, cwd=tmp_path, preexec_fn=_file_limit(16 << 10))
+    last = one_line_error(p)
+    assert "model.safetensors" in last and "File too large" in last, last
+    assert os.listdir(tmp_path) == []  # neither the folder nor its temporary twin
 
 
 def test_disk_full_at_a_checkpoint_keeps_the_last_good_one_and_resume_finishes(data, tmp_path):
@@ -203,6 +232,13 @@ def test_disk_full_at_a_checkpoint_keeps_the_last_good_one_and_resume_finishes(d
         assert after["step"] >= good["step"]
         assert not [f for f in os.listdir(os.path.dirname(ckpt(run_dir))) if ".tmp" in f]
         assert rundir.status(run_dir) in ("interrupted", "failed")
+        filler.unlink()  # space freed: the run continues from that checkpoint and finishes
+        end = after["step"] + 5
+        p = cli("train", "--resume", run_dir, "--results_base_folder", mnt / "exps", "--resume_override",
+                "iterations", "--iterations", end, cwd=tmp_path)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert summary(run_dir)["status"] == "complete" and load(run_dir)["step"] == end
+        assert load_weights(rundir.weights_path(run_dir))[1]["step"] == str(end)
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
 

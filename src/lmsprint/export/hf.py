@@ -35,13 +35,13 @@ import tempfile
 from typing import Mapping
 
 import torch
-from safetensors.torch import save_file
 
 from ..version import __version__
 from ..config import ModelConfig
 from ..errors import ConfigError, UserError
 from ..model.attention import OrthogonalQKV
 from .hf_tokenizer import describe_tokenizer, tokenizer_vocab_size, write_tokenizer
+from .safetensors_io import write_safetensors
 
 GPT2, LLAMA, MIXTRAL = "GPT2LMHeadModel", "LlamaForCausalLM", "MixtralForCausalLM"
 
@@ -247,7 +247,8 @@ def export_hf(model_cfg: ModelConfig, state_dict: Mapping[str, torch.Tensor], to
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
     try:
         special = write_tokenizer(tok, tmp, model_cfg.sequence_length)
-        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        write_safetensors(tensors, os.path.join(tmp, "model.safetensors"), {"format": "pt"},
+                          name=os.path.join(out_dir, "model.safetensors"))
         with open(os.path.join(tmp, "config.json"), "w") as fh:
             json.dump(hf_config(model_cfg, special, dtype), fh, indent=2)
         gen = {k: v for k, v in special.items() if v is not None}

@@ -126,6 +126,12 @@ def _write_json(path: str, obj) -> None:
         fh.write("\n")
 
 
+def _save_tokenizer(tk, out_dir: str) -> None:
+    """tokenizer.json as `tk.save` writes it, but written by Python, so a failed write is an OSError."""
+    with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as fh:
+        fh.write(tk.to_str(pretty=True))
+
+
 def write_gpt2_tokenizer(out_dir: str, model_max_length: int) -> None:
     lib = _tokenizers()
     AddedToken, Tokenizer, decoders, models = lib.AddedToken, lib.Tokenizer, lib.decoders, lib.models
@@ -140,7 +146,7 @@ def write_gpt2_tokenizer(out_dir: str, model_max_length: int) -> None:
     tk.decoder = decoders.ByteLevel()
     tk.post_processor = processors.ByteLevel(trim_offsets=False)
     tk.add_special_tokens([AddedToken(GPT2_EOT, special=True, normalized=False)])
-    tk.save(os.path.join(out_dir, "tokenizer.json"))
+    _save_tokenizer(tk, out_dir)
     _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
         "tokenizer_class": "GPT2Tokenizer",
         "bos_token": GPT2_EOT, "eos_token": GPT2_EOT, "unk_token": GPT2_EOT,
@@ -158,7 +164,7 @@ def write_char_tokenizer(out_dir: str, vocab: str, model_max_length: int) -> Non
     lib = _tokenizers()
     tk = lib.Tokenizer(lib.models.BPE(vocab={c: i for i, c in enumerate(vocab)}, merges=[], fuse_unk=False))
     tk.decoder = lib.decoders.Fuse()
-    tk.save(os.path.join(out_dir, "tokenizer.json"))
+    _save_tokenizer(tk, out_dir)
     _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "clean_up_tokenization_spaces": False,

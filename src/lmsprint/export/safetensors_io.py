@@ -9,6 +9,11 @@ atomically (temporary file in the same folder, fsync, `os.replace`), with string
   refuses shared storage, so each one is stored once and restored as the same tensor on load;
 - whatever `extra` holds (str -> str).
 
+`write_safetensors(tensors, path, metadata)`: safetensors' `save_file`, except that a failed write (a full disk,
+a file size limit, a read-only folder) is raised as the `OSError` it is (errno and file name), not as safetensors'
+own `SafetensorError`, so that callers and the CLI treat it like any other failed write. Every safetensors file
+lmsprint writes goes through it.
+
 `load_weights(path) -> (state_dict, metadata)` reads it back (no pickle, no code execution) and re-links
 aliases; `model_config_of(metadata)` returns the ModelConfig. Tensors sharing memory only partly (slices of one
 storage) are stored as copies.
@@ -17,12 +22,14 @@ storage) are stored as copies.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
+import re
 from typing import Mapping, Optional
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..version import __version__
@@ -31,6 +38,20 @@ from ..errors import CheckpointError
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_FORMAT = "1"
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str, metadata: Optional[Mapping[str, str]] = None,
+                      name: Optional[str] = None) -> None:
+    """`save_file(tensors, path, metadata)`; a failed write raises OSError(errno, strerror, name or path)."""
+    try:
+        save_file(dict(tensors), path, metadata=dict(metadata) if metadata is not None else None)
+    except SafetensorError as e:  # "Error while serializing: I/O error: No space left on device (os error 28)"
+        found = _OS_ERROR.search(str(e))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code) if code in errno.errorcode else str(e), name or path) from e
 
 
 def _storage_key(t: torch.Tensor):
@@ -65,7 +86,7 @@ def save_weights(path: str, state_dict: Mapping[str, torch.Tensor], model_config
     os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
-        save_file(tensors, tmp, metadata=meta)
+        write_safetensors(tensors, tmp, meta, name=path)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
