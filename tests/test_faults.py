@@ -197,6 +197,40 @@ def test_a_weights_file_that_cannot_be_written_is_an_os_error_and_the_old_file_i
     assert os.listdir(tmp_path) == ["model.safetensors"]
 
 
+_SAVE_UNDER_A_FILE_LIMIT = """
+import os, sys, torch
+from lmsprint.errors import CheckpointError
+from lmsprint.train import sharded, state
+out, n = sys.argv[1], int(sys.argv[2])
+state.save_checkpoint(os.path.join(out, "latest.pt"), {"model": {}, "step": 1})
+model = torch.nn.Linear(n, n)
+opt = torch.optim.AdamW(model.parameters())
+model(torch.ones(1, n)).sum().backward()
+opt.step()
+for what, save in [("pt", lambda: state.save_checkpoint(os.path.join(out, "latest.pt"),
+                                                        {"model": model.state_dict(), "step": 2})),
+                   ("shards", lambda: sharded.save_shards(model, opt, os.path.join(out, "shards")))]:
+    try:
+        save()
+        print(what, "saved")
+    except CheckpointError as e:
+        print(what, "CheckpointError", str(e).count(chr(10)))
+"""
+
+
+@pytest.mark.parametrize("n", [32, 64, 512])
+def test_a_checkpoint_too_big_for_the_disk_is_a_checkpoint_error_whatever_torch_raises(tmp_path, n):
+    """torch.save and torch.distributed.checkpoint report a short write as RuntimeError "unexpected pos N vs M"
+    (or "file write failed"), DCP wrapped in its CheckpointException, a BaseException. Both are a one-line
+    CheckpointError, whichever write fails first; the checkpoint before stays loadable and no temporary is left."""
+    p = subprocess.run([sys.executable, "-c", _SAVE_UNDER_A_FILE_LIMIT, str(tmp_path), str(n)], capture_output=True,
+                       text=True, env=_env(), preexec_fn=_file_limit(2048), timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.split() == ["pt", "CheckpointError", "0", "shards", "CheckpointError", "0"], p.stdout
+    assert torch.load(tmp_path / "latest.pt", weights_only=True)["step"] == 1
+    assert [f for f in os.listdir(tmp_path) if ".tmp" in f] == []
+
+
 def test_export_that_cannot_write_its_weights_is_one_line_and_leaves_no_folder(reference, tmp_path):
     out = tmp_path / "hf"
     p = cli("export", reference, out, cwd=tmp_path, preexec_fn=_file_limit(16 << 10))

@@ -3,15 +3,24 @@
 `atomic_write_text(path, text)` writes to a temporary file in the same directory, fsyncs it and `os.replace`s it
 over `path`, so a reader (or a process killed mid-write) sees either the old file or the new one, never a torn one;
 a failed write (disk full, read-only folder) leaves the old file and no temporary file behind.
+`DISK_FULL`, `NOT_WRITABLE`: the errnos of a write that failed because of the disk or the folder, not lmsprint.
+`write_failure(e)`: the words for such a failed write, or None for any other error. torch's zip writer (`torch.save`,
+`torch.distributed.checkpoint`) reports a full disk as a RuntimeError from its `inline_container` ("file write
+failed", or "unexpected pos N vs M" after a short write), not as an OSError; those count as failed writes too.
 `json_text(obj, **kw)`: strict JSON (`allow_nan=False`) with every non-finite float written as null; every JSON
 file lmsprint writes goes through it, so no file ever holds a bare NaN or Infinity.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+from typing import Optional
+
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -25,6 +34,16 @@ def atomic_write_text(path: str, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_failure(e: BaseException) -> Optional[str]:
+    """Why a write failed, in words, when the disk is full or the folder not writable; None for other errors."""
+    if isinstance(e, OSError):
+        return os.strerror(e.errno) if e.errno in DISK_FULL + NOT_WRITABLE else None
+    text = str(e)
+    if isinstance(e, RuntimeError) and ("inline_container" in text or "write" in text.lower()):
+        return "the disk is full or the file could not be written"
+    return None
 
 
 def finite_or_none(obj):

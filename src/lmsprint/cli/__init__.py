@@ -10,7 +10,6 @@ option names as flags (`--name`).
 
 from __future__ import annotations
 
-import errno
 import importlib
 import sys
 from typing import Optional
@@ -18,6 +17,7 @@ from typing import Optional
 from ..version import __version__
 from ..config import SuggestingParser
 from ..errors import EXIT_USAGE, UserError, cli_message
+from ..files import DISK_FULL, NOT_WRITABLE
 
 SUBCOMMANDS = {
     "train": ("lmsprint.cli.train", "train a model (llm-baselines flags + --time_budget, --resume)"),
@@ -67,17 +67,14 @@ def main(argv=None) -> int:
         return 130
 
 
-_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
 def os_error_message(e: OSError) -> str:
     """One line for an OSError: what failed on which file, and what to do."""
     where = f" ({e.filename})" if e.filename else ""
     if e.errno is None:  # e.g. numpy's short write "N requested and M written": a full disk or a file size limit
         return " ".join(f"{e}; the disk may be full or the file not writable; free space and run it again".split())
-    if e.errno in _DISK_FULL:
+    if e.errno in DISK_FULL:
         hint = "free space (files written before are kept; a run continues with --resume)"
-    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    elif e.errno in NOT_WRITABLE:
         hint = "choose a writable folder"
     else:
         hint = "check the path"

@@ -34,7 +34,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from .. import rundir
 from ..data.loader import n_val_windows
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..export import save_weights
 from . import sharded, state
 from .distributed import World, all_reduce_max, barrier, broadcast_object, gather_object
@@ -122,7 +122,12 @@ def save_sharded(tr, ranks: dict, extra_name=None) -> None:
     tag = broadcast_object(uuid.uuid4().hex[:8] if world.is_main else None, world)
     final = sharded.shard_dir_name(name, tr.step, tag)
     tmp = os.path.join(ckpt_dir, "." + final)
-    sharded.save_shards(tr.model, step_fn.optimizer, tmp)
+    try:
+        sharded.save_shards(tr.model, step_fn.optimizer, tmp)
+    except CheckpointError:  # raised on every rank, after every rank has stopped writing
+        if world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     full = get_model_state_dict(tr.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if world.is_main:
         os.replace(tmp, os.path.join(ckpt_dir, final))

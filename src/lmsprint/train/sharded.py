@@ -7,6 +7,8 @@ DTensor shards). DCP stores each shard with its global offsets, so the folder lo
 
 - `save_shards(model, optimizer, path)`: every rank writes its shards into `path` (a fresh folder; DCP's
   coordinator writes the metadata last, after every rank's data). The caller renames it into place: atomic.
+  A full disk (or unwritable folder) on any rank is a `CheckpointError` on every rank (DCP gathers the failures);
+  the caller removes the unfinished folder.
 - `load_shards(model, optimizer, path)`: read a folder into this process's (sharded or plain) model and optimizer.
 - `plain_model_state(path)` / `load_plain_model(model, path)`: the whole weights as plain CPU tensors / into a
   plain model, in one process without any process group (`lmsprint eval`, `generate`, `export`).
@@ -20,10 +22,12 @@ import warnings
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from ..errors import CheckpointError
+from ..files import write_failure
 
 SHARDS = ".shards-"
 _HINT = "resume from another run or start a new one without `resume`"
@@ -45,7 +49,17 @@ def shard_dirs(ckpt_dir: str, ckpt_name: str) -> list[str]:
 def save_shards(model: torch.nn.Module, optimizer, path: str) -> None:
     """Collective: every rank writes its shards of the model and optimizer state into the new folder `path`."""
     msd, osd = get_state_dict(model, optimizer)
-    dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=path)
+    try:
+        dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=path)
+    except CheckpointException as e:  # a BaseException holding {rank: (exception, stack)} for every failed rank
+        failed = {rank: f[0] if isinstance(f, tuple) else f for rank, f in e.failures.items()}
+        why = {rank: write_failure(exc) for rank, exc in failed.items()}
+        if not why or None in why.values():
+            raise  # not a failed write: a bug, shown with its traceback
+        ranks = ", ".join(map(str, sorted(why)))
+        raise CheckpointError(f"cannot write checkpoint shards {path} (rank {ranks}): {next(iter(why.values()))}; "
+                              "any earlier checkpoint is kept; free space (or make the folder writable) and "
+                              "continue with `resume`") from None
 
 
 def _missing(path: str) -> CheckpointError:

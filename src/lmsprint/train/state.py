@@ -24,7 +24,6 @@ Where checkpoints live in a run directory is `rundir.checkpoint_path`'s business
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import random
@@ -33,13 +32,13 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..files import write_failure
 from ..hw import unwrap
 from ..rundir import checkpoint_path, samples_path
 from .resume import data_identity
 from .sharded import load_shards
 
 FORMAT_VERSION = 2
-DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 _HINT = "resume from another run or start a new one without `resume`"
 
 
@@ -57,9 +56,9 @@ def save_checkpoint(path: str, state: dict) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError (files.write_failure)
         kept = "the previous checkpoint is kept" if os.path.exists(path) else "no checkpoint was kept"
-        reason = _disk_problem(e)
+        reason = write_failure(e)
         if reason is None:
             raise
         raise CheckpointError(f"cannot write checkpoint {path}: {reason}; {kept}; free space (or make the folder "
@@ -76,15 +75,6 @@ def save_checkpoint(path: str, state: dict) -> None:
     except OSError:
         pass
 
-
-def _disk_problem(e: BaseException):
-    """The words for a write that failed because the disk is full or the folder is not writable, else None."""
-    if isinstance(e, OSError):
-        if e.errno in DISK_FULL + (errno.EROFS, errno.EACCES, errno.EPERM):
-            return os.strerror(e.errno)
-        return None
-    text = str(e)  # torch.save's RuntimeError from its zip writer: "... file write failed" and similar
-    return "the disk is full or the file could not be written" if "write" in text.lower() else None
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
