@@ -1,6 +1,8 @@
-"""Shared pytest fixtures: the prepared Shakespeare data, one thread, the tiny config shape, a tiny local corpus."""
+"""Shared pytest fixtures: the prepared Shakespeare data, one thread, the tiny config shape, a tiny local corpus,
+the CLI run in this process."""
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -41,3 +43,21 @@ def corpus(tmp_path_factory):
     words = "the quick brown fox jumps over a lazy dog and runs away from home".split()
     (d / "tiny.txt").write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(60)) for _ in range(300)))
     return d
+
+
+@pytest.fixture
+def in_process(capsys, monkeypatch, tmp_path):
+    """`in_process(*args, cwd=tmp_path)`: `lmsprint ARGS` run by the CLI's `main` in this process -> returncode,
+    stdout, stderr. The same code as a subprocess without a Python start-up each: for checks of flags and messages."""
+    from lmsprint.cli import main
+
+    def run(*args, cwd=None):
+        monkeypatch.chdir(cwd or tmp_path)
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's own exits (--help, --version, usage errors)
+            code = e.code
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    return run

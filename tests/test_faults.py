@@ -9,6 +9,7 @@ The tiny runs share one prepared `shakespeare-char` (module fixture). Disk-full 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -200,6 +201,7 @@ def test_a_weights_file_that_cannot_be_written_is_an_os_error_and_the_old_file_i
 _SAVE_UNDER_A_FILE_LIMIT = """
 import os, sys, torch
 from lmsprint.errors import CheckpointError
+from lmsprint.files import atomic_copy
 from lmsprint.train import sharded, state
 out, n = sys.argv[1], int(sys.argv[2])
 state.save_checkpoint(os.path.join(out, "latest.pt"), {"model": {}, "step": 1})
@@ -215,6 +217,10 @@ for what, save in [("pt", lambda: state.save_checkpoint(os.path.join(out, "lates
         print(what, "saved")
     except CheckpointError as e:
         print(what, "CheckpointError", str(e).count(chr(10)))
+try:
+    atomic_copy(os.path.join(out, "big"), os.path.join(out, "step_1.pt"))
+except OSError as e:
+    print("copy", e.errno)
 """
 
 
@@ -222,12 +228,17 @@ for what, save in [("pt", lambda: state.save_checkpoint(os.path.join(out, "lates
 def test_a_checkpoint_too_big_for_the_disk_is_a_checkpoint_error_whatever_torch_raises(tmp_path, n):
     """torch.save and torch.distributed.checkpoint report a short write as RuntimeError "unexpected pos N vs M"
     (or "file write failed"), DCP wrapped in its CheckpointException, a BaseException. Both are a one-line
-    CheckpointError, whichever write fails first; the checkpoint before stays loadable and no temporary is left."""
+    CheckpointError, whichever write fails first; the checkpoint before stays loadable and no temporary is left.
+    The copy kept as step_N.pt is atomic too: a failed copy leaves the file before it whole."""
+    (tmp_path / "big").write_bytes(b"x" * 8192)
+    (tmp_path / "step_1.pt").write_bytes(b"old")
     p = subprocess.run([sys.executable, "-c", _SAVE_UNDER_A_FILE_LIMIT, str(tmp_path), str(n)], capture_output=True,
                        text=True, env=_env(), preexec_fn=_file_limit(2048), timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.split() == ["pt", "CheckpointError", "0", "shards", "CheckpointError", "0"], p.stdout
+    assert p.stdout.split() == ["pt", "CheckpointError", "0", "shards", "CheckpointError", "0", "copy",
+                                str(errno.EFBIG)], p.stdout
     assert torch.load(tmp_path / "latest.pt", weights_only=True)["step"] == 1
+    assert (tmp_path / "step_1.pt").read_bytes() == b"old"
     assert [f for f in os.listdir(tmp_path) if ".tmp" in f] == []
 
 

@@ -46,8 +46,8 @@ def test_threads_sets_torch_threads_for_the_run(corpus):
         torch.set_num_threads(before)
 
 
-def test_threads_refuses_a_negative_count(corpus):
-    one_error_line(lmsprint_cli("train", *TINY, "--threads", "-1", cwd=corpus), "--threads")
+def test_threads_refuses_a_negative_count(corpus, in_process):
+    one_error_line(in_process("train", *TINY, "--threads", "-1", cwd=corpus), "--threads")
 
 
 # ---------------------------------------------------------------------------------------------------- compare
@@ -115,5 +115,5 @@ def test_sweep_parallel_starts_every_run_together_and_logs_each(corpus):
     assert sorted(g.label for g in c.groups) == ["lr=1e-3", "lr=3e-2"] and c.reference.n == 2
 
 
-def test_sweep_parallel_below_one_is_one_line(corpus):
-    one_error_line(lmsprint_cli("sweep", "--parallel", "0", "--", *TINY, cwd=corpus), "--parallel 0: must be >= 1")
+def test_sweep_parallel_below_one_is_one_line(corpus, in_process):
+    one_error_line(in_process("sweep", "--parallel", "0", "--", *TINY, cwd=corpus), "--parallel 0: must be >= 1")

@@ -1,6 +1,7 @@
 """What users see: the training output in a log file (banner, plain lines, one line per eval, final eval progress,
 no carriage returns, --quiet) and the help (one default per flag, preset-aware defaults, option groups, --version,
---print_config, nanoGPT names, where a misplaced train flag belongs). Real CLI subprocesses, real files."""
+--print_config, nanoGPT names, where a misplaced train flag belongs). Real CLI subprocesses, real files; the checks
+of flags alone call the CLI's `main` in this process (conftest's `in_process`)."""
 
 from __future__ import annotations
 
@@ -80,10 +81,10 @@ def test_quiet_prints_only_the_final_table(logged):
     assert "\r" not in q.stderr and "tokenizing" not in q.stderr
 
 
-def test_version_and_print_config(tmp_path):
-    p = lmsprint("--version")
+def test_version_and_print_config(tmp_path, in_process):
+    p = lmsprint("--version")  # a real start-up, once
     assert p.returncode == 0 and p.stdout.strip() == f"lmsprint {__version__}"
-    p = lmsprint("train", "--config_format", "demo", "--learning_rate", "0.002", "--print_config", cwd=tmp_path)
+    p = in_process("train", "--config_format", "demo", "--learning_rate", "0.002", "--print_config")
     assert p.returncode == 0, p.stderr
     cfg = yaml.safe_load(p.stdout)
     assert cfg["config_format"] == "demo" and cfg["data"]["dataset"] == "shakespeare"
@@ -91,8 +92,8 @@ def test_version_and_print_config(tmp_path):
     assert list(tmp_path.iterdir()) == []  # printed, nothing run or written
 
 
-def test_help_one_default_per_flag_preset_aware_and_grouped():
-    p = lmsprint("train", "--help")
+def test_help_one_default_per_flag_preset_aware_and_grouped(in_process):
+    p = in_process("train", "--help")
     assert p.returncode == 0
     text = " ".join(p.stdout.split())  # argparse wraps lines
     for name in FLAGS:
@@ -109,31 +110,31 @@ def test_help_one_default_per_flag_preset_aware_and_grouped():
     assert "--warmup_percent" in sched and "--scheduler" in sched and "--lr " not in sched
 
 
-def test_nanogpt_names_are_aliases_or_answered(tmp_path):
-    p = lmsprint("train", "--learning_rate", "0.01", "--max_iters", "7", "--block_size", "64", "--out_dir", "o",
-                 "--eval_interval", "5", "--gradient_accumulation_steps", "2", "--print_config", cwd=tmp_path)
+def test_nanogpt_names_are_aliases_or_answered(tmp_path, in_process):
+    p = in_process("train", "--learning_rate", "0.01", "--max_iters", "7", "--block_size", "64", "--out_dir", "o",
+                   "--eval_interval", "5", "--gradient_accumulation_steps", "2", "--print_config")
     assert p.returncode == 0, p.stderr
     cfg = yaml.safe_load(p.stdout)
     assert (cfg["optim"]["lr"], cfg["train"]["iterations"], cfg["model"]["sequence_length"]) == (0.01, 7, 64)
     assert (cfg["train"]["results_base_folder"], cfg["train"]["eval_freq"], cfg["train"]["acc_steps"]) == ("o", 5, 2)
     # a config file may use them too
     (tmp_path / "c.yaml").write_text("learning_rate: 0.02\nmax_iters: 9\n")
-    p = lmsprint("train", "--config", "c.yaml", "--print_config", cwd=tmp_path)
+    p = in_process("train", "--config", "c.yaml", "--print_config")
     assert p.returncode == 0, p.stderr
     assert yaml.safe_load(p.stdout)["optim"]["lr"] == 0.02 and yaml.safe_load(p.stdout)["train"]["iterations"] == 9
-    one_error_line(lmsprint("train", "--eval_iters", "20"), "unknown flag 'eval_iters'; use --eval_tokens")
-    one_error_line(lmsprint("train", "--warmup_iters", "20"), "use --warmup_percent")
-    one_error_line(lmsprint("train", "--min_lr", "1e-4"), "use --lr: the final lr is")
+    one_error_line(in_process("train", "--eval_iters", "20"), "unknown flag 'eval_iters'; use --eval_tokens")
+    one_error_line(in_process("train", "--warmup_iters", "20"), "use --warmup_percent")
+    one_error_line(in_process("train", "--min_lr", "1e-4"), "use --lr: the final lr is")
 
 
-def test_misplaced_train_flags_say_where_they_belong():
-    line = one_error_line(lmsprint("sweep", "--dataset", "x"), "--dataset is a train flag: put it after `--`")
+def test_misplaced_train_flags_say_where_they_belong(in_process):
+    line = one_error_line(in_process("sweep", "--dataset", "x"), "--dataset is a train flag: put it after `--`")
     assert "did you mean --dataset" not in line
-    one_error_line(lmsprint("prepare", "--progress", "false"), "prepare has no --progress (it is a train flag)")
-    one_error_line(lmsprint("compare", "--lr", "1", "x"), "compare has no --lr (it is a train flag)")
+    one_error_line(in_process("prepare", "--progress", "false"), "prepare has no --progress (it is a train flag)")
+    one_error_line(in_process("compare", "--lr", "1", "x"), "compare has no --lr (it is a train flag)")
     # a typo still gets the closest flag of that command, never the flag typed
-    one_error_line(lmsprint("sweep", "--grd", "lr=1"), "did you mean --grid?")
-    one_error_line(lmsprint("train", "--n_layers", "2"), "did you mean --n_layer?")
+    one_error_line(in_process("sweep", "--grd", "lr=1"), "did you mean --grid?")
+    one_error_line(in_process("train", "--n_layers", "2"), "did you mean --n_layer?")
 
 
 CONSOLE_SCRIPT = """

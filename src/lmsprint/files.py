@@ -3,6 +3,7 @@
 `atomic_write_text(path, text)` writes to a temporary file in the same directory, fsyncs it and `os.replace`s it
 over `path`, so a reader (or a process killed mid-write) sees either the old file or the new one, never a torn one;
 a failed write (disk full, read-only folder) leaves the old file and no temporary file behind.
+`atomic_copy(src, dst)`: the same for a copy of a file (a kept `step_N.pt` is never torn).
 `DISK_FULL`, `NOT_WRITABLE`: the errnos of a write that failed because of the disk or the folder, not lmsprint.
 `write_failure(e)`: the words for such a failed write, or None for any other error. torch's zip writer (`torch.save`,
 `torch.distributed.checkpoint`) reports a full disk as a RuntimeError from its `inline_container` ("file write
@@ -17,6 +18,7 @@ import errno
 import json
 import math
 import os
+import shutil
 from typing import Optional
 
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
@@ -31,6 +33,19 @@ def atomic_write_text(path: str, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_copy(src: str, dst: str) -> None:
+    tmp = f"{dst}.tmp{os.getpid()}"
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import time
 from typing import Callable, Optional
 
@@ -28,6 +27,7 @@ from .. import keys as K
 from .. import rundir
 from ..config import RunConfig, parse_duration
 from ..data.loader import BatchSampler, n_val_windows, to_device, val_batches
+from ..files import atomic_copy
 from ..hw import autocast_context, enable_tf32, mfu, peak_flops, set_cpu_threads, sync
 from ..model.transformer import Transformer
 from ..optim.schedules import apply_schedule
@@ -156,7 +156,7 @@ class Trainer:
         artifacts.write_weights(self.run_dir, self.model, self.cfg.model, self.step)  # model.safetensors, no pickle
         self.guard.saved(self.step)
         if extra_name:
-            shutil.copyfile(path, rundir.checkpoint_path(self.run_dir, extra_name))
+            atomic_copy(path, rundir.checkpoint_path(self.run_dir, extra_name))  # never a torn step_N.pt
 
     def log(self, metrics: dict) -> None:
         if self.is_main:
