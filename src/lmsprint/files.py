@@ -1,9 +1,11 @@
 """Atomic file writes shared by run directories and prepared datasets.
 
-`atomic_write_text(path, text)` writes to a temporary file in the same directory, fsyncs it and `os.replace`s it
-over `path`, so a reader (or a process killed mid-write) sees either the old file or the new one, never a torn one;
-a failed write (disk full, read-only folder) leaves the old file and no temporary file behind.
-`atomic_copy(src, dst)`: the same for a copy of a file (a kept `step_N.pt` is never torn).
+`atomic_path(path)` (a context manager) yields a temporary path in the same directory (`.<name>.tmp<pid>`, hidden);
+when the block ends it fsyncs that file and `os.replace`s it over `path`, so a reader (or a process killed mid-write)
+sees either the old file or the new one, never a torn one; a failed write (disk full, read-only folder) leaves the old
+file and no temporary file behind. For writers that want a path (safetensors). `atomic_open(path, mode)` is the
+same with an open file; `atomic_write_text(path, text)` and `atomic_copy(src, dst)` (a kept `step_N.pt` is never
+torn) use it, as do checkpoints and model.safetensors.
 `DISK_FULL`, `NOT_WRITABLE`: the errnos of a write that failed because of the disk or the folder, not lmsprint.
 `write_failure(e)`: the words for such a failed write, or None for any other error. torch's zip writer (`torch.save`,
 `torch.distributed.checkpoint`) reports a full disk as a RuntimeError from its `inline_container` ("file write
@@ -19,36 +21,44 @@ import json
 import math
 import os
 import shutil
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    d, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(d, f".{name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)  # fsync writes out the file's data, whichever descriptor wrote it
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+@contextmanager
+def atomic_open(path: str, mode: str = "w", **kw):
+    with atomic_path(path) as tmp, open(tmp, mode, **kw) as fh:
+        yield fh
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    with atomic_open(path) as fh:
+        fh.write(text)
+
+
 def atomic_copy(src: str, dst: str) -> None:
-    tmp = f"{dst}.tmp{os.getpid()}"
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with open(src, "rb") as fin, atomic_open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
 
 
 def write_failure(e: BaseException) -> Optional[str]:

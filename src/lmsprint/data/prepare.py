@@ -29,6 +29,7 @@ from typing import Iterator, Optional
 from tqdm import tqdm
 
 from ..errors import DataError, UserError
+from ..files import atomic_open, atomic_path
 from .encode import Encoder
 from .integrity import Hasher, sample_blocks
 from .manifest import (FORMAT_VERSION, MANIFEST, Manifest, check_tokenizer, load_manifest, write_json_atomic,
@@ -209,8 +210,8 @@ def _write_shards(source, data_cfg, enc, state, partial, record_path, val_fracti
         for s in ("train", "val"):
             ids = enc(split_docs[s], sum(map(len, split_docs[s])))
             path = os.path.join(partial, f"shard_{k:06d}.{s}.bin")
-            ids.tofile(path + ".tmp")
-            os.replace(path + ".tmp", path)
+            with atomic_path(path) as tmp:
+                ids.tofile(tmp)
             shard[f"{s}_tokens"] = int(len(ids))
             shard[f"{s}_bytes"] = split_bytes[s]
             shard[f"{s}_docs"] = len(split_docs[s])
@@ -239,7 +240,7 @@ def _finish(data_cfg, source, out, enc, state, val_fraction, progress) -> Manife
     for s in ("train", "val"):
         final = os.path.join(out, f"{s}.bin")
         h = Hasher(str(enc.dtype))
-        with open(final + ".tmp", "wb") as dst:
+        with atomic_open(final, "wb") as dst:
             for sh in shards:
                 with open(os.path.join(partial, f"shard_{sh['index']:06d}.{s}.bin"), "rb") as src:
                     while True:
@@ -249,7 +250,6 @@ def _finish(data_cfg, source, out, enc, state, val_fraction, progress) -> Manife
                         h.update(chunk)
                         dst.write(chunk)
                         bar.update(len(chunk))
-        os.replace(final + ".tmp", final)
         digests[s], max_id[s], blocks[s] = h.sha.hexdigest(), h.max_id, sample_blocks(final)
     bar.close()
     total = totals["train_tokens"] + totals["val_tokens"]

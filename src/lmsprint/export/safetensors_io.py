@@ -1,7 +1,7 @@
 """lmsprint weights as `model.safetensors`: saving and loading a state_dict without pickle.
 
 `save_weights(path, state_dict, model_config=None, extra=None)` writes the tensors with `safetensors`
-atomically (temporary file in the same folder, fsync, `os.replace`), with string metadata:
+atomically (`files.atomic_path`: temporary file in the same folder, fsync, `os.replace`), with string metadata:
 - `format`: "pt" (what transformers expects of a safetensors file), `lmsprint_format`: WEIGHTS_FORMAT;
 - `model_config`: the ModelConfig as JSON (so the file alone rebuilds the model), when given;
 - `lmsprint_version`, `torch_version`: what wrote it;
@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 from ..version import __version__
 from ..config import ModelConfig, RunConfig
 from ..errors import CheckpointError
+from ..files import atomic_path
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_FORMAT = "1"
@@ -82,17 +83,9 @@ def save_weights(path: str, state_dict: Mapping[str, torch.Tensor], model_config
     if model_config is not None:
         meta["model_config"] = json.dumps(dataclasses.asdict(model_config))
     meta.update({str(k): str(v) for k, v in (extra or {}).items()})
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp:
         write_safetensors(tensors, tmp, meta, name=path)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_weights(path: str, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:

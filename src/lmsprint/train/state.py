@@ -15,7 +15,7 @@ Format 1 (older lmsprint) pickled numpy objects; it is refused with a one-line h
 
 - `capture(trainer)` / `restore(trainer, state)`: the Trainer's side of that schema.
 Where checkpoints live in a run directory is `rundir.checkpoint_path`'s business.
-- `save_checkpoint(path, state)`: temporary file in the same directory, fsync, `os.replace`, so a kill at any
+- `save_checkpoint(path, state)`: `files.atomic_open` (temporary file, fsync, `os.replace`), so a kill at any
   moment leaves either the old or the new checkpoint, never a torn one.
   A disk that fills up (ENOSPC, EFBIG, EDQUOT) is a one-line `CheckpointError`; the previous checkpoint is kept.
 - `load_checkpoint(path)`: `weights_only=True`; a missing, unreadable, unsafe or other-version file is a one-line
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..files import write_failure
+from ..files import atomic_open, write_failure
 from ..hw import unwrap
 from ..rundir import checkpoint_path, samples_path
 from .resume import data_identity
@@ -49,13 +49,9 @@ def save_checkpoint(path: str, state: dict) -> None:
     """Atomically write `state` (+ its format version) to `path` (tmp file, fsync, os.replace, fsync dir)."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
+        with atomic_open(path, "wb") as fh:
             torch.save({"format": FORMAT_VERSION, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError (files.write_failure)
         kept = "the previous checkpoint is kept" if os.path.exists(path) else "no checkpoint was kept"
         reason = write_failure(e)
@@ -63,9 +59,6 @@ def save_checkpoint(path: str, state: dict) -> None:
             raise
         raise CheckpointError(f"cannot write checkpoint {path}: {reason}; {kept}; free space (or make the folder "
                               "writable) and continue with `resume`")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     try:  # make the rename itself durable
         fd = os.open(d, os.O_RDONLY)
         try:
