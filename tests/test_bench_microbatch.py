@@ -1,11 +1,11 @@
-"""Micro-batching (lmsprint.train.step): resolution of --micro_batch and gradient equality across splits."""
+"""Micro-batching (lmsprint.training.step): resolution of --micro_batch and gradient equality across splits."""
 
 import pytest
 import torch
 
 from lmsprint.errors import UserError
 from lmsprint.model.transformer import Transformer
-from lmsprint.train.step import LossHead, accumulate_gradients, resolve_micro_batch
+from lmsprint.training.step import LossHead, accumulate_gradients, resolve_micro_batch
 from tiny import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

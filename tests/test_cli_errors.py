@@ -15,7 +15,7 @@ from lmsprint.config import build_config
 from lmsprint.errors import UserError, cli_message
 from lmsprint import rundir as runs
 from lmsprint.hw import OOM_ERRORS
-from lmsprint.train.step import oom_user_error
+from lmsprint.training.step import oom_user_error
 
 TINY = ["--n_layer", "1", "--n_embd", "16", "--n_head", "2", "--sequence_length", "8", "--batch_size", "2",
         "--acc_steps", "1", "--iterations", "2", "--progress", "false", "--eval_freq", "100",

@@ -11,9 +11,9 @@ from lmsprint.hw import count_host_syncs, host_resident
 from lmsprint.model.loss import lm_loss
 from lmsprint.model.transformer import Transformer
 from lmsprint.track.sinks import Sinks
-from lmsprint.train.distributed import World
-from lmsprint.train.step import LossHead
-from lmsprint.train.trainer import Trainer
+from lmsprint.training.distributed import World
+from lmsprint.training.step import LossHead
+from lmsprint.training.trainer import Trainer
 from tiny import tiny_config
 
 TINY = {"n_embd": 64, "vocab_size": 128, "acc_steps": 2}  # overrides of the shared tiny shape (tests/tiny.py)
@@ -83,7 +83,7 @@ def test_bench_step_has_no_host_sync(moe):
 
 
 def test_training_loop_step_has_no_host_sync(shakespeare_manifest, tmp_path):
-    """lmsprint.train.trainer.Trainer.train_step at non-log steps: no .item()/.tolist()/.cpu()/bool() on tensors."""
+    """lmsprint.training.trainer.Trainer.train_step at non-log steps: no .item()/.tolist()/.cpu()/bool() on tensors."""
     cfg = tiny_config(**{**TINY, "vocab_size": shakespeare_manifest.n_vocab, "dataset": "shakespeare",
                         "data_dir": os.path.dirname(shakespeare_manifest.dir), "results_base_folder": str(tmp_path),
                         "progress": False, "iterations": 10, "grad_clip": 1.0, "device": "cpu"})

@@ -28,9 +28,9 @@ from lmsprint.model.loss import lm_loss
 from lmsprint.model.moe import MoE
 from lmsprint.model.transformer import Transformer
 from lmsprint.track.sinks import Sinks
-from lmsprint.train.distributed import World
-from lmsprint.train.step import build_train_step, fits_in_memory, resolve_micro_batch
-from lmsprint.train.trainer import Trainer
+from lmsprint.training.distributed import World
+from lmsprint.training.step import build_train_step, fits_in_memory, resolve_micro_batch
+from lmsprint.training.trainer import Trainer
 from tiny import tiny_config
 
 pytestmark = [pytest.mark.cuda,

@@ -21,7 +21,7 @@ from lmsprint.data.sources import shakespeare_documents
 from lmsprint.data.split import VAL_FLOOR_TOKENS, cut_pieces, split_document
 from lmsprint.data.tokenizer import get_tokenizer
 from lmsprint.errors import DataError, UserError, cli_message
-from lmsprint.train.data import check_data
+from lmsprint.training.data import check_data
 
 PARAS = [f"Paragraph {i}: " + "the quick brown fox jumps over the lazy dog. " * 8 for i in range(80)]
 

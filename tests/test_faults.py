@@ -202,7 +202,7 @@ _SAVE_UNDER_A_FILE_LIMIT = """
 import os, sys, torch
 from lmsprint.errors import CheckpointError
 from lmsprint.files import atomic_copy
-from lmsprint.train import sharded, state
+from lmsprint.training import sharded, state
 out, n = sys.argv[1], int(sys.argv[2])
 state.save_checkpoint(os.path.join(out, "latest.pt"), {"model": {}, "step": 1})
 model = torch.nn.Linear(n, n)

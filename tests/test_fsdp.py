@@ -21,7 +21,7 @@ from tiny import tiny_flags
 
 from lmsprint.config import build_config
 from lmsprint.errors import ConfigError, cli_message
-from lmsprint.train.checks import check_run
+from lmsprint.training.checks import check_run
 
 # 8 optimizer steps of 2 micro-batches; eval (and so a checkpoint) at step 4 and 8; a log row every 2 steps
 FLAGS = ["--config_format", "demo", *tiny_flags(vocab_size=50304, acc_steps=2), "--iterations", "8",

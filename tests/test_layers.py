@@ -1,7 +1,7 @@
 """The package's imports flow one way (issue: one-way structure), checked from the source with `ast`.
 
 Layers, lowest first; a module may import its own layer's siblings or anything below, never above:
-errors/files/keys/version -> hw -> config -> model/data/optim -> rundir -> export/evals -> train -> track/bench ->
+errors/files/keys/version -> hw -> config -> model/data/optim -> rundir -> export/evals -> training -> track/bench ->
 cli/api -> the package root.
 Imports inside functions are allowed only for optional third-party packages, never for lmsprint's own modules.
 """
@@ -20,7 +20,7 @@ LAYERS = [
     {"model", "data", "optim"},
     {"rundir"},
     {"export", "evals"},
-    {"train"},
+    {"training"},
     {"track", "bench"},
     {"cli", "api"},
     {"__init__", "__main__"},
@@ -31,7 +31,7 @@ ALLOWED_SIDEWAYS = {("optim", "model"), ("evals", "export")}
 
 
 def _top(module: str) -> str:
-    """'lmsprint.train.step' -> 'train'."""
+    """'lmsprint.training.step' -> 'training'."""
     return module.split(".")[1] if module.count(".") else "__init__"
 
 

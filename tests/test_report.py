@@ -140,7 +140,7 @@ def test_misplaced_train_flags_say_where_they_belong(in_process):
 CONSOLE_SCRIPT = """
 import time
 from lmsprint.config import build_config
-from lmsprint.train.report import Console
+from lmsprint.training.report import Console
 class Clock:
     budget, iterations, train_time = None, 3, 0.0
 c = Console(build_config({}), True)

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from lmsprint.config import build_config
 from lmsprint.errors import CheckpointError, UserError
 from lmsprint.model.transformer import Transformer
-from lmsprint.train import state as ckpt
+from lmsprint.training import state as ckpt
 from lmsprint import rundir as runs
-from lmsprint.train.evaluate import evaluate
-from lmsprint.train.generate import generate_tokens
+from lmsprint.training.evaluate import evaluate
+from lmsprint.training.generate import generate_tokens
 from tiny import tiny_config
 
 def small_cfg(**kw):

@@ -28,9 +28,9 @@ from .config import RunConfig, apply_values, build_config
 from .errors import UserError
 from .hw import resolve_device
 from .track.sinks import Sinks, check_available
-from .train.artifacts import load_run_model, run_tokenizer
-from .train.generate import sample_text
-from .train.trainer import train as _train
+from .training.artifacts import load_run_model, run_tokenizer
+from .training.generate import sample_text
+from .training.trainer import train as _train
 
 
 @dataclass

@@ -2,7 +2,7 @@
 validation metrics (`VAL_METRICS`) that compare's columns, its best-group direction and the plots are made from.
 
 llm-baselines' names are kept (`iter`, `train/loss`, `val/loss`, `val/perplexity`, `val/acc`, `lr`).
-Adding a validation metric: a `ValMetric` row here + the code computing it (`train/evaluate.py`).
+Adding a validation metric: a `ValMetric` row here + the code computing it (`training/evaluate.py`).
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from ..config import FLAGS, add_flags, build_config
 from ..hw import (count_host_syncs, cuda_sync_errors, enable_tf32, host_resident, measure_peak_flops, mfu, peak_flops,
                   resolve_device, sync)
 from ..model.transformer import Transformer
-from ..train.checks import check_run
-from ..train.step import TrainStep, build_train_step
+from ..training.checks import check_run
+from ..training.step import TrainStep, build_train_step
 from .reference import ReferenceStep
 
 _SECTIONS = ("run", "model", "optim", "train")

@@ -17,7 +17,7 @@ import torch
 
 from .. import rundir
 from ..export import export_hf, hf_architecture
-from ..train.artifacts import load_run_weights, run_tokenizer_info
+from ..training.artifacts import load_run_weights, run_tokenizer_info
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -17,7 +17,7 @@ from .. import rundir
 from ..errors import UserError
 from ..evals.lmeval import evaluate_model
 from ..hw import resolve_device
-from ..train.artifacts import load_run_weights, run_tokenizer_info
+from ..training.artifacts import load_run_weights, run_tokenizer_info
 
 
 def add_lm_eval_arguments(p: argparse.ArgumentParser) -> None:

@@ -25,14 +25,14 @@ from ..data.loader import val_batches
 from ..errors import UserError
 from ..hw import autocast_context, resolve_device, resolve_dtype
 from ..track.sinks import Sinks, check_available
-from ..train.data import load_data
-from ..train.distributed import World
-from ..train.evaluate import evaluate
-from ..train.generate import sample_text
-from ..train.guard import RunInterrupted
-from ..train.resume import parse_overrides
-from ..train.artifacts import load_run_model, run_tokenizer
-from ..train.trainer import train
+from ..training.data import load_data
+from ..training.distributed import World
+from ..training.evaluate import evaluate
+from ..training.generate import sample_text
+from ..training.guard import RunInterrupted
+from ..training.resume import parse_overrides
+from ..training.artifacts import load_run_model, run_tokenizer
+from ..training.trainer import train
 from .lmeval import add_lm_eval_arguments, run_lm_eval_command
 
 # flags that may accompany --resume: they change where/how a run executes or is reported, never its numbers

@@ -5,7 +5,7 @@
 2. pure-config cross-field rules (head sizes, MoE top-k, attention pattern, micro-batch).
 
 Rules that depend on what an implementation supports (attention backends, optimizers, schedules) live with that
-implementation (`model`, `optim`) and are combined by `train/checks.py::check_run(cfg)`. Raises `ConfigError`.
+implementation (`model`, `optim`) and are combined by `training/checks.py::check_run(cfg)`. Raises `ConfigError`.
 """
 
 from __future__ import annotations

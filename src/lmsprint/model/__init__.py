@@ -2,7 +2,7 @@
 say which model options can run together.
 
 `check_model_config(model_cfg, device, micro_batch)` raises ConfigError for option combinations the model cannot
-run (attention's rules live in attention.py, MoE's in moe.py); train/checks.py calls it for a whole run.
+run (attention's rules live in attention.py, MoE's in moe.py); training/checks.py calls it for a whole run.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 optimizer and schedule options can run together.
 
 `check_optim_config(cfg)` raises ConfigError for such combinations (the optimizer's rule from the registry, the
-schedule's from schedules.py); train/checks.py calls it for a whole run.
+schedule's from schedules.py); training/checks.py calls it for a whole run.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from ..config.schema import ALIASES
 from ..data.prepare import prepare
 from ..errors import UserError
 from ..files import atomic_write_text, json_text
-from ..train.checks import check_run
+from ..training.checks import check_run
 
 # flags the sweep sets itself for every run -> why (config metadata `sweep_reserved="reason"`)
 RESERVED = {k: FLAGS[k][1].metadata["sweep_reserved"] for k in flags_where("sweep_reserved")}

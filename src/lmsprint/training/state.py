@@ -5,7 +5,7 @@ A checkpoint is one `torch.save`d dict, format `FORMAT_VERSION`:
   train_time, eval_time, compile_time, config, data (the dataset identity, `resume.data_identity`),
   metrics_state {rows, samples_bytes, n_evals, last_val, acc}
   and from `ranks.gather_states`: ranks (every rank's RNG and accumulators), world_size, global_batch. Under
-  `data_parallel` fsdp, model and optimizer are None and `sharded` names their DCP folder (train/sharded.py).
+  `data_parallel` fsdp, model and optimizer are None and `sharded` names their DCP folder (training/sharded.py).
 where `acc` holds the metric accumulators between log steps, so that a resumed run (same run dir, metrics.jsonl
 and samples.txt cut back to the checkpoint) logs exactly what an uninterrupted run would.
 Everything in it is a tensor or a plain container (dict, list, tuple, str, int, float, bool, None): the numpy RNG

@@ -143,7 +143,7 @@ class Trainer:
 
     def save(self, extra_name: Optional[str] = None) -> None:
         every_rank = ranks.gather_states(self)  # all ranks take part: each one's RNG and accumulators
-        if self.world.sharded:  # FSDP: every rank writes its shards (train/ranks.py)
+        if self.world.sharded:  # FSDP: every rank writes its shards (training/ranks.py)
             self.guard.check_before_save(ranks.finite_view(self))
             ranks.save_sharded(self, every_rank, extra_name)
             self.guard.saved(self.step)

@@ -1,0 +1,1 @@
+"""lmsprint.training: one training run (the Trainer and its parts)."""
