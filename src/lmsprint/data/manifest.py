@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, UserError
 from ..files import atomic_write_text, json_text
 from .integrity import token_dtype, token_file_facts, validate_fields, verify_token_file
 from .tokenizer import _GPT2_N_VOCAB as GPT2_N_VOCAB  # the gpt2 vocabulary size a manifest must agree with
@@ -116,6 +116,8 @@ def load_manifest(dir: str, verify: bool = True) -> Manifest:
         d["val_path"] = os.path.join(d["dir"], d["val_path"])
         known = {f.name for f in dataclasses.fields(Manifest)}
         m = Manifest(**{k: v for k, v in d.items() if k in known})
+    except UserError:  # validate_fields names the field (lmsprint's errors are ValueErrors too)
+        raise
     except (ValueError, TypeError, KeyError) as e:
         raise DataError(f"{path} is damaged ({type(e).__name__}: {e}); prepare the data again into a new "
                         "`data_dir` (lmsprint prepare --dataset ... --data_dir ...)")
