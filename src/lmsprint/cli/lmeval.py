@@ -58,10 +58,11 @@ def run_lm_eval_command(args) -> int:
     if args.num_fewshot is not None and args.num_fewshot < 0:
         raise UserError(f"--num_fewshot {args.num_fewshot} is negative; use 0 or more")
     run_dir = rundir.resolve_run_dir(args.run_dir, args.results_base_folder)
+    rundir.check_links(run_dir)  # the results are written into evals/ at the end: a link is refused first
     cfg = rundir.read_config(run_dir)
     device = resolve_device(args.device)
     info = run_tokenizer_info(run_dir, cfg)
-    state_dict, step, _ = load_run_weights(run_dir, args.checkpoint)
+    state_dict, step, _ = load_run_weights(run_dir, args.checkpoint, cfg.model)  # checked: shapes, finite
     _, table, path = evaluate_model(cfg.model, state_dict, info, run_dir, args.tasks,
                                     include_path=args.include_path, limit=limit, num_fewshot=args.num_fewshot,
                                     batch_size=batch_size, device=device)

@@ -171,8 +171,15 @@ def reference_group(groups: list[Group], spec: str) -> Group:
 
 def compare(specs: list[str], metric: str = K.VAL_LOSS, only_complete: bool = False,
             reference: Optional[str] = None) -> Comparison:
-    runs = [load_run(p) for p in find_runs(specs)]
-    notes = []
+    runs, notes = [], []
+    for path in find_runs(specs):
+        try:
+            runs.append(load_run(path))
+        except (UserError, OSError) as e:  # a malformed file of one run: that run is skipped, with its line
+            notes.append(f"skipped run {path}: {e}")
+    if not runs:
+        raise UserError("none of the runs could be read: " + "; ".join(notes))
+    notes += [p for r in runs for p in r.problems]
     pending = [r for r in runs if not r.complete]
     if pending and only_complete:
         notes.append(f"skipped {len(pending)} run(s) not complete: " + ", ".join(
