@@ -15,12 +15,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from .. import keys as K
 from .. import rundir
-from ..config import FLAGS, add_flags, build_config, coerce, config_yaml, flags_where, get_value, set_value
+from ..config import add_flags, build_config, config_yaml, get_value
 from ..data.loader import val_batches
 from ..errors import UserError
 from ..hw import autocast_context, resolve_device, resolve_dtype
@@ -30,13 +29,10 @@ from ..training.distributed import World
 from ..training.evaluate import evaluate
 from ..training.generate import sample_text
 from ..training.guard import RunInterrupted
-from ..training.resume import parse_overrides
+from ..training.resume import open_resume, parse_overrides
 from ..training.artifacts import load_run_model, run_tokenizer
 from ..training.trainer import train
 from .lmeval import add_lm_eval_arguments, run_lm_eval_command
-
-# flags that may accompany --resume: they change where/how a run executes or is reported, never its numbers
-RESUME_SAFE = frozenset(flags_where("resume_safe"))
 
 _NOT_CONFIG = ("command", "_run", "config", "resume", "print_config", "resume_override")
 
@@ -61,27 +57,6 @@ def _cli_values(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
 
 
-def resume_config(run_dir: str, cli_values: dict, overrides=frozenset()):
-    """The run's saved config with the harmless CLI overrides (and those named in `overrides`) applied; UserError
-    for any other change."""
-    cfg = rundir.read_config(run_dir)
-    changed = []
-    for name, raw in cli_values.items():
-        if name not in FLAGS:
-            continue
-        value = coerce(name, raw)
-        if name in RESUME_SAFE or name in overrides:
-            set_value(cfg, name, value)
-        elif value != get_value(cfg, name):
-            changed.append(f"--{name}")
-    if changed:
-        raise UserError(f"--resume continues {run_dir} with its own config; {', '.join(changed)} would change the "
-                        f"run (only {', '.join(sorted('--' + s for s in RESUME_SAFE if s != 'results_base_folder'))}"
-                        " may be given); start a new run instead, or accept the change with --resume_override "
-                        f"{','.join(c.lstrip('-') for c in changed)}")
-    return cfg.validate()
-
-
 def run_train(args) -> int:
     values = _cli_values(args)
     overrides = parse_overrides(args.resume_override)
@@ -92,16 +67,7 @@ def run_train(args) -> int:
             raise UserError("--config cannot be combined with --resume (a resumed run uses its own config.yaml); "
                             "drop --config")
         base = values.get("results_base_folder", get_value(build_config({}), "results_base_folder"))
-        run_dir = rundir.resolve_run_dir(args.resume, base)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 holds the lock for all ranks
-            rundir.lock_run_dir(run_dir)  # a run another process is training is refused here, in one line
-        summary = rundir.read_summary(run_dir) or {}
-        if summary.get("status") == "complete":
-            raise UserError(f"run {run_dir} is already complete; start a new run instead of --resume")
-        cfg = resume_config(run_dir, values, overrides)
-        if not rundir.has_checkpoint(run_dir):
-            raise UserError(f"checkpoint {rundir.checkpoint_path(run_dir)} is missing or corrupt (no such file); the "
-                            "run stopped before its first checkpoint: start a new run instead of --resume")
+        run_dir, cfg = open_resume(args.resume, base, values, overrides)  # the same path as lmsprint.train(resume=)
     else:
         run_dir = None
         cfg = build_config(values, args.config)
@@ -161,6 +127,7 @@ def run_eval(args) -> int:
         return run_lm_eval_command(args)
     max_tokens = _parse_eval_tokens(args.eval_tokens)
     run_dir, cfg, model, step, device = load_run(args.run_dir, args.results_base_folder, args.device, args.checkpoint)
+    rundir.check_links(run_dir)  # eval.json is written at the end: a link there is refused before the work
     cfg.train.device = device
     world = World(device=device)
     _, tok, _, val_tokens = load_data(cfg, world, progress=False)
