@@ -1,7 +1,8 @@
 """lmsprint: pretrain language models against the clock, and know honestly which idea won.
 
 The Python API (`lmsprint/api.py`):
-    lmsprint.train(**flags) or lmsprint.train(config) -> Run (run_dir, summary, config)
+    lmsprint.train(**flags) or lmsprint.train(config) -> Run (run_dir, summary, config);
+    lmsprint.train(resume=RUN_DIR) continues a run as `lmsprint train --resume` does
     lmsprint.load(RUN_DIR or "latest") -> LoadedModel (.model, .config, .tokenizer, .logits(ids), .generate(...))
 These names are the API module's own functions and classes (their signatures and docs are the real ones); the
 training code lives in the `lmsprint.training` package. The API module is imported on first use, so
