@@ -34,7 +34,7 @@ A run directory is untrusted input (it may come from someone else), so:
   folder (`../other_run`, an absolute path, or a link out of it: `UnsafePathError`, one line).
 - `check_inside(run_dir, path)`: a file a run names (or a symbolic link in it) must resolve inside the run
   directory; every reader here checks its file. `check_links(run_dir)`: none of the files and folders lmsprint
-  writes into a run (`RUN_ENTRIES` and their contents) may be a symbolic link; `lock_run_dir` (every run that trains,
+  writes into a run (`RUN_ENTRIES`, the contents of checkpoints/ and evals/, wandb/run_id) may be a symbolic link; `lock_run_dir` (every run that trains,
   new or resumed) and `write_eval` check it, and every write opens without following links (`files`).
 - The readers validate what they read and name the file and the field (`RunFileError`, a CheckpointError):
   `read_config` (YAML without aliases, every option's type and check), `read_summary` (field types; `status`
@@ -306,14 +306,16 @@ def check_inside(run_dir: str, path: str) -> str:
 
 
 def check_links(run_dir: str) -> None:
-    """UnsafePathError if a file or folder lmsprint writes into the run (`RUN_ENTRIES`, and what the checkpoints,
-    evals and wandb folders hold) is a symbolic link: a write would change what it points to."""
+    """UnsafePathError if a file or folder lmsprint writes into the run (`RUN_ENTRIES`, what the checkpoints and
+    evals folders hold, wandb/run_id) is a symbolic link: a write would change what it points to. (wandb makes
+    links of its own in wandb/, such as `latest-run`: those are its business.)"""
     for name in RUN_ENTRIES:
         path = os.path.join(run_dir, name)
         refuse_link(path)
-        if name in (CKPT_DIR, LM_EVAL_DIR, WANDB_DIR) and os.path.isdir(path):
+        if name in (CKPT_DIR, LM_EVAL_DIR) and os.path.isdir(path):
             for entry in os.listdir(path):
                 refuse_link(os.path.join(path, entry))
+    refuse_link(wandb_id_path(run_dir))
 
 
 def _pointed_run(base: str, pointer: str) -> str:

@@ -87,10 +87,11 @@ def _missing(path: str) -> CheckpointError:
 
 METADATA_FILE = ".metadata"
 _METADATA_LIMIT = 1 << 30  # bytes: far more than the metadata of any model (a few hundred bytes per tensor)
-# every global a DCP .metadata pickle may name (torch 2.4 - 2.13): DCP's own dataclasses, and what they hold
+# every global a DCP .metadata pickle may name: DCP's own dataclasses, and what they hold. Keyed by each class's own
+# module and name (what pickle writes), so a class that moved between torch versions is found where it lives now
 _DCP_CLASSES = {(c.__module__, c.__qualname__): c for c in (
     Metadata, MetadataIndex, StorageMeta, TensorProperties, TensorStorageMetadata, BytesStorageMetadata,
-    ChunkStorageMetadata, dcp_metadata._MEM_FORMAT_ENCODING, _StorageInfo)}
+    ChunkStorageMetadata, _StorageInfo, getattr(dcp_metadata, "_MEM_FORMAT_ENCODING", None)) if c is not None}
 _PATHS = {(m, n) for m in ("pathlib", "pathlib._local") for n in ("PosixPath", "PurePosixPath", "Path")}
 
 
