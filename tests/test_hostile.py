@@ -136,7 +136,7 @@ def test_planted_metadata_pickle_is_refused_and_never_runs(run, tmp_path, in_pro
             "generate": ["generate", run, "--max_new_tokens", "2", "--device", "cpu"],
             "export": ["export", run, tmp_path / "hf"],
             "resume": ["train", "--resume", run, "--device", "cpu"]}[command]
-    one_line(in_process(*args), ".metadata", "posix.mkdir", "never loads")
+    one_line(in_process(*args), ".metadata names the Python global posix.mkdir", "never loads")
     assert not marker.exists()
     assert not (tmp_path / "hf").exists()
 

@@ -110,12 +110,12 @@ class _MetadataUnpickler(pickle.Unpickler):
             return torch.serialization._get_layout
         if (module, name) in _PATHS:  # StorageMeta.checkpoint_id, the folder it was saved to: a pure path (no I/O)
             return pathlib.PurePosixPath
-        raise pickle.UnpicklingError(f"it names the Python global {module}.{name}, which DCP metadata never holds")
+        raise pickle.UnpicklingError(f"names the Python global {module}.{name}, which DCP metadata never holds")
 
 
 def _bad(path: str, why: str) -> CheckpointError:
     return CheckpointError(f"checkpoint shards {path} are not lmsprint's: {why}; lmsprint never loads such a "
-                           f"file (a pickle can run code); {_HINT}")
+                           "folder (its pickle could run code): use a run from a source you trust")
 
 
 def _is_size(v) -> bool:
