@@ -13,7 +13,7 @@ from lmsprint.bench.measure import build_bench_step, config_from_args, synthetic
 from lmsprint.bench.suite import (ANCHORS, REFERENCE, TARGETS, _run_one_inprocess, _run_one_subprocess, annotate_rows,
                                   format_table, prewarm, results_name, run_suite, select_configs, suite_configs,
                                   suite_notes, target_ratio)
-from lmsprint.cli.bench import add_bench_arguments
+from lmsprint.cli.arguments import add_bench_arguments
 from lmsprint.config import SuggestingParser, build_config
 from lmsprint.hw import peak_flops, peak_flops_for_name
 

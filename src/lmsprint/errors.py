@@ -8,6 +8,7 @@
 - A `ConfigError` names options as `` `name` `` in its message. From Python, `str(e)` reads
   "attention_window 300 ..."; the CLI shows the same sentence with flags: "--attention_window 300 ..."
   (`cli_message(e)`). So model code never words its errors as command-line flags.
+- `plural(n, noun)`: a count and its noun as every message prints it: "1 process", "2 processes", "1,024 tokens".
 """
 
 from __future__ import annotations
@@ -43,3 +44,13 @@ class CheckpointError(UserError):
 def cli_message(err: UserError) -> str:
     """The one-line message the CLI prints: option names marked `` `name` `` become `--name`."""
     return _OPTION.sub(r"--\1", getattr(err, "template", str(err)))
+
+
+_IRREGULAR = {"process": "processes", "batch": "batches", "index": "indices"}
+
+
+def plural(n, noun: str, many: str = "") -> str:
+    """'1 process' / '0 processes' / '12,345 tokens': `n` (thousands separated) and `noun`, plural unless n == 1
+    (`many` gives a plural other than noun + 's' or the known -es forms)."""
+    word = noun if n == 1 else (many or _IRREGULAR.get(noun) or noun + "s")
+    return f"{n:,} {word}" if isinstance(n, int) else f"{n} {word}"

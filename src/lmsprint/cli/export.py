@@ -5,12 +5,11 @@ model.safetensors and the tokenizer files (`lmsprint.export.export_hf`), so that
 `AutoModelForCausalLM.from_pretrained(OUT_DIR)` and `AutoTokenizer.from_pretrained(OUT_DIR)` load it offline.
 It reads only the run directory (weights, config.yaml, tokenizer_info.json): no data cache, no network. A model
 Hugging Face cannot express is refused in one line naming the flag, before any weights are read; OUT_DIR must
-not exist or be empty (nothing of the user's is overwritten).
+not exist or be empty (nothing of the user's is overwritten). The flags are `arguments.ExportOptions`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
@@ -20,16 +19,6 @@ from ..export import export_hf, hf_architecture
 from ..training.artifacts import load_run_weights, run_tokenizer_info
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or 'latest'")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write (must not exist or be empty)")
-    p.add_argument("--checkpoint", metavar="NAME", default=None,
-                   help="a file of the run's checkpoints/ folder, e.g. step_1000.pt (default: the run's latest "
-                        "weights, model.safetensors)")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights dtype (default: float32)")
-    p.add_argument("--results_base_folder", default="./exps", help="where 'latest' is looked up (default: ./exps)")
 
 
 def run_export(args) -> int:

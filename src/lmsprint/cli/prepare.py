@@ -1,27 +1,16 @@
-"""The `prepare` subcommand: tokenize a dataset into token files + manifest (or measure the tokenizer's speed)."""
+"""The `prepare` subcommand: tokenize a dataset into token files + manifest (or measure the tokenizer's speed).
+Its flags: the data options of the config tree and `arguments.PrepareOptions`."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
-from ..config import FLAGS, add_flags, build_config
+from ..config import FLAGS, build_config
 from ..data.encode import measure_tokenize_speed
 from ..data.manifest import verify_manifest
 from ..data.prepare import prepare
-
-
-def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
-    add_flags(p, sections=("data",))
-    p.add_argument("--config_format", default=argparse.SUPPRESS, help="preset whose dataset is prepared (base: "
-                   "slimpajama, demo: shakespeare)")
-    p.add_argument("--config", default=None, help="YAML/TOML config file whose data options are used")
-    p.add_argument("--bench_tokenizer", action="store_true", help="measure 1-process vs --num_proc-process "
-                   "tokenization speed on 10 MB of text, then exit")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--verify", action="store_true", help="hash the token files in full and compare them with the "
-                   "manifest's SHA-256 (opening them checks only sampled blocks of files over 32 MiB)")
+from ..errors import plural
 
 
 def run_prepare(args) -> int:
