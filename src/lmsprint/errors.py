@@ -46,11 +46,8 @@ def cli_message(err: UserError) -> str:
     return _OPTION.sub(r"--\1", getattr(err, "template", str(err)))
 
 
-_IRREGULAR = {"process": "processes", "batch": "batches", "index": "indices"}
-
-
 def plural(n, noun: str, many: str = "") -> str:
-    """'1 process' / '0 processes' / '12,345 tokens': `n` (thousands separated) and `noun`, plural unless n == 1
-    (`many` gives a plural other than noun + 's' or the known -es forms)."""
-    word = noun if n == 1 else (many or _IRREGULAR.get(noun) or noun + "s")
-    return f"{n:,} {word}" if isinstance(n, int) else f"{n} {word}"
+    """'1 process' / '0 processes' / '12,345 tokens' / '2 micro-batches': `n` (an int with thousands separated)
+    and `noun`, plural unless n == 1 (+es after s, x, z, ch, sh; else +s; `many` gives any other plural)."""
+    word = noun if n == 1 else many or noun + ("es" if noun.endswith(("s", "x", "z", "ch", "sh")) else "s")
+    return f"{n:,} {word}" if isinstance(n, int) and not isinstance(n, bool) else f"{n} {word}"

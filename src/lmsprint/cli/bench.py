@@ -16,6 +16,7 @@ import torch
 from ..bench.measure import bench_config, config_from_args
 from ..bench.memory import format_memory_table, memory_table
 from ..bench.suite import default_prewarm_jobs, fmt_si, prewarm, run_suite, select_configs
+from ..errors import plural
 from ..files import json_text
 from ..hw import check_compile_backend
 
@@ -52,7 +53,7 @@ def _print_row(row: dict, check_sync: bool) -> None:
     print(("llm-baselines reference step: " if row["reference"] else "")
           + f"device {row['device']}, torch {row['torch']}, {row['model']} "
           f"{row['params_active'] / 1e6:.1f}M active / {row['params_total'] / 1e6:.1f}M params")
-    print(f"{row['tokens_per_step']} tokens/step ({row['micro_batch']} x {row['n_micro']} micro-batches), "
+    print(f"{row['tokens_per_step']} tokens/step ({row['micro_batch']} x {plural(row['n_micro'], 'micro-batch')}), "
           f"{row['step_s'] * 1e3:.1f} ms/step")
     print(f"tokens/s {row['tokens_per_s']:,.0f} | MFU {mfu} | peak mem {fmt_si(row['peak_mem_bytes'], 'B')} | "
           f"compile {row['compile_s']:.1f}s" + (f" | host syncs {row['host_syncs']} {row['host_sync_detail'] or ''}"

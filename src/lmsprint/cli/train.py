@@ -22,7 +22,7 @@ from ..errors import plural
 from ..hw import autocast_context, resolve_device, resolve_dtype
 from ..track.sinks import Sinks, check_available
 from ..training.data import load_data
-from ..training.distributed import World
+from ..training.distributed import World, launched_rank, quiet_under_torchrun
 from ..training.evaluate import evaluate
 from ..training.generate import samples
 from ..training.guard import RunInterrupted
@@ -34,11 +34,11 @@ from .train_config import train_config
 def run_train(args) -> int:
     cfg, run_dir, overrides = train_config(args)
     check_available(cfg)  # a missing sink package is reported before any run directory is touched
-    quiet_other_ranks()
+    quiet_under_torchrun()
     try:
         train(cfg, Sinks, resume_dir=run_dir, resume_override=overrides)
     except RunInterrupted as e:  # a stop signal: checkpoint saved, summary `interrupted`
-        if is_main_process():
+        if launched_rank() == 0:  # every rank stops; rank 0 alone says so
             print(f"lmsprint: stopped: {e}", file=sys.stderr)
         return e.exit_code
     return 0
