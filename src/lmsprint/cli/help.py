@@ -2,7 +2,8 @@
 
 `add_help_options(parser)` gives a subcommand's parser (made with add_help=False) those three. The short help
 lists the command's own options (those not from the config tree) and the config flags whose option says
-`common=True` (about 20 for train); then each group with its number of flags and how to see it. A group is named
+`common=True` (20 flags for train), when the command has more than `SHORT_MAX` options (else all of them); then
+each group with its number of flags and how to see it. A group is named
 by its key (`config.flags.group_key`: run, data, model, attention, moe, optimizer, schedule, training,
 evaluation, checkpoints, logging, ...), or any unique prefix of it. The groups and the flags in them come from
 the actions' metadata (`action.help_group`, `action.option`), never from a list kept here.
@@ -18,6 +19,9 @@ import textwrap
 from ..config import FLAGS
 from ..config.flags import group_key
 from ..errors import UserError
+
+
+SHORT_MAX = 30  # the short help of a command with more options lists only its own and the `common` config flags
 
 
 def _is_config_flag(a: argparse.Action) -> bool:
@@ -55,7 +59,10 @@ def _format(parser: argparse.ArgumentParser, sections: list[tuple[str, list]], d
 
 
 def short_help(parser: argparse.ArgumentParser) -> str:
-    common = [a for a in parser._actions if a.option_strings and _is_common(a) and a.help is not argparse.SUPPRESS]
+    shown = [a for a in parser._actions if a.option_strings and a.help is not argparse.SUPPRESS]
+    if len(shown) <= SHORT_MAX:  # a command with few options lists them all
+        return _format(parser, [("options", shown)])
+    common = [a for a in shown if _is_common(a)]
     counts = [(key, sum(not isinstance(a, (_GroupHelp, _FullHelp)) for a in acts)) for key, _, acts in _groups(parser)]
     counts = [(key, n) for key, n in counts if n]
     total = sum(n for _, n in counts)
@@ -103,7 +110,7 @@ class _FullHelp(argparse.Action):
 def add_help_options(parser: argparse.ArgumentParser) -> None:
     """-h/--help [GROUP] and --help-all on a parser made with add_help=False; a short usage line."""
     parser.add_argument("-h", "--help", action=_GroupHelp,
-                        help="the most used options; with GROUP, that group's options (e.g. --help optimizer)")
+                        help="this help; with GROUP, only that group's options")
     parser.add_argument("--help-all", action=_FullHelp, help="every option, by group")
 
 
