@@ -57,7 +57,7 @@ def test_bench_cli_runs_with_only_torch_numpy_tiktoken():
 
 def test_bench_bad_input_is_one_line_exit_2():
     proc = _bench_cli([*TINY, "--steps", "0"])
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("lmsprint: error: --warmup")
+    assert proc.returncode == 2 and proc.stderr.strip() == "lmsprint: error: --steps 0: must be > 0"
     proc = _bench_cli(["--suite", "cpu", "--only", "nope"])
     assert proc.returncode == 2 and "matches no config" in proc.stderr
 

@@ -48,7 +48,8 @@ def test_every_subcommand_has_its_numeric_flags_enumerated():
     commands = {c for c, _, _ in FLAGS}
     assert commands == set(COMMANDS) - {"compare", "export"}  # compare and export take no number (yet)
     flags = {(c, f) for c, f, _ in FLAGS}
-    for expected in [("eval", "--eval_tokens"), ("eval", "--limit"), ("eval", "--num_fewshot"), ("eval", "--batch_size"),
+    for expected in [("eval", "--eval_tokens"), ("eval", "--limit"), ("eval", "--num_fewshot"),
+                     ("eval", "--batch_size"),
                      ("generate", "--temperature"), ("generate", "--seed"), ("generate", "--max_new_tokens"),
                      ("bench", "--peak_flops"), ("bench", "--warmup"), ("bench", "--world_size"), ("bench", "--lr"),
                      ("sweep", "--parallel"), ("sweep", "--seeds"), ("prepare", "--val_fraction"),

@@ -55,6 +55,8 @@ def _format(parser: argparse.ArgumentParser, sections: list[tuple[str, list]], d
         fmt.start_section(title)
         fmt.add_arguments(actions)
         fmt.end_section()
+    if description:
+        fmt.add_text(parser.epilog)
     return fmt.format_help()
 
 

@@ -3,8 +3,8 @@
 The arguments (`--tasks`, `--include_path`, `--limit`, `--num_fewshot`, `--batch_size`) are the eval
 subcommand's `arguments.LmEvalOptions`, checked while parsing; without `--tasks`, eval keeps its val-split
 behaviour (cli/train.py). The run's model is exported to a temporary Hugging Face folder and evaluated by
-lm-eval's `hf` model (`lmsprint.evals.lmeval.evaluate_model`); the results table is printed and the results are written to a new file
-under `<run_dir>/evals/`, never over an earlier one. lm-eval is the optional extra `lmsprint[evals]`: without it
+lm-eval's `hf` model (`lmsprint.evals.lmeval.evaluate_model`); the results table is printed and the results are
+written to a new file under `<run_dir>/evals/`, never over an earlier one. lm-eval is the optional extra `lmsprint[evals]`: without it
 the command says which pip command installs it.
 """
 

@@ -19,7 +19,8 @@ def run_prepare(args) -> int:
     if args.bench_tokenizer:
         r = measure_tokenize_speed(10.0, cfg.data.num_proc or os.cpu_count() or 1)
         print(f"tokenize {r['megabytes']:.1f} MB ({r['tokens']:,} gpt2 tokens): 1 process {r['single_mb_per_s']:.2f} "
-              f"MB/s, {r['num_proc']} processes {r['parallel_mb_per_s']:.2f} MB/s, speedup {r['speedup']:.2f}x "
+              f"MB/s, {plural(r['num_proc'], 'process')} {r['parallel_mb_per_s']:.2f} MB/s, "
+              f"speedup {r['speedup']:.2f}x "
               f"(best of {r['repeats']}; pool start {r.get('pool_start_s', 0):.2f}s not included; CPU time: "
               f"{r['single_cpu_s']:.2f}s vs {r['parallel_cpu_s']:.2f}s, {r['cpu_bound_speedup']:.2f}x on idle cores)")
         return 0

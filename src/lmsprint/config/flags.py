@@ -32,7 +32,8 @@ from .schema import ALIASES, FLAGS, NEAR_NAMES, RunConfig, unknown_option_error
 DEFAULT_PRESET = "base"
 # --help group titles of the config sections (an option's `group` metadata overrides its section)
 SECTION_TITLES = {"run": "run", "data": "data", "model": "model", "attn": "attention",
-                  "moe": "MoE (mixture of experts)", "optim": "optimizer", "train": "training", "log": "logging and output"}
+                  "moe": "MoE (mixture of experts)", "optim": "optimizer", "train": "training",
+                  "log": "logging and output"}
 # flags of `lmsprint train` that are not config options
 TRAIN_ONLY_FLAGS = ("config", "resume", "print_config")
 # subcommands that do not take the train flags (sweep passes them on after `--`)

@@ -78,7 +78,8 @@ class Manifest:
             f"dataset     {self.dataset} ({self.source})",
             f"directory   {self.dir}",
             f"tokenizer   {self.tokenizer} (n_vocab {self.n_vocab}, {self.dtype})",
-            f"train       {self.train_tokens:,} tokens, {mb(self.train_bytes)} of text, {plural(self.train_docs, 'document')}",
+            f"train       {self.train_tokens:,} tokens, {mb(self.train_bytes)} of text, "
+            f"{plural(self.train_docs, 'document')}",
             f"val         {self.val_tokens:,} tokens, {mb(self.val_bytes)} of text, {plural(self.val_docs, 'document')} "
             f"({self.val_achieved:.2%} of the tokens; asked {self.val_fraction:g}, aimed at {self.val_target:.3g})",
             f"sha256      train {self.sha256.get('train', '')[:16]}  val {self.sha256.get('val', '')[:16]}",

@@ -154,7 +154,8 @@ def _build(data_cfg, source: Source, out: str, progress: bool, shard_docs, stop_
         os.makedirs(partial, exist_ok=True)
         state = {"fingerprint": fingerprint, "vocab": None, "docs_done": 0, "shards": []}
     elif progress:
-        print(f"resuming prepare of {source.key}: {plural(state['docs_done'], 'document')} already done", file=sys.stderr)
+        print(f"resuming prepare of {source.key}: {plural(state['docs_done'], 'document')} already done",
+              file=sys.stderr)
 
     if state["vocab"] is None:  # a Hugging Face tokenizer's JSON (None for gpt2 and char)
         state["vocab"] = tokenizer_state(tokenizer)

@@ -143,5 +143,5 @@ def evaluate_model(model_cfg, state_dict: Mapping[str, torch.Tensor], tokenizer_
     return results, results_table(results), path
 
 
-__all__ = ["run_lm_eval", "expand_tasks", "results_table", "summary_metrics", "write_results", "list_results", "evaluate_model",
-           "parse_tasks", "task_manager"]
+__all__ = ["run_lm_eval", "expand_tasks", "results_table", "summary_metrics", "write_results", "list_results",
+           "evaluate_model", "parse_tasks", "task_manager"]
