@@ -3,10 +3,10 @@
 `add_help_options(parser)` gives a subcommand's parser (made with add_help=False) those three. The short help
 lists the command's own options (those not from the config tree) and the config flags whose option says
 `common=True` (20 flags for train), when the command has more than `SHORT_MAX` options (else all of them); then
-each group with its number of flags and how to see it. A group is named
-by its key (`config.flags.group_key`: run, data, model, attention, moe, optimizer, schedule, training,
-evaluation, checkpoints, logging, ...), or any unique prefix of it. The groups and the flags in them come from
-the actions' metadata (`action.help_group`, `action.option`), never from a list kept here.
+each group with its number of flags and how to see it. A group is named by its key (`config.flags.group_key`, the
+first word of its title: run, data, model, attention, moe, optimizer, schedule, training, evaluation,
+checkpoints, logging, ...), or any unique prefix of it. The groups and the flags in them come from the parser's
+argument groups and the actions' option metadata (`action.option`), never from a list kept here.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@
 - `add_options(parser, cls, group)`: a `--name` per field of any other option dataclass (a subcommand's own
   flags, `cli/arguments.py`), typed and checked while parsing by the field's rules (`options.parse_value`):
   a bad value is the same one line as a bad train flag. Defaults are the fields' defaults.
-- Every action made here carries `action.option = (name, field, type)` and `action.help_group` (its group's key,
-  the first word of the title: run, data, model, attention, moe, optimizer, schedule, ...): the short help,
-  `--help GROUP` (`cli/help.py`) and the tests that feed every numeric flag bad values read them.
+- Every action made here carries `action.option = (name, field, type)`: the short help and `--help GROUP`
+  (`cli/help.py`, groups named by `group_key`: the first word of the title, e.g. moe, optimizer, schedule) and the
+  tests that feed every numeric flag bad values read it.
 - `SuggestingParser`: argparse whose errors are one `UserError` line. An unknown flag gets, in this order: the
   flag another tool's name corresponds to (`near_names`), where a train flag belongs when given to another
   subcommand, or the closest of the parser's own flags (never the flag that was typed).
@@ -100,7 +100,7 @@ def add_flags(parser: argparse.ArgumentParser, sections: Optional[tuple] = None)
         else:
             # choices are checked by validate() so that every error reads the same way
             a = g.add_argument(*names, dest=name, default=argparse.SUPPRESS, help=help_, metavar=_metavar(f, tp))
-        a.option, a.help_group = (name, f, tp), group_key(title)
+        a.option = (name, f, tp)
 
 
 def _escaped(text: str) -> str:
@@ -120,11 +120,7 @@ def add_options(parser: argparse.ArgumentParser, cls, group=None):
     A value is typed and checked while parsing (`parse_value`: type, finiteness, range, ASCII digits, choices,
     check), so a bad one is one ConfigError line before the command runs. A bool field is a switch (`--json`);
     a list field is repeatable (`--grid A --grid B`)."""
-    if isinstance(group, str):
-        title, target = group, parser.add_argument_group(f"{group} options")
-    else:
-        target = group if group is not None else parser
-        title = getattr(group, "title", None) or "options"
+    target = parser.add_argument_group(f"{group} options") if isinstance(group, str) else group or parser
     for path, f, tp in iter_fields(cls):
         name, default, base = path[-1], _field_default(f), base_type(tp)
         names = [f"--{name}"] + [f"--{a}" for a in f.metadata.get("aliases", ())]
@@ -142,7 +138,7 @@ def add_options(parser: argparse.ArgumentParser, cls, group=None):
         else:
             a = target.add_argument(*names, type=functools.partial(parse_value, name, f, tp),
                                     metavar=_metavar(f, tp), **kw)
-        a.option, a.help_group = (name, f, tp), group_key(title)
+        a.option = (name, f, tp)
     return target
 
 
