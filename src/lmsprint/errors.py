@@ -15,6 +15,7 @@
 - A `ConfigError` names options as `` `name` `` in its message. From Python, `str(e)` reads
   "attention_window 300 ..."; the CLI shows the same sentence with flags: "--attention_window 300 ..."
   (`cli_message(e)`). So model code never words its errors as command-line flags.
+- `plural(n, noun)`: a count and its noun as every message prints it: "1 process", "2 processes", "1,024 tokens".
 """
 
 from __future__ import annotations
@@ -87,3 +88,10 @@ class ArgumentTypeError(UserError, TypeError):
 def cli_message(err: UserError) -> str:
     """The one-line message the CLI prints: option names marked `` `name` `` become `--name`."""
     return _OPTION.sub(r"--\1", getattr(err, "template", str(err)))
+
+
+def plural(n, noun: str, many: str = "") -> str:
+    """'1 process' / '0 processes' / '12,345 tokens' / '2 micro-batches': `n` (an int with thousands separated)
+    and `noun`, plural unless n == 1 (+es after s, x, z, ch, sh; else +s; `many` gives any other plural)."""
+    word = noun if n == 1 else many or noun + ("es" if noun.endswith(("s", "x", "z", "ch", "sh")) else "s")
+    return f"{n:,} {word}" if isinstance(n, int) and not isinstance(n, bool) else f"{n} {word}"

@@ -8,12 +8,12 @@ Hugging Face cannot express is refused in one line naming the flag, before any w
 not exist or be empty (nothing of the user's is overwritten), unless `--force` is given: then the export's files
 replace those of the same names in OUT_DIR and its other files stay. An empty OUT_DIR ('') is refused without
 `--force` (it would mean the current folder). The weights are checked against config.yaml first (names, shapes,
-finite values: `training.artifacts.check_weights`), so weights of another model are never exported.
+finite values: `training.artifacts.check_weights`), so weights of another model are never exported. The flags are
+`arguments.ExportOptions`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
@@ -25,19 +25,6 @@ from ..export.hf import check_out_dir
 from ..training.artifacts import load_run_weights, run_tokenizer_info
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or 'latest'")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write (must not exist or be empty)")
-    p.add_argument("--checkpoint", metavar="NAME", default=None,
-                   help="a file of the run's checkpoints/ folder, e.g. step_1000.pt (default: the run's latest "
-                        "weights, model.safetensors)")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights dtype (default: float32)")
-    p.add_argument("--results_base_folder", default="./exps", help="where 'latest' is looked up (default: ./exps)")
-    p.add_argument("--force", action="store_true",
-                   help="write into an existing non-empty OUT_DIR (or '' = the current folder): the export's files "
-                        "replace files of the same names there, other files stay")
 
 
 def run_export(args) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .. import keys as K
-from ..errors import UserError
+from ..errors import UserError, plural
 from .discover import Run, find_runs, lm_eval_columns, load_run
 from .plots import plot_curves
 from .stats import (NOISE_RULE, NON_FINITE, Group, best_group, differing_keys, fmt_val, group_runs, load_warnings,
@@ -182,11 +182,11 @@ def compare(specs: list[str], metric: str = K.VAL_LOSS, only_complete: bool = Fa
     notes += [p for r in runs for p in r.problems]
     pending = [r for r in runs if not r.complete]
     if pending and only_complete:
-        notes.append(f"skipped {len(pending)} run(s) not complete: " + ", ".join(
+        notes.append(f"skipped {plural(len(pending), 'run')} not complete: " + ", ".join(
             f"{r.name} ({r.status})" for r in pending))
         runs = [r for r in runs if r.complete]
     elif pending:
-        notes.append(f"* not complete ({len(pending)} run(s)): numbers are the last logged ones, not a final "
+        notes.append(f"* not complete ({plural(len(pending), 'run')}): numbers are the last logged ones, not a final "
                      "evaluation; left out of the seed groups")
     if not runs:
         raise UserError("none of the runs is complete; drop --only_complete to see unfinished runs")
@@ -268,7 +268,7 @@ def write_report(c: Comparison, out_dir: str, specs: list[str]) -> str:
 
     md = ["# Run comparison", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from: "
           + ", ".join(f"`{s}`" for s in specs), "",
-          f"{len(c.runs)} runs. Final metrics are the final evaluation of each run (plain cross-entropy); "
+          f"{plural(len(c.runs), 'run')}. Final metrics are the final evaluation of each run (plain cross-entropy); "
           "only config keys that differ between runs are shown.", "", "## Runs", "", md_table(header, rows), ""]
     for note in c.notes:
         md += [note, ""]

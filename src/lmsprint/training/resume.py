@@ -123,10 +123,12 @@ def resume_config(run_dir: str, values: dict, overrides=frozenset()):
     return cfg.validate()
 
 
-def open_resume(spec: str, base: str, values: dict, overrides=frozenset()):
-    """(run_dir, cfg) of the run `spec` (a run directory or 'latest' in `base`) to continue; see the module doc."""
+def open_resume(spec: str, base: str, values: dict, overrides=frozenset(), lock: bool = True):
+    """(run_dir, cfg) of the run `spec` (a run directory or 'latest' in `base`) to continue; see the module doc.
+    `lock=False` (`--print_config`): only read, take no lock."""
     run_dir = rundir.resolve_run_dir(spec, base)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 holds the lock for all ranks
+    lock = lock and os.environ.get("RANK", "0") == "0"
+    if lock:  # under torchrun rank 0 holds the lock for all ranks
         rundir.lock_run_dir(run_dir)  # a run another process is training is refused here, in one line
     try:
         summary = rundir.read_summary(run_dir) or {}
@@ -137,6 +139,7 @@ def open_resume(spec: str, base: str, values: dict, overrides=frozenset()):
             raise UserError(f"checkpoint {rundir.checkpoint_path(run_dir)} is missing or corrupt (no such file); the "
                             "run stopped before its first checkpoint: start a new run instead of `resume`")
     except BaseException:
-        rundir.unlock_run_dir(run_dir)  # a refused resume leaves the run free (a Python session goes on living)
+        if lock:
+            rundir.unlock_run_dir(run_dir)  # a refused resume leaves the run free (a Python session goes on living)
         raise
     return run_dir, cfg
