@@ -42,7 +42,7 @@ from typing import Optional
 import yaml
 
 from .config import RunConfig, run_name_parts
-from .errors import ConfigError, UserError
+from .errors import ConfigError, DataError, UserError
 from .files import atomic_write_text, json_text
 
 LATEST_POINTER = "latest"
@@ -361,14 +361,19 @@ def now_iso() -> str:
 
 def read_metrics(run_dir: str) -> list[dict]:
     """The rows of metrics.jsonl: complete lines only (a run still going may have a half-written last line),
-    skipping any line that is not a JSON object."""
+    skipping any line that is not a JSON object; DataError for a line that is not UTF-8."""
     rows = []
     path = metrics_path(run_dir)
     if os.path.exists(path):
-        with open(path) as fh:
-            for line in fh:
-                if not line.endswith("\n"):
+        with open(path, "rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                if not raw.endswith(b"\n"):
                     break
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:  # lmsprint writes UTF-8 JSON only: the file is damaged or foreign
+                    raise DataError(f"{path} line {n} is not UTF-8 text (byte {e.start + 1} of the line); the file "
+                                    "is damaged or was not written by lmsprint") from None
                 try:
                     row = json.loads(line)
                 except ValueError:

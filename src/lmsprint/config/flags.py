@@ -79,15 +79,28 @@ def add_flags(parser: argparse.ArgumentParser, sections: Optional[tuple] = None)
         base = base_type(tp)
         help_ = f.metadata["help"] + default_text(name, f)
         choices = [c for c in (f.metadata.get("choices") or []) if c is not None] or None
+        action = _OneName if len(names) > 1 else None
         if base is bool:
             # `--flag` alone means true; `--flag false|0|no` also parses
             g.add_argument(*names, dest=name, nargs="?", const="true", default=argparse.SUPPRESS, metavar="BOOL",
-                           help=help_)
+                           help=help_, action=action)
         else:
             # choices are checked by validate() so that every error reads the same way
             metavar = f.metadata.get("metavar") or ("{" + ",".join(map(str, choices)) + "}" if choices
                                                     else base.__name__.upper())
-            g.add_argument(*names, dest=name, default=argparse.SUPPRESS, help=help_, metavar=metavar)
+            g.add_argument(*names, dest=name, default=argparse.SUPPRESS, help=help_, metavar=metavar, action=action)
+
+
+class _OneName(argparse.Action):
+    """Store a flag that has other names (`aliases`, e.g. --learning_rate for --lr); the flag given under two of its
+    names in one command line is refused instead of the last one silently winning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        last = getattr(self, "_last", None)  # (namespace, the name it was given as)
+        if last is not None and last[0] is namespace and last[1] != option_string:
+            raise UserError(f"{last[1]} and {option_string} are two names of the same flag; give it once")
+        self._last = (namespace, option_string)
+        setattr(namespace, self.dest, self.const if values is None else values)
 
 
 def _is_train_flag(name: str) -> bool:
