@@ -288,3 +288,88 @@ def test_val_floor_raises_the_fraction_and_warns_when_it_cannot(tmp_path, capsys
     m = prepare(_cfg(tmp_path, tiny), progress=False)
     warn = [ln for ln in capsys.readouterr().err.splitlines() if "floor" in ln]
     assert m.val_target == 0.1 and len(warn) == 1 and f"below the {VAL_FLOOR_TOKENS:,}-token floor" in warn[0]
+
+
+# ------------------------------------------------------------------------------------------------ fields and files
+# issue 19.4: a text field that is not text is refused (file, line or row, type), never turned into text; flags
+# that cannot apply are refused; special files are skipped with a line and never opened
+
+
+@pytest.mark.parametrize("name,body,fragments", [
+    ("a.jsonl", '{"text": "fine"}\n\n{"text": 12}\n', ["a.jsonl line 3: the 'text' field is a number (12)"]),
+    ("a.jsonl", '{"text": "fine"}\n{"text": ["a", "b"]}\n', ["line 2: the 'text' field is an array ([\"a\", \"b\"])"]),
+    ("a.jsonl", '{"text": true}\n', ["line 1: the 'text' field is a boolean (true)"]),
+    ("a.jsonl", '{"text": {"body": "x"}}\n', ["line 1: the 'text' field is an object"]),
+    ("a.json", '[{"text": "fine"}, {"text": 3.5}]', ["a.json record 2: the 'text' field is a number (3.5)"]),
+])
+def test_json_text_field_that_is_not_text(tmp_path, in_process, name, body, fragments):
+    (tmp_path / name).write_text(body)
+    p = in_process("prepare", "--dataset", name, "--data_dir", "cache", "--quiet")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    for f in fragments + ["not a string; lmsprint does not turn other types into text", "--text_field"]:
+        assert f in p.stderr, p.stderr
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.bin"))
+
+
+def test_null_text_is_an_empty_document(tmp_path):
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAS) + '{"text": null}\n')
+    m = prepare(_cfg(tmp_path, tmp_path / "a.jsonl"), progress=False)
+    assert m.docs == len(PARAS) + 1
+
+
+def test_parquet_and_save_to_disk_columns_that_are_not_text(tmp_path, in_process):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    datasets = pytest.importorskip("datasets")
+    pq.write_table(pa.table({"text": [1, 2, 3], "body": ["a", "b", "c"]}), str(tmp_path / "p.parquet"))
+    p = in_process("prepare", "--dataset", "p.parquet", "--data_dir", "cache", "--quiet")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert "p.parquet rows 1-3: the 'text' column has type int64, not a string" in p.stderr, p.stderr
+    datasets.Dataset.from_dict({"text": [[1, 2], [3]]}).save_to_disk(str(tmp_path / "ds"))
+    p = in_process("prepare", "--dataset", "ds", "--data_dir", "cache", "--quiet")
+    assert p.returncode == 2 and "ds' rows 1-2: the 'text' column has type list<item: int64>" in p.stderr, p.stderr
+
+
+def test_flags_that_cannot_apply_to_the_dataset(tmp_path, in_process):
+    (tmp_path / "a.txt").write_bytes(_text_bytes())
+    p = in_process("prepare", "--dataset", "a.txt", "--text_field", "body", "--data_dir", "cache")
+    assert p.returncode == 2 and "--text_field does not apply to" in p.stderr and ".txt files have no fields" in p.stderr
+    p = in_process("prepare", "--dataset", "shakespeare-char", "--tokenizer", "gpt2", "--data_dir", "cache")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert "--dataset shakespeare-char is the char tokenizer's" in p.stderr and "--dataset shakespeare" in p.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_special_files_are_skipped_with_a_line_and_never_opened(tmp_path, capsys):
+    import threading
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_bytes(_text_bytes())
+    fifo = tmp_path / "d" / "stream.txt"
+    os.mkfifo(fifo)
+    # a watchdog: if prepare opened the FIFO for reading it would block until a writer comes; this writer comes after
+    # 60 s, so a regression fails the test below instead of hanging the suite
+    opened = []
+
+    def unblock():
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK) if done.wait(60) is False else None
+        if fd is not None:
+            opened.append(True)
+            os.close(fd)
+
+    done = threading.Event()
+    t = threading.Thread(target=unblock, daemon=True)
+    t.start()
+    try:
+        m = prepare(_cfg(tmp_path, tmp_path / "d"), progress=False)
+    finally:
+        done.set()
+        t.join()
+    assert not opened, "prepare opened the FIFO"
+    assert m.docs == len(PARAS) and "1 files" in m.source
+    warn = [ln for ln in capsys.readouterr().err.splitlines() if "not regular files" in ln]
+    assert warn == [f"lmsprint: warning: skipped 1 file(s) in '{tmp_path / 'd'}' that are not regular files (FIFOs, "
+                    "sockets or devices): stream.txt"]
+    with pytest.raises(DataError, match="is not a regular file"):
+        prepare(_cfg(tmp_path, fifo), progress=False)

@@ -228,3 +228,56 @@ def test_measure_tokenize_speed():
     r = measure_tokenize_speed(megabytes=0.3, num_proc=2)
     assert r["tokens"] > 50_000 and r["single_s"] > 0 and r["parallel_s"] > 0 and r["speedup"] > 0
     assert r["single_cpu_s"] > 0 and r["parallel_cpu_s"] > 0 and 0 < r["cpu_bound_speedup"] <= 2.5
+
+
+def test_prepare_writes_plain_lines_in_a_log(corpus, tmp_path, in_process):
+    """stderr that is not a terminal (here: captured) gets plain progress lines, never carriage-return redraws."""
+    p = in_process("prepare", "--dataset", str(corpus / "tiny.txt"), "--data_dir", "cache")
+    assert p.returncode == 0, p.stderr
+    assert "\r" not in p.stderr and "\x1b[" not in p.stderr
+    lines = p.stderr.splitlines()
+    assert any(ln.startswith("tokenizing local-tiny.txt-") and " docs, " in ln for ln in lines), lines
+    assert any(ln.startswith("writing token files: ") and "(100%)" in ln for ln in lines), lines
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return fh.read().split()
+    except OSError:
+        return []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker processes in /proc")
+def test_ctrl_c_stops_a_parallel_prepare_at_once(tmp_path):
+    """A real SIGINT to the process group while 2 workers tokenize: the parent exits 130 with one line. It used to
+    print a traceback per worker and then wait forever in Pool.join() for the jobs the workers had dropped."""
+    import random
+    import signal
+    import time
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
+    # one 24 MB file: its paragraphs are the documents, more than enough for worker jobs (encode.MIN_PARALLEL_CHARS)
+    (tmp_path / "big.txt").write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(200))
+                                                  for _ in range(18000)))
+    p = subprocess.Popen([sys.executable, "-m", "lmsprint", "prepare", "--dataset", "big.txt", "--data_dir", "cache",
+                          "--num_proc", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.time() + 240
+        while len(_children(p.pid)) < 2 and p.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(_children(p.pid)) >= 2, "the workers never started"
+        time.sleep(1.0)  # the workers are in their jobs
+        os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert p.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "lmsprint: interrupted", err[-3000:]
+    time.sleep(0.5)
+    assert not _children(p.pid)

@@ -118,10 +118,10 @@ def print_report(summary: dict, run_dir: Optional[str], final_sample: str = "") 
     for k in (K.VAL_LOSS, K.VAL_PPL, K.VAL_ACC, K.VAL_BPB):
         if f.get(k) is not None:
             rows.append((k, K.format_number(f[k])))
-    if summary.get(K.DIVERGED):
-        rows.append((K.DIVERGED, diverged_text(summary)))
     if f.get("eval_tokens"):
         rows.append(("eval tokens", f"{f['eval_tokens']:,}"))
+    if summary.get(K.DIVERGED):
+        rows.append((K.DIVERGED, diverged_text(summary)))
     print("final metrics:")
     print(format_rows(rows))
     if final_sample:
