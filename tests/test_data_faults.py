@@ -373,3 +373,70 @@ def test_special_files_are_skipped_with_a_line_and_never_opened(tmp_path, capsys
                     "sockets or devices): stream.txt"]
     with pytest.raises(DataError, match="is not a regular file"):
         prepare(_cfg(tmp_path, fifo), progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ ids in every batch
+
+
+def test_every_batch_is_checked_against_the_vocabulary(tmp_path):
+    """open_tokens(..., n_vocab): a window holding an id >= n_vocab is a DataError naming the file, the token offset
+    and the id, for training batches and val batches alike."""
+    from lmsprint.data.loader import BatchSampler, open_tokens, val_batches
+
+    ids = np.arange(10_000, dtype=np.uint16) % 60
+    ids[4321] = 60_000
+    path = tmp_path / "train.bin"
+    ids.tofile(path)
+    tokens = open_tokens(str(path), "uint16", n_vocab=64)
+    with pytest.raises(DataError) as e:
+        list(val_batches(tokens, 16, 8))
+    assert cli_message(e.value).startswith(f"token file {path} holds id 60000 at token 4,321, outside the vocabulary "
+                                           "of 64 ids")
+    sampler = BatchSampler(tokens, 16, 64, seed=0)
+    hit = next(s for s in range(1000) if any(a <= 4321 <= a + 16 for a in sampler.starts(s)))
+    for s in range(hit):
+        sampler.get(s)  # the steps before it are fine
+    with pytest.raises(DataError, match="holds id 60000 at token 4,321"):
+        sampler.get(hit)
+    assert open_tokens(str(path), "uint16", in_ram=True, n_vocab=64)[4321:4330].n_vocab == 64  # slices keep it
+    list(val_batches(open_tokens(str(path), "uint16"), 16, 8))  # no n_vocab: unchecked, as before
+
+
+@pytest.mark.slow
+def test_ids_past_the_vocabulary_outside_sampled_blocks_stop_the_run_at_that_step(prepared, tmp_path):
+    """A prepared train.bin over 32 MiB (checked in sampled blocks when opened) damaged between the blocks: the run
+    starts, and the first batch that reads the damage ends it in one line (summary `failed`), never an IndexError."""
+    from lmsprint.data.manifest import load_manifest
+
+    d = _copy(prepared, tmp_path / "big")
+    train = os.path.join(d, "train.bin")
+    base = np.fromfile(train, dtype=np.uint16)
+    big = np.resize(base, 17 * 2**20)  # 34 MiB
+    big.tofile(train)
+    sha, top, blocks = integrity.token_file_facts(train, "uint16")
+    _edit_manifest(d, train_tokens=int(len(big)), train_bytes=int(len(big)), sha256={**prepared.sha256, "train": sha},
+                   max_id={**prepared.max_id, "train": top}, blocks={**prepared.blocks, "train": blocks})
+    load_manifest(d)  # a valid prepared folder
+    # damage: 2**18 ids 60000 (512 KiB) between two sampled blocks (same size: only a full hash would see it)
+    offsets, n_bad = blocks["offsets"], 2**18
+    start = (offsets[0] + integrity.BLOCK_BYTES + 4096) // 2  # a token index
+    assert start * 2 + 2 * n_bad < offsets[1]
+    with open(train, "r+b") as fh:
+        fh.seek(start * 2)
+        fh.write(np.full(n_bad, 60_000, dtype=np.uint16).tobytes())
+    load_manifest(d)  # still opens: the sampled blocks are intact
+    exps = tmp_path / "exps"
+    rc, lines = _cli("train", "--dataset", d, "--n_layer", "1", "--n_embd", "16", "--n_head", "2", "--sequence_length",
+                     "64", "--batch_size", "8", "--acc_steps", "1", "--iterations", "300", "--eval_freq", "1000",
+                     "--eval_tokens", "64", "--final_eval", "fixed", "--sample_tokens", "0", "--vocab_size", "128",
+                     "--progress", "false", "--threads", "1", "--results_base_folder", exps, "--exp_name", "r",
+                     cwd=tmp_path)
+    errors = [ln for ln in lines if ln.startswith("lmsprint: error: ")]
+    assert rc == 2 and len(errors) == 1 and not any("Traceback" in ln for ln in lines), lines[-20:]
+    m = __import__("re").search(r"token file .*train\.bin holds id 60000 at token ([\d,]+), outside the vocabulary "
+                                r"of (\d+) ids", errors[0])
+    assert m and start <= int(m.group(1).replace(",", "")) < start + n_bad and int(m.group(2)) == prepared.n_vocab
+    with open(exps / "r" / "summary.json") as fh:
+        s = json.load(fh)
+    assert s["status"] == "failed" and "holds id 60000" in s["error"]
+    assert s["iterations_done"] >= 1  # it trained, then stopped at the step whose batch read the damage
