@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -281,3 +282,24 @@ def test_ctrl_c_stops_a_parallel_prepare_at_once(tmp_path):
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "lmsprint: interrupted", err[-3000:]
     time.sleep(0.5)
     assert not _children(p.pid)
+
+
+def test_a_file_rewritten_with_the_same_size_and_mtime_is_prepared_again(tmp_path):
+    """The cache key holds each file's ctime, which every write updates and nobody can set back: restoring size and
+    mtime (as `touch -r`, `cp -p` or `rsync -t` do) no longer reuses the stale cache."""
+    src = tmp_path / "data"
+    src.mkdir()
+    f = src / "a.txt"
+    f.write_text("\n\n".join(f"alpha paragraph {i} " * 20 for i in range(60)))
+    m1 = prepare(DataConfig(dataset=str(src), data_dir=str(tmp_path / "c"), num_proc=1), progress=False)
+    st = os.stat(f)
+    time.sleep(0.01)  # a later ctime on coarse clocks too
+    f.write_text(f.read_text().replace("alpha", "omega"))  # same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(f).st_size == st.st_size and os.stat(f).st_mtime_ns == st.st_mtime_ns
+    m2 = prepare(DataConfig(dataset=str(src), data_dir=str(tmp_path / "c"), num_proc=1), progress=False)
+    assert m2.dir != m1.dir and m2.sha256 != m1.sha256
+    tok = get_tokenizer(m2)
+    assert "omega" in tok.decode(open_split(m2, "train")) and "alpha" not in tok.decode(open_split(m2, "train"))
+    # reading the files changes nothing: the next prepare finds the same cache
+    assert prepare(DataConfig(dataset=str(src), data_dir=str(tmp_path / "c"), num_proc=1), progress=False).dir == m2.dir
