@@ -1,7 +1,7 @@
 """Batches from prepared token files: random training windows per step, fixed val windows, device transfer.
 
-- `open_tokens(path, dtype, in_ram, n_vocab)`: the flat token array (memory-mapped, or read into RAM), a
-  `TokenArray` that knows its file and vocabulary. Every window cut from it (training and val batches) is checked
+- `open_tokens(path, dtype, in_ram, n_vocab)`: the flat token array (memory-mapped, or read into RAM: a
+  `TokenMemmap` or `TokenArray`) that knows its file and vocabulary. Every window cut from it (training and val batches) is checked
   on the host before it goes to the device: an id >= n_vocab (a file damaged or rewritten outside the blocks that
   were sampled when it was opened) is a DataError naming the file, the token offset and the id, at the step that
   reads it, instead of an IndexError inside the model. It is one max over the batch's ids: 1 us for the demo's
@@ -28,8 +28,8 @@ from ..errors import ConfigError, DataError
 
 
 class TokenArray(np.ndarray):
-    """A token file's ids that know their file (`path`) and the vocabulary they must stay in (`n_vocab`; None:
-    unchecked); slices and windows keep both."""
+    """A token file's ids read into RAM that know their file (`path`) and the vocabulary they must stay in
+    (`n_vocab`; None: unchecked); slices keep both."""
 
     path: Optional[str] = None
     n_vocab: Optional[int] = None
@@ -38,7 +38,18 @@ class TokenArray(np.ndarray):
         self.path, self.n_vocab = getattr(obj, "path", None), getattr(obj, "n_vocab", None)
 
 
-def open_tokens(path: str, dtype: str, in_ram: bool = False, n_vocab: Optional[int] = None) -> TokenArray:
+class TokenMemmap(np.memmap):
+    """The same for a memory-mapped token file (still a np.memmap)."""
+
+    path: Optional[str] = None
+    n_vocab: Optional[int] = None
+
+    def __array_finalize__(self, obj):
+        super().__array_finalize__(obj)
+        self.path, self.n_vocab = getattr(obj, "path", None), getattr(obj, "n_vocab", None)
+
+
+def open_tokens(path: str, dtype: str, in_ram: bool = False, n_vocab: Optional[int] = None) -> np.ndarray:
     """Flat token array of a .bin file; DataError when it is missing, empty or not a whole number of tokens. With
     `n_vocab`, every window read from it is checked to hold ids below it (see `_windows`)."""
     if not os.path.isfile(path):
@@ -49,7 +60,7 @@ def open_tokens(path: str, dtype: str, in_ram: bool = False, n_vocab: Optional[i
     if size == 0 or size % dt.itemsize:
         raise DataError(f"token file {path} is truncated ({size} bytes is not a whole number of {dt.name} tokens); "
                         "prepare the data again into a new `data_dir` (lmsprint prepare --dataset ... --data_dir ...)")
-    arr = (np.fromfile(path, dtype=dt) if in_ram else np.memmap(path, dtype=dt, mode="r")).view(TokenArray)
+    arr = np.fromfile(path, dtype=dt).view(TokenArray) if in_ram else TokenMemmap(path, dtype=dt, mode="r")
     arr.path, arr.n_vocab = path, n_vocab
     return arr
 
