@@ -171,7 +171,8 @@ def test_out_of_cpu_memory_under_an_address_space_limit_is_one_line(shakespeare_
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (4 * 10**9, 4 * 10**9))
 
-    argv = [sys.executable, "-m", "lmsprint", "train", "--dataset", shakespeare_manifest.dir, *TINY, *shape, "--results_base_folder", "exps", "--threads", "1"]
+    argv = [sys.executable, "-m", "lmsprint", "train", "--dataset", shakespeare_manifest.dir, *TINY, *shape,
+            "--results_base_folder", "exps", "--threads", "1"]
     p = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600, preexec_fn=limit,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert p.returncode == 2, p.stderr[-3000:]

@@ -1,12 +1,12 @@
 """Batches from prepared token files: random training windows per step, fixed val windows, device transfer.
 
-- `open_tokens(path, dtype, in_ram, n_vocab)`: the flat token array (memory-mapped, or read into RAM: a
-  `TokenMemmap` or `TokenArray`) that knows its file and vocabulary. Every window cut from it (training and val batches) is checked
-  on the host before it goes to the device: an id >= n_vocab (a file damaged or rewritten outside the blocks that
-  were sampled when it was opened) is a DataError naming the file, the token offset and the id, at the step that
-  reads it, instead of an IndexError inside the model. It is one max over the batch's ids: 1 us for the demo's
-  16 x 129 and 11 us for base's 128 x 513 (numpy on one core of a loaded 2-core CPU), next to steps of 0.1 s and
-  more (README, "What is guaranteed").
+- `open_tokens(path, dtype, in_ram, n_vocab)`: the flat token array (memory-mapped, or read into RAM: a `TokenMemmap`
+  or `TokenArray`) that knows its file and vocabulary. Every window cut from it (training and val batches) is checked
+  on the host before it goes to the device: an id >= n_vocab (a file damaged or rewritten outside the blocks that were
+  sampled when it was opened) is a DataError naming the file, the token offset and the id, at the step that reads it,
+  instead of an IndexError inside the model. It is one max over the batch's ids: 1 us for the demo's 16 x 129 and 11
+  us for base's 128 x 513 (numpy on one core of a loaded 2-core CPU), next to steps of 0.1 s and more (README, "What
+  is guaranteed").
 - `BatchSampler(tokens, seq_len, global_batch, seed, rank, world_size).get(step) -> (x, y)`: the global batch of
   optimizer step `step` is a pure function of (seed, step): `global_batch` windows at random offsets drawn from a
   generator seeded with (seed, step). Rank r returns rows [r*n, (r+1)*n) with n = global_batch // world_size, so one

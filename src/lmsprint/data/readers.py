@@ -60,8 +60,9 @@ def text_of(value, where: str, row: int, text_field: str) -> str:
     (the policy of textfiles.py: nothing is turned into text silently)."""
     kind = not_text(value)
     if kind:
-        raise DataError(f"{where} row {row:,}: the '{text_field}' field is {kind}, not a string; lmsprint does not turn "
-                        "other types into text: fix the data or choose the field that holds the text with `text_field`")
+        raise DataError(f"{where} row {row:,}: the '{text_field}' field is {kind}, not a string; lmsprint does not "
+                        "turn other types into text: fix the data or choose the field that holds the text with "
+                        "`text_field`")
     return value or ""
 
 

@@ -120,9 +120,9 @@ def check_schedule_config(optim_cfg) -> None:
         raise ConfigError(f"`div_factor` {o.div_factor:g} makes the start lr (lr / div_factor) larger than the peak "
                           "`lr`; use `div_factor` >= 1 (llm-baselines: 100)")
     if o.scheduler in ("cos", "linear") and o.div_factor * o.final_div_factor < 1:
-        raise ConfigError(f"`final_div_factor` {o.final_div_factor:g} with `div_factor` {o.div_factor:g} makes the final "
-                          "lr (lr / div_factor / final_div_factor) larger than the peak `lr`, so the schedule would "
-                          "climb instead of anneal; choose them with div_factor x final_div_factor >= 1 "
+        raise ConfigError(f"`final_div_factor` {o.final_div_factor:g} with `div_factor` {o.div_factor:g} makes the "
+                          "final lr (lr / div_factor / final_div_factor) larger than the peak `lr`, so the schedule "
+                          "would climb instead of anneal; choose them with div_factor x final_div_factor >= 1 "
                           "(llm-baselines: 100 x 0.1, ending at lr/10)")
     for name in LR_OPTIONS:
         if getattr(o, name) > FLOAT32_MAX:

@@ -3,10 +3,10 @@
 formatting together.
 
 Run table: final val metrics (columns from keys.VAL_METRICS), training tokens, training time, tokens/s, total and
-active parameters, and only the config keys whose values differ between the runs. A run that is not complete is
-marked `*` (its numbers are the last logged ones) and left out of the seed statistics. A complete run that diverged
-(summary `diverged`, or for older summaries keys.diverged on its final val loss and vocab_size) shows `diverged`
-as its status and is named in a note; it stays in its seed group, whose numbers it makes worse, as it should. Seed groups are judged
+active parameters, and only the config keys whose values differ between the runs. A run that is not complete is marked
+`*` (its numbers are the last logged ones) and left out of the seed statistics. A complete run that diverged (summary
+`diverged`, or for older summaries keys.diverged on its final val loss and vocab_size) shows `diverged` as its status
+and is named in a note; it stays in its seed group, whose numbers it makes worse, as it should. Seed groups are judged
 with the noise rule against the best group, or against the group chosen by `--reference` (its label, or a glob
 matching the name or path of one of its runs: `reference_group`). The report folder (--out, default
 ./reports/compare-<timestamp>) is never overwritten.
