@@ -125,3 +125,60 @@ def test_cuda_out_of_memory_becomes_a_user_error():
     msg = cli_message(ue)
     assert "\n" not in msg and "out of GPU memory" in msg
     assert "--batch_size 4 --acc_steps 4" in msg and "--micro_batch auto" in msg
+
+
+# ---------------------------------------------------------------------------------------------------- CPU memory
+# torch's CPU allocator raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory"), not
+# torch.OutOfMemoryError: it was a traceback, possibly while building the model, before any step
+
+
+def test_cpu_allocation_failures_are_recognized():
+    from lmsprint.errors import is_out_of_memory, out_of_memory_text
+
+    with pytest.raises(RuntimeError) as e:
+        torch.empty(2**50, dtype=torch.uint8)  # 1 PiB: refused at once, nothing is touched
+    assert is_out_of_memory(e.value) and out_of_memory_text(e.value) == "out of CPU memory (tried to allocate " \
+        "1125899.91 GB)"
+    assert is_out_of_memory(MemoryError()) and is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory."))
+    assert not is_out_of_memory(RuntimeError("shape mismatch")) and not is_out_of_memory(ValueError("x"))
+
+
+@pytest.mark.parametrize("shape,fragment", [
+    (["--n_embd", "2147483646", "--n_head", "2"], "--n_embd 2147483646"),  # the embedding: 825 GB
+    (["--moe_num_experts", "2147483647", "--n_embd", "32", "--n_head", "2"], "--moe_num_experts 2147483647"),
+])
+def test_a_model_too_large_to_build_is_one_line(shakespeare_manifest, tmp_path, in_process, shape, fragment):
+    p = in_process("train", "--dataset", shakespeare_manifest.dir, *TINY, *shape, "--results_base_folder", "exps")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    line = p.stderr.strip()
+    assert line.startswith("lmsprint: error: out of CPU memory at --batch_size 2 x --sequence_length 8 (tried to "
+                           "allocate ") and fragment in line and "--micro_batch auto" not in line, line
+    assert not (tmp_path / "exps").exists()  # refused while building the model, before the run directory
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="RLIMIT_AS in a child process")
+@pytest.mark.parametrize("shape", [["--n_embd", "65536", "--n_head", "2"],
+                                   ["--moe_num_experts", "100000", "--n_embd", "64", "--n_head", "2"],
+                                   ["--batch_size", "100000", "--sequence_length", "128", "--n_embd", "64"]])
+def test_out_of_cpu_memory_under_an_address_space_limit_is_one_line(shakespeare_manifest, tmp_path, shape):
+    """The README's shapes, in a child limited to 4 GB of address space, so that the allocation fails at once
+    instead of pushing this machine into swap: `--n_embd 65536` (13 GB embedding), 100,000 experts (6.6 GB),
+    and a batch of 100,000 sequences of 128 tokens (its 3.3 GB embedding output fails in the first step, after the
+    run directory exists)."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 10**9, 4 * 10**9))
+
+    argv = [sys.executable, "-m", "lmsprint", "train", "--dataset", shakespeare_manifest.dir, *TINY, *shape,
+            "--results_base_folder", "exps", "--threads", "1"]
+    p = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600, preexec_fn=limit,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == 2, p.stderr[-3000:]
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("lmsprint: error: ")]
+    assert "Traceback" not in p.stderr and len(errors) == 1, p.stderr[-3000:]
+    assert errors[0].startswith("lmsprint: error: out of CPU memory at --batch_size "), errors[0]
+    for d in (tmp_path / "exps").glob("*/"):  # the batch case made a run: it says failed, with the reason
+        s = runs.read_summary(str(d))
+        assert s["status"] == "failed" and s["error"].startswith("out of CPU memory"), s

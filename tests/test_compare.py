@@ -297,3 +297,35 @@ def test_plots_every_run_final_point_bands_and_honest_axes(tmp_path):
     assert hi - lo >= 0.03
     lo, hi = plots.min_span_limits(2.0, 4.0)
     assert (lo, hi) == (pytest.approx(1.95), pytest.approx(4.05))
+
+
+def test_a_run_whose_metrics_are_not_utf8_is_skipped_with_a_line(runs, capsys):
+    """One damaged metrics.jsonl (bytes that are not UTF-8) used to make compare fail for every run."""
+    bad = os.path.join(runs, "ls0_s1", "metrics.jsonl")
+    with open(bad, "ab") as fh:
+        fh.write(b'{"iter": 40, "val/loss": 2.0, "note": "\xff\xfe"}\n')
+    c = report.compare([runs])
+    assert sorted(r.name for r in c.runs) == ["ls01_s0", "ls01_s1", "ls01_s2", "ls0_s0", "ls0_s2"]
+    skipped = [n for n in c.notes if n.startswith("skipped ")]
+    assert len(skipped) == 1 and "ls0_s1" in skipped[0] and "metrics.jsonl: line 7 is not UTF-8 text" in skipped[0]
+    assert main(["compare", runs]) == 0
+    out = capsys.readouterr().out
+    assert "metrics.jsonl: line 7 is not UTF-8 text" in out and "ls01_s1" in out
+    # every run unreadable: one line
+    with pytest.raises(UserError, match="none of the runs could be read: skipped"):
+        report.compare([os.path.join(runs, "ls0_s1")])
+
+
+def test_diverged_is_computed_for_summaries_without_the_key(tmp_path):
+    """Summaries written before `diverged` existed: a final val loss above ln(vocab_size) is still shown as diverged."""
+    base = str(tmp_path / "exps")
+    make_run(base, "calm", val_loss=3.0)
+    make_run(base, "wild", val_loss=11.0, seed=1)  # ln(50304) = 10.826
+    make_run(base, "unfinished", val_loss=11.0, seed=2, status="interrupted")
+    c = report.compare([base])
+    by = {r.name: r for r in c.runs}
+    assert by["wild"].diverged and not by["calm"].diverged and not by["unfinished"].diverged
+    header, rows = report.run_table(c.runs, c.diff)
+    status = {row[0]: row[1] for row in rows}
+    assert status == {"calm": "complete", "wild": "diverged", "unfinished*": "interrupted"}
+    assert any(n.startswith("diverged (1 run(s)") and n.endswith(": wild") for n in c.notes)

@@ -298,3 +298,80 @@ def test_cli_refuses_bad_numbers_in_one_line(tmp_path, argv, needle):
     assert p.returncode == 2, p.stderr[-2000:]
     assert lines == [needle], p.stderr[-2000:]
     assert not (tmp_path / "exps").exists()  # refused before any run directory is made
+
+
+# ---------------------------------------------------------------------------------------------------- strict files
+# issue 19.8: a config file never accepts something silently with the last value winning; each refusal is one line
+# naming the file and the key
+
+
+def one_error_line(p, *fragments):
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lmsprint: error: "), p.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("text,fragments", [
+    ("lr: 0.1\nlr: 0.2\n", ["c.yaml' line 2: key 'lr' is given twice", "first on line 1"]),
+    ("optim:\n  lr: 0.1\n  beta1: 0.8\n  lr: 0.2\n", ["c.yaml' line 4: key 'lr' is given twice"]),
+    ("bogus_section:\n  lr: 0.5\n", ["c.yaml': unknown section 'bogus_section'", "data, log, model, optim, train"]),
+    ("data:\n  lr: 0.5\n", ["c.yaml': key 'data.lr' is under the wrong section: 'lr' belongs under 'optim'"]),
+    ("model:\n  moe:\n    attention: local\n", ["'model.moe.attention' is under the wrong section",
+                                               "belongs under 'model.attn'"]),
+    ("attn:\n  attention: local\n", ["section 'attn' belongs under 'model'"]),
+    ("lr: 0.1\nlearning_rate: 0.2\n", ["c.yaml': 'lr' and 'learning_rate' set the same option --lr"]),
+    ("lr: 0.1\noptim:\n  lr: 0.2\n", ["'lr' and 'optim.lr' set the same option --lr"]),
+    ("resume: exps/run1\n", ["c.yaml': key 'resume': a config file cannot continue a run",
+                             "use `lmsprint train --resume exps/run1`"]),
+    ("lr:\n  value: 0.1\n", ["option 'lr' holds a mapping"]),
+    ("config_format: [demo]\n", ["--config_format '['demo']' is not one of: base, demo, speedrun"]),
+    ("n_layer: many\n", ["c.yaml': --n_layer: 'many' is not an integer"]),
+])
+def test_config_file_refusals_name_the_file_and_key(tmp_path, in_process, text, fragments):
+    (tmp_path / "c.yaml").write_text(text)
+    one_error_line(in_process("train", "--config", "c.yaml", "--print_config"), *fragments)
+
+
+def test_yaml_aliases_are_refused_so_billion_laughs_is_one_line(tmp_path, in_process):
+    # 1 KB that PyYAML would turn into 9**9 strings the moment anything walks the list (str(), json, comparison)
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    (tmp_path / "laughs.yaml").write_text("\n".join(lines) + "\nexp_name: *i\n")
+    assert (tmp_path / "laughs.yaml").stat().st_size < 1024
+    one_error_line(in_process("train", "--config", "laughs.yaml", "--print_config"),
+                   "laughs.yaml' line 2: YAML aliases (*a) are not accepted in config files")
+    # an anchor alone (no alias) is harmless and accepted
+    (tmp_path / "anchor.yaml").write_text("lr: &x 0.002\n")
+    assert in_process("train", "--config", "anchor.yaml", "--print_config").returncode == 0
+
+
+def test_toml_refuses_a_flag_with_its_alias(tmp_path, in_process):
+    if sys.version_info < (3, 11):
+        pytest.skip("TOML config files need Python >= 3.11")
+    (tmp_path / "c.toml").write_text("lr = 0.1\n[train]\nmax_iters = 5\niterations = 6\n")
+    one_error_line(in_process("train", "--config", "c.toml", "--print_config"),
+                   "'train.max_iters' and 'train.iterations' set the same option --iterations")
+
+
+def test_a_flag_and_its_alias_on_the_command_line(in_process):
+    one_error_line(in_process("train", "--lr", "0.1", "--learning_rate", "0.2", "--print_config"),
+                   "--lr and --learning_rate are two names of the same flag; give it once")
+    one_error_line(in_process("train", "--wandb_log", "--wandb", "false", "--print_config"),
+                   "--wandb_log and --wandb are two names of the same flag")
+    # one name given twice keeps argparse's rule (the last one), and a name alone works
+    p = in_process("train", "--learning_rate", "0.1", "--learning_rate", "0.3", "--print_config")
+    assert p.returncode == 0 and "  lr: 0.3\n" in p.stdout
+
+
+def test_a_runs_saved_config_yaml_loads_with_config(tmp_path, in_process):
+    """config.yaml (nested, with `resume: null`) is a valid config file: the README's "load it with --config"."""
+    p = in_process("train", "--config_format", "demo", "--lr", "0.004", "--moe_num_experts", "4", "--print_config")
+    assert p.returncode == 0, p.stderr
+    (tmp_path / "config.yaml").write_text(p.stdout)
+    q = in_process("train", "--config", "config.yaml", "--print_config")
+    assert q.returncode == 0, q.stderr
+    assert q.stdout == p.stdout

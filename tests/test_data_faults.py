@@ -288,3 +288,156 @@ def test_val_floor_raises_the_fraction_and_warns_when_it_cannot(tmp_path, capsys
     m = prepare(_cfg(tmp_path, tiny), progress=False)
     warn = [ln for ln in capsys.readouterr().err.splitlines() if "floor" in ln]
     assert m.val_target == 0.1 and len(warn) == 1 and f"below the {VAL_FLOOR_TOKENS:,}-token floor" in warn[0]
+
+
+# ------------------------------------------------------------------------------------------------ fields and files
+# issue 19.4: a text field that is not text is refused (file, line or row, type), never turned into text; flags
+# that cannot apply are refused; special files are skipped with a line and never opened
+
+
+@pytest.mark.parametrize("name,body,fragments", [
+    ("a.jsonl", '{"text": "fine"}\n\n{"text": 12}\n', ["a.jsonl line 3: the 'text' field is a number (12)"]),
+    ("a.jsonl", '{"text": "fine"}\n{"text": ["a", "b"]}\n', ["line 2: the 'text' field is an array ([\"a\", \"b\"])"]),
+    ("a.jsonl", '{"text": true}\n', ["line 1: the 'text' field is a boolean (true)"]),
+    ("a.jsonl", '{"text": {"body": "x"}}\n', ["line 1: the 'text' field is an object"]),
+    ("a.json", '[{"text": "fine"}, {"text": 3.5}]', ["a.json record 2: the 'text' field is a number (3.5)"]),
+])
+def test_json_text_field_that_is_not_text(tmp_path, in_process, name, body, fragments):
+    (tmp_path / name).write_text(body)
+    p = in_process("prepare", "--dataset", name, "--data_dir", "cache", "--quiet")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    for f in fragments + ["not a string; lmsprint does not turn other types into text", "--text_field"]:
+        assert f in p.stderr, p.stderr
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.bin"))
+
+
+def test_null_text_is_an_empty_document(tmp_path):
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAS) + '{"text": null}\n')
+    m = prepare(_cfg(tmp_path, tmp_path / "a.jsonl"), progress=False)
+    assert m.docs == len(PARAS) + 1
+
+
+def test_parquet_and_save_to_disk_columns_that_are_not_text(tmp_path, in_process):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    datasets = pytest.importorskip("datasets")
+    pq.write_table(pa.table({"text": [1, 2, 3], "body": ["a", "b", "c"]}), str(tmp_path / "p.parquet"))
+    p = in_process("prepare", "--dataset", "p.parquet", "--data_dir", "cache", "--quiet")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert "p.parquet rows 1-3: the 'text' column has type int64, not a string" in p.stderr, p.stderr
+    datasets.Dataset.from_dict({"text": [[1, 2], [3]]}).save_to_disk(str(tmp_path / "ds"))
+    p = in_process("prepare", "--dataset", "ds", "--data_dir", "cache", "--quiet")
+    assert p.returncode == 2 and "ds' rows 1-2: the 'text' column has type list<item: int64>" in p.stderr, p.stderr
+
+
+def test_flags_that_cannot_apply_to_the_dataset(tmp_path, in_process):
+    (tmp_path / "a.txt").write_bytes(_text_bytes())
+    p = in_process("prepare", "--dataset", "a.txt", "--text_field", "body", "--data_dir", "cache")
+    assert p.returncode == 2 and "--text_field does not apply to" in p.stderr
+    assert ".txt files have no fields" in p.stderr
+    p = in_process("prepare", "--dataset", "shakespeare-char", "--tokenizer", "gpt2", "--data_dir", "cache")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert "--dataset shakespeare-char is the char tokenizer's" in p.stderr and "--dataset shakespeare" in p.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_special_files_are_skipped_with_a_line_and_never_opened(tmp_path, capsys):
+    import threading
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_bytes(_text_bytes())
+    fifo = tmp_path / "d" / "stream.txt"
+    os.mkfifo(fifo)
+    # a watchdog: if prepare opened the FIFO for reading it would block until a writer comes; this writer comes after
+    # 60 s, so a regression fails the test below instead of hanging the suite
+    opened = []
+
+    def unblock():
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK) if done.wait(60) is False else None
+        if fd is not None:
+            opened.append(True)
+            os.close(fd)
+
+    done = threading.Event()
+    t = threading.Thread(target=unblock, daemon=True)
+    t.start()
+    try:
+        m = prepare(_cfg(tmp_path, tmp_path / "d"), progress=False)
+    finally:
+        done.set()
+        t.join()
+    assert not opened, "prepare opened the FIFO"
+    assert m.docs == len(PARAS) and "(1 file)" in m.source
+    warn = [ln for ln in capsys.readouterr().err.splitlines() if "not regular files" in ln]
+    assert warn == [f"lmsprint: warning: skipped 1 file(s) in '{tmp_path / 'd'}' that are not regular files (FIFOs, "
+                    "sockets or devices): stream.txt"]
+    with pytest.raises(DataError, match="is not a regular file"):
+        prepare(_cfg(tmp_path, fifo), progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ ids in every batch
+
+
+def test_every_batch_is_checked_against_the_vocabulary(tmp_path):
+    """open_tokens(..., n_vocab): a window holding an id >= n_vocab is a DataError naming the file, the token offset
+    and the id, for training batches and val batches alike."""
+    from lmsprint.data.loader import BatchSampler, open_tokens, val_batches
+
+    ids = np.arange(10_000, dtype=np.uint16) % 60
+    ids[4321] = 60_000
+    path = tmp_path / "train.bin"
+    ids.tofile(path)
+    tokens = open_tokens(str(path), "uint16", n_vocab=64)
+    with pytest.raises(DataError) as e:
+        list(val_batches(tokens, 16, 8))
+    assert cli_message(e.value).startswith(f"token file {path} holds id 60000 at token 4,321, outside the vocabulary "
+                                           "of 64 ids")
+    sampler = BatchSampler(tokens, 16, 64, seed=0)
+    hit = next(s for s in range(1000) if any(a <= 4321 <= a + 16 for a in sampler.starts(s)))
+    for s in range(hit):
+        sampler.get(s)  # the steps before it are fine
+    with pytest.raises(DataError, match="holds id 60000 at token 4,321"):
+        sampler.get(hit)
+    assert open_tokens(str(path), "uint16", in_ram=True, n_vocab=64)[4321:4330].n_vocab == 64  # slices keep it
+    list(val_batches(open_tokens(str(path), "uint16"), 16, 8))  # no n_vocab: unchecked, as before
+
+
+@pytest.mark.slow
+def test_ids_past_the_vocabulary_outside_sampled_blocks_stop_the_run_at_that_step(prepared, tmp_path):
+    """A prepared train.bin over 32 MiB (checked in sampled blocks when opened) damaged between the blocks: the run
+    starts, and the first batch that reads the damage ends it in one line (summary `failed`), never an IndexError."""
+    from lmsprint.data.manifest import load_manifest
+
+    d = _copy(prepared, tmp_path / "big")
+    train = os.path.join(d, "train.bin")
+    base = np.fromfile(train, dtype=np.uint16)
+    big = np.resize(base, 17 * 2**20)  # 34 MiB
+    big.tofile(train)
+    sha, top, blocks = integrity.token_file_facts(train, "uint16")
+    _edit_manifest(d, train_tokens=int(len(big)), train_bytes=int(len(big)), sha256={**prepared.sha256, "train": sha},
+                   max_id={**prepared.max_id, "train": top}, blocks={**prepared.blocks, "train": blocks})
+    load_manifest(d)  # a valid prepared folder
+    # damage: 2**18 ids 60000 (512 KiB) between two sampled blocks (same size: only a full hash would see it)
+    offsets, n_bad = blocks["offsets"], 2**18
+    start = (offsets[0] + integrity.BLOCK_BYTES + 4096) // 2  # a token index
+    assert start * 2 + 2 * n_bad < offsets[1]
+    with open(train, "r+b") as fh:
+        fh.seek(start * 2)
+        fh.write(np.full(n_bad, 60_000, dtype=np.uint16).tobytes())
+    load_manifest(d)  # still opens: the sampled blocks are intact
+    exps = tmp_path / "exps"
+    rc, lines = _cli("train", "--dataset", d, "--n_layer", "1", "--n_embd", "16", "--n_head", "2", "--sequence_length",
+                     "64", "--batch_size", "8", "--acc_steps", "1", "--iterations", "300", "--eval_freq", "1000",
+                     "--eval_tokens", "64", "--final_eval", "fixed", "--sample_tokens", "0", "--vocab_size", "128",
+                     "--progress", "false", "--threads", "1", "--results_base_folder", exps, "--exp_name", "r",
+                     cwd=tmp_path)
+    errors = [ln for ln in lines if ln.startswith("lmsprint: error: ")]
+    assert rc == 2 and len(errors) == 1 and not any("Traceback" in ln for ln in lines), lines[-20:]
+    m = __import__("re").search(r"token file .*train\.bin holds id 60000 at token ([\d,]+), outside the vocabulary "
+                                r"of (\d+) ids", errors[0])
+    assert m and start <= int(m.group(1).replace(",", "")) < start + n_bad and int(m.group(2)) == prepared.n_vocab
+    with open(exps / "r" / "summary.json") as fh:
+        s = json.load(fh)
+    assert s["status"] == "failed" and "holds id 60000" in s["error"]
+    assert s["iterations_done"] >= 1  # it trained, then stopped at the step whose batch read the damage

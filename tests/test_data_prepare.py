@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -228,3 +229,77 @@ def test_measure_tokenize_speed():
     r = measure_tokenize_speed(megabytes=0.3, num_proc=2)
     assert r["tokens"] > 50_000 and r["single_s"] > 0 and r["parallel_s"] > 0 and r["speedup"] > 0
     assert r["single_cpu_s"] > 0 and r["parallel_cpu_s"] > 0 and 0 < r["cpu_bound_speedup"] <= 2.5
+
+
+def test_prepare_writes_plain_lines_in_a_log(corpus, tmp_path, in_process):
+    """stderr that is not a terminal (here: captured) gets plain progress lines, never carriage-return redraws."""
+    p = in_process("prepare", "--dataset", str(corpus / "tiny.txt"), "--data_dir", "cache")
+    assert p.returncode == 0, p.stderr
+    assert "\r" not in p.stderr and "\x1b[" not in p.stderr
+    lines = p.stderr.splitlines()
+    assert any(ln.startswith("tokenizing local-tiny.txt-") and " docs, " in ln for ln in lines), lines
+    assert any(ln.startswith("writing token files: ") and "(100%)" in ln for ln in lines), lines
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return fh.read().split()
+    except OSError:
+        return []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker processes in /proc")
+def test_ctrl_c_stops_a_parallel_prepare_at_once(tmp_path):
+    """A real SIGINT to the process group while 2 workers tokenize: the parent exits 130 with one line. It used to
+    print a traceback per worker and then wait forever in Pool.join() for the jobs the workers had dropped."""
+    import random
+    import signal
+    import time
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
+    # one 24 MB file: its paragraphs are the documents, more than enough for worker jobs (encode.MIN_PARALLEL_CHARS)
+    (tmp_path / "big.txt").write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(200))
+                                                  for _ in range(18000)))
+    p = subprocess.Popen([sys.executable, "-m", "lmsprint", "prepare", "--dataset", "big.txt", "--data_dir", "cache",
+                          "--num_proc", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.time() + 240
+        while len(_children(p.pid)) < 2 and p.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(_children(p.pid)) >= 2, "the workers never started"
+        time.sleep(1.0)  # the workers are in their jobs
+        os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert p.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "lmsprint: interrupted", err[-3000:]
+    time.sleep(0.5)
+    assert not _children(p.pid)
+
+
+def test_a_file_rewritten_with_the_same_size_and_mtime_is_prepared_again(tmp_path):
+    """The cache key holds each file's ctime, which every write updates and nobody can set back: restoring size and
+    mtime (as `touch -r`, `cp -p` or `rsync -t` do) no longer reuses the stale cache."""
+    src = tmp_path / "data"
+    src.mkdir()
+    f = src / "a.txt"
+    f.write_text("\n\n".join(f"alpha paragraph {i} " * 20 for i in range(60)))
+    m1 = prepare(DataConfig(dataset=str(src), data_dir=str(tmp_path / "c"), num_proc=1), progress=False)
+    st = os.stat(f)
+    time.sleep(0.01)  # a later ctime on coarse clocks too
+    f.write_text(f.read_text().replace("alpha", "omega"))  # same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(f).st_size == st.st_size and os.stat(f).st_mtime_ns == st.st_mtime_ns
+    m2 = prepare(DataConfig(dataset=str(src), data_dir=str(tmp_path / "c"), num_proc=1), progress=False)
+    assert m2.dir != m1.dir and m2.sha256 != m1.sha256
+    tok = get_tokenizer(m2)
+    assert "omega" in tok.decode(open_split(m2, "train")) and "alpha" not in tok.decode(open_split(m2, "train"))
+    # reading the files changes nothing: the next prepare finds the same cache
+    assert prepare(DataConfig(dataset=str(src), data_dir=str(tmp_path / "c"), num_proc=1), progress=False).dir == m2.dir

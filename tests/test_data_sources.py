@@ -394,3 +394,32 @@ def test_text_dataset_prepares_without_the_datasets_library(corpus, tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert int(p.stdout.split("TOKENS")[-1]) > 50_000  # 300 paragraphs of 60 words, one token per character
+
+
+def test_hub_rows_that_are_not_text_are_refused(hub_mirror, tmp_path, monkeypatch):
+    """fineweb-edu's `score` column is a float: streamed rows of it are refused, never turned into "3.1"."""
+    root, _ = hub_mirror
+    monkeypatch.setenv(MIRROR_ENV, str(root))
+    with pytest.raises(DataError) as e:
+        prepare(DataConfig(dataset="hf:HuggingFaceFW/fineweb-edu:sample-10BT", text_field="score",
+                           data_dir=str(tmp_path)), progress=False)
+    assert "HuggingFaceFW/fineweb-edu row 1: the 'score' field is a number, not a string" in cli_message(e.value)
+
+
+def test_save_to_disk_dataset_without_splits_gets_the_val_floor_like_a_folder(tmp_path):
+    """A Dataset of 250 short documents: the val fraction is raised toward the 65,536-token floor (at most 10%) as
+    for the same documents written as files, not left at 0.005 (which gave 1 document, 0.4%)."""
+    docs = [d[:300] for d in shakespeare_documents()[:250]]
+    datasets.Dataset.from_dict({"text": docs}).save_to_disk(str(tmp_path / "ds"))
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for i, d in enumerate(docs):
+        (folder / f"{i:03d}.txt").write_text(d)
+    m_disk = prepare(DataConfig(dataset=str(tmp_path / "ds"), data_dir=str(tmp_path / "c")), progress=False)
+    m_dir = prepare(DataConfig(dataset=str(folder), data_dir=str(tmp_path / "c")), progress=False)
+    assert m_disk.val_target == m_dir.val_target == 0.1  # the same rule: the floor's cap of 10%
+    assert m_disk.val_docs >= 10 and m_disk.val_achieved > 0.04, (m_disk.val_docs, m_disk.val_achieved)
+    # max_docs scales the estimate, as it bounds a folder's
+    m = prepare(DataConfig(dataset=str(tmp_path / "ds"), data_dir=str(tmp_path / "c2"), max_docs=100),
+                progress=False)
+    assert m.val_target == 0.1 and m.train_docs + m.val_docs == 100

@@ -91,3 +91,44 @@ def test_rank_0_alone_speaks(runs, shakespeare_manifest, tmp_path):
     assert "Warning" not in err
     with open(tmp_path / "exps" / "r" / "summary.json") as fh:
         assert json.load(fh)["status"] == "interrupted"
+
+
+def _worker_with_rank(launcher_pid: int, rank: int) -> int:
+    with open(f"/proc/{launcher_pid}/task/{launcher_pid}/children") as fh:
+        for pid in map(int, fh.read().split()):
+            with open(f"/proc/{pid}/environ", "rb") as env:
+                if f"RANK={rank}".encode() in env.read().split(b"\0"):
+                    return pid
+    raise AssertionError(f"no worker with RANK={rank}")
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_rank_leaves_the_run_interrupted_in_one_line(shakespeare_manifest, tmp_path):
+    """kill -9 of rank 1 alone: rank 0's next collective fails (gloo: "Connection closed by peer"). It used to be a
+    traceback and a summary `failed`, although the checkpoint resumes; now rank 0 says so in one line, the run is
+    `interrupted`, and `--resume` finishes it."""
+    import signal
+    import time
+
+    from lmsprint import rundir
+
+    flags = [*_flags(shakespeare_manifest.dir, [], 2), "--iterations", "60"]
+    p = start(2, flags, tmp_path / "exps", tmp_path)
+    run = tmp_path / "exps" / "r"
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "latest.pt").exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(_worker_with_rank(p.pid, 1), signal.SIGKILL)
+    _, err = p.communicate(timeout=300)
+    stopped = [ln for ln in err.splitlines() if ln.startswith("lmsprint: stopped: ")]
+    assert len(stopped) == 1, err[-4000:]
+    assert "another process of the run ended, this one stopped at step" in stopped[0]
+    assert "the checkpoint of step" in stopped[0] and f"--resume {tmp_path / 'exps' / 'r'}" in stopped[0]
+    assert "[rank0]: Traceback" not in err and "[rank0]: RuntimeError" not in err, err[-4000:]
+    with open(run / "summary.json") as fh:
+        s = json.load(fh)
+    assert s["status"] == "interrupted" and s["error"].startswith("another process ended at step"), s
+    assert rundir.status(str(run)) == "interrupted"
+    resume(2, tmp_path / "exps", tmp_path)
+    with open(run / "summary.json") as fh:
+        assert json.load(fh)["status"] == "complete"

@@ -11,11 +11,13 @@ is checked against the 2-process one. Runs start at most three processes at once
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
 
 import pytest
+import torch
 from distributed_runs import close, cmd, env, finish, kill_after_first_checkpoint, resume, rows, same_weights, start
 from tiny import tiny_flags
 
@@ -87,7 +89,11 @@ def test_eval_reads_the_sharded_checkpoint_in_one_plain_process(runs):
         ev = json.load(fh)
     with open(run_dir / "summary.json") as fh:
         final = json.load(fh)["final"]
-    assert ev["step"] == 8 and abs(ev["val/loss"] - final["val/loss"]) < 1e-5
+    # the same weights and windows, batched differently (2 ranks of alternating windows vs one process): each batch's
+    # CE is a float32 sum, rounded at most once per level of its log2(tokens) deep reduction, plus the last sums
+    # (measured: up to 7e-7 on a loss of 10.8 between batch sizes 1-17 of these 17 windows)
+    tol = (math.log2(544) + 2) * torch.finfo(torch.float32).eps * abs(final["val/loss"])
+    assert ev["step"] == 8 and abs(ev["val/loss"] - final["val/loss"]) <= tol
 
 
 def test_muon_is_refused_in_one_line_and_nothing_is_written(tmp_path):

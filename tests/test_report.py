@@ -244,3 +244,62 @@ def test_terminal_gets_a_redrawn_bar_and_persistent_eval_lines():
     assert "\r" in out and "train:" in out and "3/3" in out
     lines = [line.rstrip("\r").split("\r")[-1] for line in out.split("\n")]  # what stays on screen per line
     assert any(line.startswith("eval step 2 | ") and "val loss 3.0000 acc 0.2500 bpb 1.5000" in line for line in lines)
+
+
+# ---------------------------------------------------------------------------------------------------- diverged
+
+
+@pytest.fixture(scope="module")
+def diverged_run(tmp_path_factory, shakespeare_manifest):
+    """A tiny run at lr 3 without warmup: its final val loss ends far above ln(vocab_size), every number finite."""
+    import contextlib
+    import io
+
+    from lmsprint.cli import main
+
+    root = tmp_path_factory.mktemp("diverged")
+    args = ["train", "--dataset", shakespeare_manifest.dir, "--n_layer", "1", "--n_embd", "16", "--n_head", "2",
+            "--sequence_length", "16", "--batch_size", "4", "--acc_steps", "1", "--iterations", "6", "--eval_freq", "3",
+            "--eval_tokens", "256", "--final_eval", "fixed", "--sample_tokens", "0", "--lr", "3", "--scheduler", "none",
+            "--threads", "1", "--results_base_folder", str(root / "exps"), "--exp_name", "hot"]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    assert code == 0, err.getvalue()
+    return root / "exps" / "hot", out.getvalue()
+
+
+def test_a_run_worse_than_a_uniform_guess_is_marked_diverged(diverged_run):
+    import json
+    import math
+
+    run_dir, out = diverged_run
+    s = json.loads((run_dir / "summary.json").read_text())
+    loss = s["final"]["val/loss"]
+    assert math.isfinite(loss) and loss > math.log(50304)
+    assert s["status"] == "complete" and s["diverged"] is True and s["uniform_loss"] == pytest.approx(math.log(50304))
+    row = re.search(r"^  diverged +final val/loss ([\d.]+) is above 10\.8258 = ln\(vocab_size\)", out, re.M)
+    assert row and float(row.group(1)) == pytest.approx(loss, abs=1e-4), out
+
+
+def test_huge_perplexity_is_printed_in_scientific_notation(diverged_run):
+    run_dir, out = diverged_run
+    ppl = re.search(r"^  val/perplexity +(\S+)$", out, re.M).group(1)
+    assert re.fullmatch(r"\d\.\d{3}e\+\d+", ppl), ppl  # e.g. 1.234e+40, never a 40-digit integer
+
+
+def test_compare_shows_diverged_runs(diverged_run, logged, corpus, in_process, tmp_path):
+    import csv
+
+    run_dir, _ = diverged_run
+    healthy = next(d for d in (corpus / "exps").iterdir() if d.is_dir())
+    assert yaml.safe_load((healthy / "summary.json").read_text())["diverged"] is False
+    p = in_process("compare", str(run_dir), str(healthy), "--out", "rep")
+    assert p.returncode == 0, p.stderr
+    table = {line.split()[0]: line.split()[1] for line in p.stdout.splitlines() if line.startswith(("hot", "base_"))}
+    assert table["hot"] == "diverged" and table[healthy.name] == "complete", p.stdout
+    assert "diverged (1 run(s): a complete run whose final val loss is above ln(vocab_size)" in p.stdout
+    with open(tmp_path / "rep" / "runs.csv") as fh:
+        rows = {r["run"]: r for r in csv.DictReader(fh)}
+    assert rows["hot"]["diverged"] == "true" and rows["hot"]["status"] == "complete"
+    assert rows[healthy.name]["diverged"] == "false"

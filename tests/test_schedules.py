@@ -83,3 +83,28 @@ def test_wsd_phases_must_fit():
     assert cli_message(e.value).startswith("--warmup_percent 0.5 + --wsd_decay_frac 0.6 exceed 1")
     cfg.optim.wsd_decay_frac = 0.5
     check_optim_config(cfg)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    # the final lr of OneCycle is lr / div_factor / final_div_factor: 1e-300 made it 1e298 x lr, a float32 overflow
+    # inside the optimizer at the first step (RuntimeError "value cannot be converted to type float")
+    (["--final_div_factor", "1e-300"], "--final_div_factor 1e-300 with --div_factor 100 makes the final lr"),
+    (["--final_div_factor", "0.001"], "larger than the peak --lr, so the schedule would climb"),
+    (["--scheduler", "linear", "--div_factor", "2", "--final_div_factor", "0.1"], "div_factor x final_div_factor >= 1"),
+    (["--div_factor", "0.5"], "--div_factor 0.5 makes the start lr (lr / div_factor) larger than the peak --lr"),
+    (["--scheduler", "wsd", "--div_factor", "1e-300"], "--div_factor 1e-300 makes the start lr"),
+    (["--lr", "1e39"], "--lr 1e+39 is larger than the largest float32"),
+    (["--opt", "muon", "--muon_lr", "1e39"], "--muon_lr 1e+39 is larger than the largest float32"),
+])
+def test_a_schedule_never_climbs_above_its_peak(tmp_path, in_process, argv, needle):
+    p = in_process("train", "--config_format", "demo", *argv, "--results_base_folder", "exps")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and needle in p.stderr, p.stderr
+    assert not (tmp_path / "exps").exists()
+
+
+def test_schedules_that_end_at_or_below_their_start_are_fine():
+    for kw in ({"div_factor": 100.0, "final_div_factor": 0.01}, {"div_factor": 1.0, "final_div_factor": 1.0},
+               {"scheduler": "none", "div_factor": 0.5, "final_div_factor": 1e-300}):
+        cfg = OptimConfig(**kw)
+        check_optim_config(cfg)
+        assert max(lr_multiplier(p / 100, cfg, 100) for p in range(101)) <= 1.0

@@ -12,6 +12,9 @@
 - `RunFileError(path, field, problem)`: a file of a run directory that is malformed or does not match the run
   (a `CheckpointError`); the message names the file and the field. `UnsafePathError`: a path that would leave a
   run directory, or a symbolic link where lmsprint writes (a `ValueError`).
+- `is_out_of_memory(e)` / `out_of_memory_text(e)`: an allocation that failed on any device (torch's CPU allocator
+  raises a RuntimeError, not torch.OutOfMemoryError), for the one-line out-of-memory messages of training and the
+  CLI.
 - A `ConfigError` names options as `` `name` `` in its message. From Python, `str(e)` reads
   "attention_window 300 ..."; the CLI shows the same sentence with flags: "--attention_window 300 ..."
   (`cli_message(e)`). So model code never words its errors as command-line flags.
@@ -83,6 +86,30 @@ class ArgumentTypeError(UserError, TypeError):
     def __init__(self, argument: str, message: str):
         self.argument = argument
         super().__init__(message)
+# torch's CPU allocator raises a plain RuntimeError with one of these (Linux / Windows); CUDA raises
+# torch.OutOfMemoryError; numpy and Python raise MemoryError
+_CPU_ALLOCATOR_FAILED = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
+_TRIED = re.compile(r"tried to allocate (\d+) bytes", re.IGNORECASE)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is an allocation that failed: torch.OutOfMemoryError (by name: this module imports no torch),
+    torch's CPU allocator's RuntimeError, or MemoryError."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(e, RuntimeError) and any(t in str(e) for t in _CPU_ALLOCATOR_FAILED)
+
+
+def out_of_memory_text(e: BaseException) -> str:
+    """'out of CPU memory (tried to allocate 13.19 GB)' / 'out of GPU memory (CUDA out of memory. Tried ...)'."""
+    text = str(e).strip()
+    m = _TRIED.search(text)
+    if type(e).__name__ == "OutOfMemoryError":
+        first = (text.splitlines() or ["out of memory"])[0]
+        return f"out of GPU memory ({first[:157] + '...' if len(first) > 160 else first})"
+    if m:
+        return f"out of CPU memory (tried to allocate {int(m.group(1)) / 1e9:.2f} GB)"
+    return "out of CPU memory" + (f" ({text.splitlines()[0][:160]})" if text else "")
 
 
 def cli_message(err: UserError) -> str:

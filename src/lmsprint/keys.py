@@ -3,10 +3,15 @@ validation metrics (`VAL_METRICS`) that compare's columns, its best-group direct
 
 llm-baselines' names are kept (`iter`, `train/loss`, `val/loss`, `val/perplexity`, `val/acc`, `lr`).
 Adding a validation metric: a `ValMetric` row here + the code computing it (`training/evaluate.py`).
+
+Also here, so that training, `eval` and `compare` say the same: `format_number(v, fmt)` (every printed metric: a
+huge perplexity in scientific notation, never a 305-digit integer) and the divergence rule `diverged(val_loss,
+vocab_size)`: a final val loss above ln(vocab_size), the loss of a uniform guess over the model's vocabulary.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -31,6 +36,36 @@ MOE_DROPPED = "moe/dropped_frac"
 
 # summary.json holds the final full-val numbers under these keys
 FINAL = "final"
+# summary.json of a complete run: `diverged` true when its final val loss is above `uniform_loss` = ln(vocab_size)
+DIVERGED = "diverged"
+UNIFORM_LOSS = "uniform_loss"
+
+SCIENTIFIC_ABOVE = 1e6  # numbers this large are printed as 1.234e+07
+
+
+def format_number(v, fmt: str = "{:.4f}") -> str:
+    """A metric as printed: `fmt` below 1e6 in magnitude, scientific notation above, `inf`/`nan` as such, '-' for
+    a missing value (None or not a number)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return "-"
+    if not math.isfinite(v):
+        return str(float(v))
+    if abs(v) >= SCIENTIFIC_ABOVE:
+        return f"{v:.3e}"
+    return fmt.format(v)
+
+
+def uniform_loss(vocab_size: int) -> float:
+    """Cross-entropy (nats/token) of a uniform guess over `vocab_size` tokens: ln(vocab_size)."""
+    return math.log(max(int(vocab_size), 1))
+
+
+def diverged(val_loss, vocab_size) -> bool:
+    """True when a (final) val loss is worse than a uniform guess: above ln(vocab_size), or not finite. A run that
+    ends there has learned nothing a constant prediction would not, whatever its other numbers say."""
+    if not isinstance(val_loss, (int, float)) or isinstance(val_loss, bool) or not vocab_size:
+        return False
+    return not math.isfinite(val_loss) or val_loss > uniform_loss(vocab_size)
 
 
 @dataclass(frozen=True)
@@ -42,6 +77,9 @@ class ValMetric:
     fmt: str
     lower_is_better: bool
     plot_label: Optional[str] = None
+
+    def format(self, v) -> str:
+        return format_number(v, self.fmt)
 
 
 # in the order of compare's columns

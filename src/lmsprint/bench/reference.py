@@ -92,8 +92,8 @@ class ReferenceStep:
         logits = F.linear(hidden, self.model.head_weight)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One optimizer step; returns the last micro-batch's loss / acc_steps (a device tensor, as llm-baselines)."""
+    def accumulate(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The gradients of one optimizer step's batch, micro-batch by micro-batch; the last loss / acc_steps."""
         acc, mb = self.n_micro, self.micro_bs
         loss = None
         for i in range(acc):
@@ -101,13 +101,22 @@ class ReferenceStep:
                 loss = self.loss(x[i * mb:(i + 1) * mb], y[i * mb:(i + 1) * mb])
             loss = loss / acc
             loss.backward()
+        return loss.detach()
+
+    def update(self) -> None:
+        """Clip (when `grad_clip` != 0), step the optimizer and the schedule, zero the gradients."""
         if self.cfg.optim.grad_clip != 0.0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimizer step; returns the last micro-batch's loss / acc_steps (a device tensor, as llm-baselines)."""
+        loss = self.accumulate(x, y)
+        self.update()
+        return loss
 
     __call__ = step
 

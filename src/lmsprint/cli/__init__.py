@@ -19,7 +19,7 @@ import importlib
 import sys
 
 from ..config import SuggestingParser
-from ..errors import EXIT_USAGE, UserError, cli_message
+from ..errors import EXIT_USAGE, UserError, cli_message, is_out_of_memory, out_of_memory_text
 from ..files import DISK_FULL, NOT_WRITABLE
 from ..version import __version__
 from . import arguments as A
@@ -83,6 +83,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("lmsprint: interrupted", file=sys.stderr)
         return 130
+    except (RuntimeError, MemoryError) as e:  # out of memory outside training (eval, generate, export, bench): one line
+        if not is_out_of_memory(e):
+            raise
+        print(f"lmsprint: error: {out_of_memory_text(e)}; use a smaller model or batch, or a machine with more memory",
+              file=sys.stderr)
+        return EXIT_USAGE
 
 
 def os_error_message(e: OSError) -> str:

@@ -72,7 +72,8 @@ def run_eval(args) -> int:
            **res, "device": device, "evaluated_at": rundir.now_iso()}
     rundir.write_eval(run_dir, out)
     print(f"{run_dir} @ step {out['step']}: " + "  ".join(
-        f"{k} {res[k]:.4f}" for k in (K.VAL_LOSS, K.VAL_PPL, K.VAL_ACC, K.VAL_BPB)) + f"  ({res['eval_tokens']:,} tokens)")
+        f"{k} {K.format_number(res[k])}" for k in (K.VAL_LOSS, K.VAL_PPL, K.VAL_ACC, K.VAL_BPB))
+        + f"  ({res['eval_tokens']:,} tokens)")
     return 0
 
 

@@ -93,14 +93,28 @@ def add_flags(parser: argparse.ArgumentParser, sections: Optional[tuple] = None)
         name = path[-1]
         names = [f"--{name}"] + [f"--{a}" for a in f.metadata.get("aliases", ())]
         help_ = _escaped(help_text(name, f))
+        action = _OneName if len(names) > 1 else None
         if base_type(tp) is bool:
             # `--flag` alone means true; `--flag false|0|no` also parses
             a = g.add_argument(*names, dest=name, nargs="?", const="true", default=argparse.SUPPRESS, metavar="BOOL",
-                               help=help_)
+                               help=help_, action=action)
         else:
             # choices are checked by validate() so that every error reads the same way
-            a = g.add_argument(*names, dest=name, default=argparse.SUPPRESS, help=help_, metavar=_metavar(f, tp))
+            a = g.add_argument(*names, dest=name, default=argparse.SUPPRESS, help=help_, metavar=_metavar(f, tp),
+                               action=action)
         a.option = (name, f, tp)
+
+
+class _OneName(argparse.Action):
+    """Store a flag that has other names (`aliases`, e.g. --learning_rate for --lr); the flag given under two of its
+    names in one command line is refused instead of the last one silently winning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        last = getattr(self, "_last", None)  # (namespace, the name it was given as)
+        if last is not None and last[0] is namespace and last[1] != option_string:
+            raise UserError(f"{last[1]} and {option_string} are two names of the same flag; give it once")
+        self._last = (namespace, option_string)
+        setattr(namespace, self.dest, self.const if values is None else values)
 
 
 def _escaped(text: str) -> str:

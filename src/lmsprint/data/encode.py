@@ -3,6 +3,9 @@
 - `Encoder(tokenizer, vocab, num_proc)(docs, n_chars) -> ids`: one flat id array for a list of documents (each
   followed by the separator when the tokenizer has one); small inputs are encoded in-process, larger ones in a pool
   of `num_proc` workers started on first use and kept until `close()`, each building its tokenizer once.
+  Ctrl-C is the parent's alone: the workers ignore SIGINT (a Ctrl-C reaches the whole process group, and a worker
+  dying in the middle of a job left the parent waiting forever for its result), and after an interruption or an
+  error the parent ends them with `terminate()`, never waiting for the jobs still queued.
 - `measure_tokenize_speed(...)`: 1-process vs `num_proc`-process steady-state rates (`lmsprint prepare
   --bench_tokenizer`).
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from typing import Optional, Sequence
@@ -38,6 +42,7 @@ _WORKER_TOK = None
 
 def worker_init(name: str, vocab: Optional[str]) -> None:
     global _WORKER_TOK
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the pool
     _WORKER_TOK = get_tokenizer(name, vocab)
 
 
@@ -81,7 +86,16 @@ class Encoder:
         if self.num_proc <= 1 or n_chars < MIN_PARALLEL_CHARS:
             return encode_docs(self.tok, docs, self.dtype)
         if self.pool is None:
-            self.pool = _pool_context().Pool(self.num_proc, initializer=worker_init, initargs=(self.name, self.vocab))
+            # the workers start with SIGINT ignored (inherited; a new interpreter keeps an ignored SIGINT too), so
+            # that a Ctrl-C during their start-up is not a traceback per worker either
+            main = threading.current_thread() is threading.main_thread()
+            old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+            try:
+                self.pool = _pool_context().Pool(self.num_proc, initializer=worker_init,
+                                                 initargs=(self.name, self.vocab))
+            finally:
+                if main:
+                    signal.signal(signal.SIGINT, old)
         jobs, cur, size = [], [], 0
         for d in docs:
             cur.append(d)
@@ -95,8 +109,16 @@ class Encoder:
         return np.concatenate(parts) if parts else np.zeros(0, self.dtype)
 
     def close(self):
+        """Stop the workers after their jobs (all are done once a call returned)."""
         if self.pool is not None:
             self.pool.close()
+            self.pool.join()
+            self.pool = None
+
+    def terminate(self):
+        """Stop the workers now (after Ctrl-C or an error: jobs still queued are dropped, not waited for)."""
+        if self.pool is not None:
+            self.pool.terminate()
             self.pool.join()
             self.pool = None
 

@@ -26,15 +26,15 @@ import sys
 import time
 from typing import Iterator, Optional
 
-from tqdm import tqdm
-
 from ..errors import DataError, UserError, plural
 from ..files import atomic_open, atomic_path
 from .encode import Encoder
 from .integrity import Hasher, sample_blocks
 from .manifest import (FORMAT_VERSION, MANIFEST, Manifest, check_tokenizer, load_manifest, write_json_atomic,
                        write_manifest)
-from .sources import Source, local_files, resolve_source, shakespeare_chars, shakespeare_documents, tokenizer_name
+from .progress import progress_bar
+from .sources import (DEFAULT_TEXT_FIELD, Source, local_files, resolve_source, shakespeare_chars, shakespeare_documents,
+                      special_files_line, tokenizer_name)
 from .split import estimate_tokens, floor_warning, split_document, val_target
 from .textfiles import replaced_warning, scan_local_files
 from .tokenfiles import adopt_token_folder
@@ -83,11 +83,10 @@ def _source_bytes(data_cfg, source: Source, files: Optional[list]) -> Optional[i
         return sum(len(d.encode("utf-8")) for d in shakespeare_documents()[:data_cfg.max_docs or None])
     if files is not None:
         return sum(os.path.getsize(f) for f in files)  # with `max_docs` an upper bound: the floor may fall short
+    if source.text_size is not None:  # a save_to_disk Dataset without splits: the same rule as a folder of files
+        size, rows = source.text_size
+        return int(size * min(1.0, data_cfg.max_docs / rows)) if data_cfg.max_docs and rows else size
     return None
-
-
-def _tqdm(progress: bool, **kw):
-    return tqdm(disable=not progress, file=sys.stderr, dynamic_ncols=True, **kw)
 
 
 def prepare(data_cfg, progress: bool = True, *, shard_docs: Optional[int] = None,
@@ -129,8 +128,11 @@ def _lock(out: str):
 def _build(data_cfg, source: Source, out: str, progress: bool, shard_docs, stop_after_shards) -> Manifest:
     tokenizer = source.default_tokenizer
     val_fraction = data_cfg.val_fraction or source.default_val_fraction
-    files = local_files(os.path.abspath(data_cfg.dataset)) if source.kind == "local" else None
-    replaced = scan_local_files(files) if files else {}
+    skipped: list = []
+    files = local_files(os.path.abspath(data_cfg.dataset), skipped) if source.kind == "local" else None
+    if skipped:
+        print(special_files_line(skipped, os.path.abspath(data_cfg.dataset)), file=sys.stderr)
+    replaced = scan_local_files(files, data_cfg.text_field or DEFAULT_TEXT_FIELD) if files else {}
     if replaced:
         print(replaced_warning(replaced), file=sys.stderr)
     fixed = getattr(source, "fixed_split", None)  # a source with its own val split keeps it
@@ -163,7 +165,7 @@ def _build(data_cfg, source: Source, out: str, progress: bool, shard_docs, stop_
         if source.kind == "embedded":
             state["vocab"] = shakespeare_chars()
         else:
-            bar = _tqdm(progress, desc="reading (char vocabulary)", unit=" docs")
+            bar = progress_bar(progress, desc="reading (char vocabulary)", unit=" docs")
             state["vocab"] = char_vocab(d for d in _docs(source, 0, data_cfg.max_docs) if bar.update(1) or True)
             bar.close()
         write_json_atomic(record_path, state)
@@ -171,8 +173,10 @@ def _build(data_cfg, source: Source, out: str, progress: bool, shard_docs, stop_
     try:
         _write_shards(source, data_cfg, enc, state, partial, record_path, target, progress, shard_docs,
                       stop_after_shards)
-    finally:
-        enc.close()
+    except BaseException:  # Ctrl-C or an error: end the workers now (the shards written so far are kept)
+        enc.terminate()
+        raise
+    enc.close()
     state["replaced_bytes"], state["val_target"] = {os.path.relpath(f, data_cfg.dataset) if os.path.isdir(
         data_cfg.dataset) else os.path.basename(f): n for f, n in replaced.items()}, target
     return _finish(data_cfg, source, out, enc, state, val_fraction, progress)
@@ -181,7 +185,7 @@ def _build(data_cfg, source: Source, out: str, progress: bool, shard_docs, stop_
 def _write_shards(source, data_cfg, enc, state, partial, record_path, val_fraction, progress, shard_docs,
                   stop_after_shards) -> None:
     docs = _docs(source, state["docs_done"], data_cfg.max_docs)
-    bar = _tqdm(progress, desc=f"tokenizing {source.key}", unit=" docs", initial=state["docs_done"],
+    bar = progress_bar(progress, desc=f"tokenizing {source.key}", unit=" docs", initial=state["docs_done"],
                 total=(data_cfg.max_docs or (len(shakespeare_documents()) if source.kind == "embedded" else None)))
     new_shards = 0
     i = state["docs_done"]
@@ -236,7 +240,7 @@ def _finish(data_cfg, source, out, enc, state, val_fraction, progress) -> Manife
         raise DataError(f"{source.key} has {state['docs_done']} non-empty documents, too few for a train and a val "
                         "split; use more documents (`max_docs`) or a larger `val_fraction`")
     digests, max_id, blocks = {}, {}, {}
-    bar = _tqdm(progress, desc="writing token files", unit="B", unit_scale=True,
+    bar = progress_bar(progress, desc="writing token files", unit="B", unit_scale=True,
                 total=(totals["train_tokens"] + totals["val_tokens"]) * enc.dtype.itemsize)
     for s in ("train", "val"):
         final = os.path.join(out, f"{s}.bin")

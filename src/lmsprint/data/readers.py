@@ -25,6 +25,7 @@ from typing import Callable, Iterator, NamedTuple, Optional
 from urllib.parse import urlparse
 
 from ..errors import ConfigError, DataError, UserError
+from .textfiles import is_text_type, not_text
 
 HUB_TIMEOUT_S = 10
 MIRROR_ENV = "LMSPRINT_HUB_MIRROR"
@@ -54,16 +55,23 @@ def first_line(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def _text(value) -> str:
-    return value if isinstance(value, str) else ("" if value is None else str(value))
+def text_of(value, where: str, row: int, text_field: str) -> str:
+    """A row's text: the string, "" for null; any other type is a DataError naming `where`, the row and the type
+    (the policy of textfiles.py: nothing is turned into text silently)."""
+    kind = not_text(value)
+    if kind:
+        raise DataError(f"{where} row {row:,}: the '{text_field}' field is {kind}, not a string; lmsprint does not "
+                        "turn other types into text: fix the data or choose the field that holds the text with "
+                        "`text_field`")
+    return value or ""
 
 
 def _rows(ds, text_field: str, where: str) -> Iterator[str]:
-    for row in ds:
+    for i, row in enumerate(ds, 1):
         if text_field not in row:
             raise DataError(f"{where} has no '{text_field}' field (fields: {', '.join(row)}); name the field that "
                             "holds the text with `text_field`")
-        yield _text(row[text_field])
+        yield text_of(row[text_field], where, i, text_field)
 
 
 # ------------------------------------------------------------------------------------------------ local files
@@ -163,7 +171,20 @@ def saved_splits(path: str, text_field: str):
         if part is not None and text_field not in part.column_names:
             raise DataError(f"the datasets folder '{path}' has no '{text_field}' field (fields: "
                             f"{', '.join(part.column_names)}); name the field that holds the text with `text_field`")
+        t = part.data.schema.field(text_field).type if part is not None else None
+        if t is not None and not is_text_type(t) and len(part):
+            raise DataError(f"the datasets folder '{path}' rows 1-{len(part):,}: the '{text_field}' column has type "
+                            f"{t}, not a string; lmsprint does not turn other types into text: choose the column that "
+                            "holds the text with `text_field`")
     return train.select_columns([text_field]), (val.select_columns([text_field]) if val is not None else None)
+
+
+def text_bytes(ds, text_field: str) -> int:
+    """UTF-8 bytes of a Dataset's text column, from its arrow table (no rows are read into Python)."""
+    import pyarrow.compute as pc  # lazy: comes with datasets, which the caller has loaded
+
+    col = ds.data.column(text_field)
+    return int(pc.sum(pc.binary_length(col)).as_py() or 0) if len(col) else 0
 
 
 def interleaved_val(n_train: int, n_val: int) -> Callable[[int], bool]:
@@ -172,10 +193,11 @@ def interleaved_val(n_train: int, n_val: int) -> Callable[[int], bool]:
     return lambda i: (i + 1) * n_val // n > i * n_val // n
 
 
-def merged_docs(train, val, text_field: str) -> Callable[[int], Iterator[str]]:
+def merged_docs(train, val, text_field: str, where: str = "datasets folder") -> Callable[[int], Iterator[str]]:
     """docs(skip) over a save_to_disk folder: train rows, or train and val interleaved by `interleaved_val`."""
     if val is None:
-        return lambda skip: (_text(r[text_field]) for r in train.select(range(min(skip, len(train)), len(train))))
+        return lambda skip: (text_of(r[text_field], where, min(skip, len(train)) + i, text_field)
+                             for i, r in enumerate(train.select(range(min(skip, len(train)), len(train))), 1))
     is_val = interleaved_val(len(train), len(val))
 
     def docs(skip: int) -> Iterator[str]:
@@ -185,7 +207,7 @@ def merged_docs(train, val, text_field: str) -> Callable[[int], Iterator[str]]:
         t_rows = iter(train.select(range(skip - n_val_before, len(train))))
         v_rows = iter(val.select(range(n_val_before, len(val))))
         for i in range(skip, n):
-            yield _text(next(v_rows if is_val(i) else t_rows)[text_field])
+            yield text_of(next(v_rows if is_val(i) else t_rows)[text_field], where, i + 1, text_field)
 
     return docs
 

@@ -30,12 +30,13 @@ import hashlib
 import importlib.util
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
 from ..errors import ConfigError, DataError, plural
 from .readers import (LOCAL_SUFFIXES, HubDataset, hub_docs, is_saved_dataset, local_docs, merged_docs,
-                      saved_splits, interleaved_val)
+                      saved_splits, interleaved_val, text_bytes)
 
 # name -> the hub dataset streamed for it (its "train" split). Each id, config and text field was checked against
 # the hub's file listing and dataset card; all of them store parquet files. The README's Data section names them.
@@ -66,6 +67,8 @@ class Source:
     # the source's own split: document i is val when fixed_split(i) (None: prepare decides by `val_fraction`)
     fixed_split: Optional[Callable[[int], bool]] = field(repr=False, default=None)
     token_dir: Optional[str] = None  # kind "tokens": the folder of train.bin / val.bin, read in place
+    # kind "disk": (UTF-8 bytes of its text, rows), known before reading it: the val fraction's floor uses it
+    text_size: Optional[tuple] = None
 
     def documents(self, skip: int = 0) -> Iterator[str]:
         """Documents in a fixed order, starting after the first `skip` of them."""
@@ -158,10 +161,13 @@ def _shakespeare_source(tokenizer: str) -> Source:
 
 
 def _files_digest(files: list[str], *extra: str) -> str:
+    """The cache key of source files: path, size, mtime and ctime of each. The kernel sets ctime at every write and
+    nobody can set it back (`touch -r`, `cp -p` and `rsync -t` restore mtime only), so a file rewritten with the same
+    size and mtime still gets a new cache; a chmod or chown also does (a needless rebuild, never a stale one)."""
     h = hashlib.sha256()
     for f in files:
         st = os.stat(f)
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0".encode())
     h.update("\0".join(extra).encode())
     return h.hexdigest()[:10]
 
@@ -178,20 +184,50 @@ def _field_suffix(text_field: str, default: str = DEFAULT_TEXT_FIELD) -> str:
     return "" if text_field == default else "-f" + _safe(text_field)
 
 
-def local_files(path: str) -> list[str]:
-    if os.path.isfile(path):
-        files = [path]
-    else:
+def _regular(path: str) -> bool:
+    """A regular file (after symlinks); FIFOs, sockets and devices are not: opening a FIFO blocks until a writer
+    comes, a device can be endless."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def local_files(path: str, skipped: Optional[list] = None) -> list[str]:
+    """The .txt/.jsonl/.json/.parquet regular files of a file or folder, sorted; special files (FIFOs, sockets,
+    devices) with those suffixes are left out and appended to `skipped`."""
+    if os.path.isdir(path):
         files = sorted(os.path.join(d, f) for d, _s, fs in os.walk(path) for f in fs)
+    else:
+        files = [path]
     files = [f for f in files if os.path.splitext(f)[1].lower() in LOCAL_SUFFIXES]
+    special = [f for f in files if not _regular(f)]
+    if skipped is not None:
+        skipped += special
+    files = [f for f in files if f not in special]
     if not files:
+        if special and not os.path.isdir(path):
+            raise DataError(f"'{path}' is not a regular file (a FIFO, socket or device); point `dataset` at a file "
+                            "or folder of files")
         raise DataError(f"no .txt/.jsonl/.json/.parquet files in '{path}'; point `dataset` at such a file or folder, "
                         "a nanoGPT folder (train.bin, val.bin) or a folder written by datasets' save_to_disk")
     return files
 
 
+def special_files_line(skipped: list, path: str) -> str:
+    """One line naming the special files skipped in `path` (the first three, then a count)."""
+    named = ", ".join(os.path.relpath(f, path) if os.path.isdir(path) else f for f in skipped[:3])
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return (f"lmsprint: warning: skipped {len(skipped)} file(s) in '{path}' that are not regular files (FIFOs, "
+            f"sockets or devices): {named}{more}")
+
+
 def _local_source(path: str, tokenizer: str, text_field: str) -> Source:
     files = local_files(path)
+    if text_field != DEFAULT_TEXT_FIELD and all(LOCAL_SUFFIXES[os.path.splitext(f)[1].lower()] == "text"
+                                                for f in files):
+        raise ConfigError(f"`text_field` does not apply to '{path}': .txt files have no fields (a file, or each "
+                          "paragraph of a single file, is a document); drop `text_field`")
     return Source(key=f"local-{_stem(path)}-{_files_digest(files)}{_field_suffix(text_field)}", kind="local",
                   default_tokenizer=tokenizer, description=f"local files under {path} ({plural(len(files), 'file')})",
                   _docs=local_docs(files, text_field))
@@ -207,7 +243,8 @@ def _disk_source(path: str, tokenizer: str, text_field: str, val_fraction: Optio
         f"{len(train):,} rows"
     return Source(key=f"disk-{_stem(path)}-{_files_digest(files)}{_field_suffix(text_field)}", kind="disk",
                   default_tokenizer=tokenizer, description=f"datasets folder {path} ({what})",
-                  _docs=merged_docs(train, val, text_field),
+                  text_size=(text_bytes(train, text_field), len(train)) if val is None else None,
+                  _docs=merged_docs(train, val, text_field, f"datasets folder {path}"),
                   fixed_split=interleaved_val(len(train), len(val)) if val is not None else None)
 
 
@@ -280,6 +317,10 @@ def resolve_source(data_cfg) -> Source:
     if name in EMBEDDED:
         if given:
             raise ConfigError(f"`text_field` does not apply to `dataset` {name}; drop `text_field`")
+        if name == "shakespeare-char" and tok not in (None, "char"):
+            raise ConfigError(f"`dataset` shakespeare-char is the char tokenizer's (its name fixes it); for another "
+                              f"tokenizer use `dataset` shakespeare `tokenizer` {data_cfg.tokenizer}, or drop "
+                              "`tokenizer`")
         return _shakespeare_source(tok or ("char" if name == "shakespeare-char" else "gpt2"))
     if name in HUB:
         hub = HUB[name]._replace(text_field=text_field) if given else HUB[name]

@@ -13,6 +13,10 @@
   cut file may be missing more than one record.
 - A .parquet file must have a readable footer (a truncated or corrupt file is refused in one line); damage further
   in is reported in one line by prepare when the row is read.
+- The text field (`text_field`) of every JSON record must be a string (or null: an empty document): a number, a
+  boolean, an array or an object is refused with the file, the line (or record) and the type, never turned into
+  text. A .parquet file's text column must have a string type; another type is refused with the file, its rows
+  and the type. (`readers.text_of` applies the same rule to save_to_disk folders and hub streams.)
 
 The scan reads each file once at about the speed of UTF-8 decoding (strict C decoding; the counting handler runs
 only on the bad bytes), far less than tokenizing the same text costs.
@@ -23,7 +27,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
-from typing import Iterable
+from typing import Iterable, Optional
 
 from ..errors import DataError, plural
 
@@ -103,52 +107,96 @@ def scan_text(path: str) -> int:
     return counter.bad
 
 
-def scan_jsonl(path: str) -> None:
-    """Every non-empty line parses as JSON; DataError naming the first line that does not."""
+JSON_TYPE = {bool: "a boolean", int: "a number", float: "a number", list: "an array", dict: "an object"}
+
+
+def not_text(value) -> Optional[str]:
+    """None when `value` is text (a string, or null: an empty document), else its type in JSON's words."""
+    if value is None or isinstance(value, str):
+        return None
+    return JSON_TYPE.get(type(value), type(value).__name__)
+
+
+def _check_field(path: str, where: str, record, text_field: str) -> None:
+    if isinstance(record, dict) and text_field in record:
+        kind = not_text(record[text_field])
+        if kind:
+            shown = json.dumps(record[text_field])
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise DataError(f"{path} {where}: the '{text_field}' field is {kind} ({shown}), not a string; lmsprint "
+                            "does not turn other types into text: fix the record or choose the field that holds the "
+                            "text with `text_field`")
+
+
+def scan_jsonl(path: str, text_field: Optional[str] = None) -> None:
+    """Every non-empty line parses as JSON (and its `text_field`, if given, is text); DataError naming the first line
+    that does not."""
     offset = 0
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             if raw.strip():
                 try:
-                    json.loads(raw.decode("utf-8", errors="replace"))
+                    record = json.loads(raw.decode("utf-8", errors="replace"))
                 except ValueError as e:
                     last = not raw.endswith(b"\n") and not fh.read(1)
                     why = "the file ends inside this record (truncated?)" if last else getattr(e, "msg", str(e))
                     raise DataError(f"{path} line {lineno} (byte offset {offset:,}) is not valid JSON: {why}; fix or "
                                     "remove that line (lmsprint never skips records)")
+                if text_field is not None:
+                    _check_field(path, f"line {lineno}", record, text_field)
             offset += len(raw)
 
 
-def scan_json(path: str) -> None:
+def scan_json(path: str, text_field: Optional[str] = None) -> None:
     """A .json file holds one JSON value (an array of records) or JSON lines."""
     with open(path, "rb") as fh:
         head = fh.read(4096).lstrip()
     if not head.startswith(b"["):
-        scan_jsonl(path)
+        scan_jsonl(path, text_field)
         return
     with open(path, "rb") as fh:
         data = fh.read().decode("utf-8", errors="replace")
     try:
-        json.loads(data)
+        records = json.loads(data)
     except ValueError as e:
         raise DataError(f"{path} is not valid JSON ({e}); fix the file or remove it from the dataset")
+    if text_field is not None and isinstance(records, list):
+        for i, record in enumerate(records, 1):
+            _check_field(path, f"record {i:,}", record, text_field)
 
 
-def scan_parquet(path: str) -> None:
-    """The parquet footer (schema, row groups) is readable."""
+def is_text_type(t) -> bool:
+    """An arrow type that holds text: (large) string, a dictionary of strings, or null (all empty)."""
+    import pyarrow as pa  # lazy: see scan_parquet
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
+            or getattr(pa.types, "is_string_view", lambda _t: False)(t))
+
+
+def scan_parquet(path: str, text_field: Optional[str] = None) -> None:
+    """The parquet footer (schema, row groups) is readable, and the text column (if there is one) holds strings."""
     try:
         import pyarrow.parquet as pq  # lazy: optional dependency (comes with the hub extra's datasets)
     except ImportError:
         return  # reading parquet needs datasets (and so pyarrow); sources.py reports that
     try:
-        pq.ParquetFile(path).metadata
+        f = pq.ParquetFile(path)
+        schema, rows = f.schema_arrow, f.metadata.num_rows
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError subclasses for damaged files
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{path} is not a readable parquet file ({msg}); replace the file or remove it from the "
                         "dataset")
+    if text_field is not None and text_field in schema.names:
+        t = schema.field(text_field).type
+        if not is_text_type(t) and rows:
+            raise DataError(f"{path} rows 1-{rows:,}: the '{text_field}' column has type {t}, not a string; lmsprint "
+                            "does not turn other types into text: write the text as strings or choose the column "
+                            "that holds it with `text_field`")
 
 
-def scan_local_files(files: Iterable[str]) -> dict[str, int]:
+def scan_local_files(files: Iterable[str], text_field: Optional[str] = None) -> dict[str, int]:
     """Check every local file against the policy above; {path: undecodable bytes replaced} for files with any."""
     replaced = {}
     for f in files:
@@ -158,11 +206,11 @@ def scan_local_files(files: Iterable[str]) -> dict[str, int]:
             if n:
                 replaced[f] = n
             if ext == ".jsonl":
-                scan_jsonl(f)
+                scan_jsonl(f, text_field)
             elif ext == ".json":
-                scan_json(f)
+                scan_json(f, text_field)
         elif ext == ".parquet":
-            scan_parquet(f)
+            scan_parquet(f, text_field)
     return replaced
 
 

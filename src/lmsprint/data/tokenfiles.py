@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import DataError
 from .manifest import Manifest, write_manifest
+from .progress import progress_bar
 from .sources import NANOGPT_FILES, Source
 from .tokenizer import get_tokenizer
 
@@ -54,8 +53,8 @@ def adopt_token_folder(data_cfg, source: Source, out: str, progress: bool = True
     tok = get_tokenizer("gpt2")
     token_bytes = tok.token_bytes()
     paths = {s: os.path.join(source.token_dir, f) for s, f in zip(("train", "val"), NANOGPT_FILES)}
-    bar = tqdm(disable=not progress, file=sys.stderr, dynamic_ncols=True, unit="B", unit_scale=True,
-               desc="checking nanoGPT token files", total=sum(os.path.getsize(p) for p in paths.values()))
+    bar = progress_bar(progress, unit="B", unit_scale=True, desc="checking nanoGPT token files",
+                       total=sum(os.path.getsize(p) for p in paths.values()))
     stats = {s: _scan(p, tok.n_vocab, token_bytes, bar) for s, p in paths.items()}
     bar.close()
     docs = {s: int(st["counts"][tok.eot]) for s, st in stats.items()}

@@ -101,9 +101,33 @@ def apply_schedule(param_groups, progress: float, optim_cfg, total_steps: Option
             g["momentum"] = momentum
 
 
+# the largest float32: torch's optimizers hand each group's lr to float32 kernels, and a larger one is a RuntimeError
+# ("value cannot be converted to type float without overflow") at the first step
+FLOAT32_MAX = 3.4028234663852886e38
+LR_OPTIONS = ("lr", "muon_lr", "embed_lr", "head_lr")
+
+
 def check_schedule_config(optim_cfg) -> None:
-    """Refuse schedule options that cannot work together (ConfigError)."""
+    """Refuse schedule options that cannot work together (ConfigError).
+
+    The schedule never goes above the peak lr: cos/linear/wsd start at lr / `div_factor` (so `div_factor` >= 1) and
+    cos/linear end at lr / (`div_factor` x `final_div_factor`) (so that product >= 1; llm-baselines: 100 x 0.1).
+    Otherwise the "final" lr of e.g. `final_div_factor` 1e-300 is 1e298 x lr, past float32, and the run would fail
+    inside the optimizer. With that, the peak lr of every parameter group is the largest one, and it must fit in
+    float32 too."""
     o = optim_cfg
+    if o.scheduler in ("cos", "linear", "wsd") and o.div_factor < 1:
+        raise ConfigError(f"`div_factor` {o.div_factor:g} makes the start lr (lr / div_factor) larger than the peak "
+                          "`lr`; use `div_factor` >= 1 (llm-baselines: 100)")
+    if o.scheduler in ("cos", "linear") and o.div_factor * o.final_div_factor < 1:
+        raise ConfigError(f"`final_div_factor` {o.final_div_factor:g} with `div_factor` {o.div_factor:g} makes the "
+                          "final lr (lr / div_factor / final_div_factor) larger than the peak `lr`, so the schedule "
+                          "would climb instead of anneal; choose them with div_factor x final_div_factor >= 1 "
+                          "(llm-baselines: 100 x 0.1, ending at lr/10)")
+    for name in LR_OPTIONS:
+        if getattr(o, name) > FLOAT32_MAX:
+            raise ConfigError(f"`{name}` {getattr(o, name):g} is larger than the largest float32 "
+                              f"({FLOAT32_MAX:.3g}); the optimizer cannot use it")
     if o.scheduler == "wsd" and o.warmup_percent + o.wsd_decay_frac > 1.0:
         raise ConfigError(f"`warmup_percent` {o.warmup_percent} + `wsd_decay_frac` {o.wsd_decay_frac} exceed 1; "
                           "lower one of them so warmup and decay fit in the run")

@@ -37,6 +37,18 @@ class Run:
     def complete(self) -> bool:
         return self.status == "complete"
 
+    @property
+    def diverged(self) -> bool:
+        """A complete run whose final val loss is above ln(vocab_size) (summary `diverged`; computed for summaries
+        written before that key existed)."""
+        if not self.complete:
+            return False
+        flag = self.summary.get(K.DIVERGED)
+        if isinstance(flag, bool):
+            return flag
+        vocab = self.flat.get("vocab_size")
+        return K.diverged(self.final.get(K.VAL_LOSS), vocab if isinstance(vocab, int) else None)
+
     def get(self, key: str):
         """A complete run's summary number; for an unfinished run (or a missing number) the last value logged."""
         v = self.summary.get(key) if self.complete else None

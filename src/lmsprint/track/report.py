@@ -3,8 +3,10 @@
 formatting together.
 
 Run table: final val metrics (columns from keys.VAL_METRICS), training tokens, training time, tokens/s, total and
-active parameters, and only the config keys whose values differ between the runs. A run that is not complete is
-marked `*` (its numbers are the last logged ones) and left out of the seed statistics. Seed groups are judged
+active parameters, and only the config keys whose values differ between the runs. A run that is not complete is marked
+`*` (its numbers are the last logged ones) and left out of the seed statistics. A complete run that diverged (summary
+`diverged`, or for older summaries keys.diverged on its final val loss and vocab_size) shows `diverged` as its status
+and is named in a note; it stays in its seed group, whose numbers it makes worse, as it should. Seed groups are judged
 with the noise rule against the best group, or against the group chosen by `--reference` (its label, or a glob
 matching the name or path of one of its runs: `reference_group`). The report folder (--out, default
 ./reports/compare-<timestamp>) is never overwritten.
@@ -50,7 +52,7 @@ def _secs(v) -> str:
 
 
 def _num(v, fmt: str) -> str:
-    return fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+    return K.format_number(v, fmt)
 
 
 def _pm(g: Group, metric: str, fmt: str) -> str:
@@ -59,8 +61,8 @@ def _pm(g: Group, metric: str, fmt: str) -> str:
         vals = [r.final.get(metric) for r in g.runs]
         return "-" if all(v is None for v in vals) else NON_FINITE
     if s is not None:
-        return f"{fmt.format(m)} ± {fmt.format(s)}"
-    return f"{fmt.format(m)} (n=1)" if g.n < 2 else f"{fmt.format(m)} (one seed)"
+        return f"{_num(m, fmt)} ± {_num(s, fmt)}"
+    return f"{_num(m, fmt)} (n=1)" if g.n < 2 else f"{_num(m, fmt)} (one seed)"
 
 
 def run_table(runs: list[Run], diff: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -70,7 +72,8 @@ def run_table(runs: list[Run], diff: list[str]) -> tuple[list[str], list[list[st
     rows = []
     for r in runs:
         mark = "" if r.complete else "*"
-        rows.append([r.name + mark, r.status] + [_num(r.final.get(m.key), m.fmt) for m in K.VAL_METRICS] +
+        status = K.DIVERGED if r.diverged else r.status
+        rows.append([r.name + mark, status] + [_num(r.final.get(m.key), m.fmt) for m in K.VAL_METRICS] +
                     [_num(r.lm_eval.get(k), "{:.4f}") for k in lm] + [
             _si(r.get(K.TOKENS)), _secs(r.get(K.TRAIN_TIME)), _si(r.get(K.TOKENS_PER_S)),
             _si(r.summary.get("params_total")), _si(r.summary.get("params_active"))] + [
@@ -190,6 +193,10 @@ def compare(specs: list[str], metric: str = K.VAL_LOSS, only_complete: bool = Fa
                      "evaluation; left out of the seed groups")
     if not runs:
         raise UserError("none of the runs is complete; drop --only_complete to see unfinished runs")
+    bad = [r for r in runs if r.diverged]
+    if bad:
+        notes.append(f"diverged ({len(bad)} run(s): a complete run whose final val loss is above ln(vocab_size), the "
+                     "loss of a uniform guess): " + ", ".join(r.name for r in bad))
     diff = differing_keys(runs)
     groups = group_runs(runs, diff)
     notes += load_warnings(groups)
@@ -236,13 +243,14 @@ def write_runs_csv(c: Comparison, path: str) -> None:
                                                   "params_active"]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "run", "status", "seed_group"] + cols + c.diff)
+        w.writerow(["path", "run", "status", K.DIVERGED, "seed_group"] + cols + c.diff)
         label = {r.path: g.label for g in c.groups for r in g.runs}
         for r in c.runs:
             nums = [r.final.get(m.key) for m in K.VAL_METRICS] + [r.lm_eval.get(k) for k in lm] + [
                 r.get(K.TOKENS), r.get(K.TRAIN_TIME), r.get(K.TOKENS_PER_S), r.summary.get("params_total"),
                 r.summary.get("params_active")]
-            w.writerow([r.path, r.name, r.status, label.get(r.path, "")] + [_raw(v) for v in nums] +
+            w.writerow([r.path, r.name, r.status, str(r.diverged).lower(), label.get(r.path, "")] +
+                       [_raw(v) for v in nums] +
                        [_raw(r.flat.get(k)) for k in c.diff])
 
 

@@ -48,6 +48,7 @@ def load_data(cfg, world: World, progress: bool = True):
         manifest = prepare(cfg.data, progress=False)
     tok = get_tokenizer(manifest)
     check_data(cfg, manifest, tok)
-    train_tokens = open_tokens(manifest.train_path, manifest.dtype, cfg.data.data_in_ram)
-    val_tokens = open_tokens(manifest.val_path, manifest.dtype, cfg.data.data_in_ram)
+    # every batch is checked to hold ids of the tokenizer's vocabulary (data/loader.py), also past sampled blocks
+    train_tokens = open_tokens(manifest.train_path, manifest.dtype, cfg.data.data_in_ram, manifest.n_vocab)
+    val_tokens = open_tokens(manifest.val_path, manifest.dtype, cfg.data.data_in_ram, manifest.n_vocab)
     return manifest, tok, train_tokens, val_tokens

@@ -13,17 +13,22 @@
 - `Guard.check_before_save(tr)`: a checkpoint is never written after a non-finite loss or with non-finite weights
   (one device reduction, read while saving, which waits for the device anyway), so the checkpoint kept is the last
   finite one.
+- `peer_lost(e, tr)`: under torchrun, the collective that fails when another process of the run died (kill -9, a
+  crash, a lost node: gloo's "Connection closed by peer", NCCL's DistBackendError) -> `PeerLost`, a one-line
+  stop: summary `interrupted` when a checkpoint is there to resume from (else `failed`), never a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 import signal
 import threading
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 
 from ..errors import UserError
 from ..hw import unwrap
@@ -41,6 +46,33 @@ class RunInterrupted(Exception):
         name = signal.Signals(signum).name
         super().__init__(f"{name} at step {step}: checkpoint saved; continue with "
                          f"`lmsprint train --resume {run_dir}`")
+
+
+class PeerLost(RunInterrupted):
+    """Another process of a torchrun run ended; this one stopped at its next collective (exit status 1)."""
+
+    def __init__(self, step: int, run_dir: Optional[str], ckpt_step: Optional[int], why: str):
+        self.signum, self.step, self.run_dir, self.ckpt_step = None, step, run_dir, ckpt_step
+        self.exit_code = 1
+        then = (f"the checkpoint of step {ckpt_step} is kept: continue with the same launcher and "
+                f"`lmsprint train --resume {run_dir}`" if ckpt_step is not None
+                else "no checkpoint had been written: start the run again")
+        Exception.__init__(self, f"another process of the run ended, this one stopped at step {step} ({why}); {then}")
+
+
+# what gloo says when the process at the other end of a connection is gone
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote worker crashing")
+
+
+def peer_lost(e: BaseException, tr) -> Optional[PeerLost]:
+    """A `PeerLost` for an exception `e` of Trainer `tr` that says another process of the run is gone, else None."""
+    if not tr.world.distributed or isinstance(e, (RunInterrupted, UserError)):
+        return None
+    text = str(e)
+    if not (isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(t in text for t in _PEER_GONE))):
+        return None
+    first = re.sub(r"^\[[^\]]*\]\s*", "", (text.strip().splitlines() or [type(e).__name__])[0])  # gloo's [file:line]
+    return PeerLost(tr.step, tr.run_dir, tr.guard.ckpt_step, first.split(". ")[0][:160])
 
 
 class NonFiniteLoss(UserError):
@@ -121,6 +153,8 @@ class Guard:
 
 def end_status(e: BaseException) -> tuple[str, str]:
     """(summary status, error text) of a run that ended with exception `e`."""
+    if isinstance(e, PeerLost):
+        return ("interrupted" if e.ckpt_step is not None else "failed"), f"another process ended at step {e.step}"
     if isinstance(e, RunInterrupted):
         return "interrupted", f"{signal.Signals(e.signum).name} at step {e.step}"
     if isinstance(e, KeyboardInterrupt):

@@ -8,8 +8,11 @@ the final console table.
   keeps the banner and the eval lines.
 - `ProgressBar(clock, step, show)`: tqdm over seconds of the time budget, or over iterations.
 - `run_summary(tr, status, error)`: the summary dict written to summary.json (status running/complete/failed,
-  sizes, tokens, times, tokens/s, MFU, final metrics).
-- `print_report(summary, run_dir, final_sample)`: the "final metrics:" table on stdout.
+  sizes, tokens, times, tokens/s, MFU, final metrics). A complete run with a final val loss also gets `diverged`
+  (true when that loss is above `uniform_loss` = ln(vocab_size), a uniform guess: keys.diverged) and
+  `uniform_loss`; its status stays `complete` (the run did finish: sweeps skip it, seed groups count it).
+- `print_report(summary, run_dir, final_sample)`: the "final metrics:" table on stdout (with a `diverged` row when
+  the run diverged); numbers through keys.format_number (a huge perplexity in scientific notation).
 """
 
 from __future__ import annotations
@@ -85,9 +88,20 @@ def run_summary(tr, status: str, error: Optional[str] = None) -> dict:
         "device": tr.device,
         "finished_at": now_iso() if status != "running" else None,
     }
+    loss = (s[K.FINAL] or {}).get(K.VAL_LOSS)
+    if status == "complete" and loss is not None:
+        s[K.DIVERGED] = K.diverged(loss, cfg.model.vocab_size)
+        s[K.UNIFORM_LOSS] = K.uniform_loss(cfg.model.vocab_size)
     if error:
         s["error"] = error
     return s
+
+
+def diverged_text(summary: dict) -> str:
+    """'val/loss 11.2000 is above ln(vocab_size) = 10.8258, the loss of a uniform guess' for a diverged summary."""
+    loss = (summary.get(K.FINAL) or {}).get(K.VAL_LOSS)
+    return (f"final {K.VAL_LOSS} {K.format_number(loss)} is above {K.format_number(summary.get(K.UNIFORM_LOSS))} = "
+            "ln(vocab_size), the loss of a uniform guess")
 
 
 def format_rows(rows: list[tuple[str, str]]) -> str:
@@ -104,9 +118,11 @@ def print_report(summary: dict, run_dir: Optional[str], final_sample: str = "") 
         rows.append(("tokens/s", f"{summary[K.TOKENS_PER_S]:,.0f}"))
     for k in (K.VAL_LOSS, K.VAL_PPL, K.VAL_ACC, K.VAL_BPB):
         if f.get(k) is not None:
-            rows.append((k, f"{f[k]:.4f}"))
+            rows.append((k, K.format_number(f[k])))
     if f.get("eval_tokens"):
         rows.append(("eval tokens", f"{f['eval_tokens']:,}"))
+    if summary.get(K.DIVERGED):
+        rows.append((K.DIVERGED, diverged_text(summary)))
     print("final metrics:")
     print(format_rows(rows))
     if final_sample:
@@ -131,8 +147,8 @@ def eval_line(step: int, elapsed: float, train_loss: Optional[float], res: dict,
     parts = [f"eval step {step}", f"{elapsed:.1f}s"]
     if train_loss is not None:
         parts.append(f"train loss {train_loss:.4f}")
-    parts.append(f"val loss {res.get(K.VAL_LOSS, float('nan')):.4f} acc {res.get(K.VAL_ACC, float('nan')):.4f} "
-                 f"bpb {res.get(K.VAL_BPB, float('nan')):.4f}")
+    parts.append(f"val loss {K.format_number(res.get(K.VAL_LOSS, math.nan))} acc "
+                 f"{K.format_number(res.get(K.VAL_ACC, math.nan))} bpb {K.format_number(res.get(K.VAL_BPB, math.nan))}")
     if tps:
         parts.append(f"{tps:,.0f} tok/s")
     if mfu_ is not None:

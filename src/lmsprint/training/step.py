@@ -11,7 +11,7 @@
 - `resolve_micro_batch(cfg, model, device) -> (micro_bs, n_micro)`: `--micro_batch ''` keeps
   (batch_size, acc_steps); `N` runs N sequences at a time; `auto` probes, on CUDA, the largest divisor of
   batch_size*acc_steps whose forward+backward fits in memory. The sequences per optimizer step never change.
-- `oom_user_error(err, cfg)`: the one translation of out-of-memory into a message saying what to change.
+- `oom_user_error(err, cfg)`: the one translation of out-of-memory (GPU or CPU) into a message saying what to change.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, is_out_of_memory, out_of_memory_text
 from ..hw import OOM_ERRORS, autocast_context, resolve_dtype, sync, unwrap
 from ..model.attention import prepare_block_masks
 from ..model.loss import lm_loss
@@ -223,21 +223,26 @@ def resolve_micro_batch(cfg, model: nn.Module, device) -> tuple[int, int]:
 
 
 def oom_user_error(err: BaseException, cfg) -> ConfigError:
-    """torch.OutOfMemoryError -> a one-line error saying what to change."""
-    t = cfg.train
-    first = (str(err).strip().splitlines() or ["out of memory"])[0]
-    if len(first) > 160:
-        first = first[:157] + "..."
-    return ConfigError(f"out of GPU memory at `batch_size` {t.batch_size} x `sequence_length` "
-                       f"{cfg.model.sequence_length} ({first}); use a smaller `batch_size` with a larger `acc_steps` "
-                       f"(e.g. `batch_size` {max(1, t.batch_size // 2)} `acc_steps` {t.acc_steps * 2}) "
-                       "or `micro_batch` auto")
+    """Out of memory on any device (errors.is_out_of_memory) -> a one-line error saying what to change."""
+    t, m = cfg.train, cfg.model
+    text = out_of_memory_text(err)  # "out of GPU memory (...)" / "out of CPU memory (tried to allocate 13.19 GB)"
+    what, detail = text.split(" (", 1) if " (" in text else (text, "")
+    gpu = what.endswith("GPU memory")
+    model = (f"; or a smaller model (`n_layer` {m.n_layer}, `n_embd` {m.n_embd}, `vocab_size` {m.vocab_size}"
+             + (f", `moe_num_experts` {m.moe.moe_num_experts}" if m.moe.moe_num_experts > 1 else "") + ")")
+    return ConfigError(f"{what} at `batch_size` {t.batch_size} x `sequence_length` {m.sequence_length}"
+                       f"{' (' + detail if detail else ''}; use a smaller `batch_size` with a larger `acc_steps` "
+                       f"(e.g. `batch_size` {max(1, t.batch_size // 2)} `acc_steps` {t.acc_steps * 2})"
+                       f"{' or `micro_batch` auto' if gpu else ''}{model}")
 
 
 @contextlib.contextmanager
 def oom_as_user_error(cfg):
-    """Re-raise out-of-memory inside the block as `oom_user_error` (no traceback at the CLI)."""
+    """Re-raise out-of-memory inside the block (building the model, its optimizer, a step, an eval; CUDA's
+    OutOfMemoryError, torch's CPU allocator's RuntimeError, MemoryError) as `oom_user_error` (one line at the CLI)."""
     try:
         yield
-    except OOM_ERRORS as e:
+    except (*OOM_ERRORS, RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
         raise oom_user_error(e, cfg) from None

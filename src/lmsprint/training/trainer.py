@@ -38,7 +38,7 @@ from .data import load_data
 from .distributed import World, all_reduce_mean, broadcast_object, destroy, init_distributed
 from .evaluate import evaluate
 from .generate import sample_text
-from .guard import Guard, end_status
+from .guard import Guard, end_status, peer_lost
 from . import resume
 from .report import Console, print_report, run_summary
 from .step import build_train_step, oom_as_user_error
@@ -347,8 +347,9 @@ def train(cfg: RunConfig, make_sinks: Callable, resume_dir: Optional[str] = None
             tr.sinks.finish(summary)
         return summary
     except BaseException as e:
+        lost = peer_lost(e, tr)  # another torchrun process died: a one-line stop, `interrupted` with a checkpoint
         if tr.run_dir is not None and tr.is_main:
-            status, err = end_status(e)
+            status, err = end_status(lost or e)
             summary = run_summary(tr, status, error=err)
             try:
                 rundir.write_summary(tr.run_dir, summary)
@@ -356,6 +357,8 @@ def train(cfg: RunConfig, make_sinks: Callable, resume_dir: Optional[str] = None
                     tr.sinks.finish(summary)
             except OSError:
                 pass  # e.g. the disk is full: the error being raised says more than this one
+        if lost is not None:
+            raise lost from None
         raise
     finally:
         if tr.run_dir is not None and tr.is_main:
