@@ -40,6 +40,7 @@ import torch
 
 from . import rundir
 from .config import FLAGS, RunConfig, apply_values, build_config
+from .config.options import MIN_TEMPERATURE, temperature_problem
 from .config.schema import ALIASES, unknown_option_error
 from .data.tokenizer import get_tokenizer
 from .errors import ArgumentError, ArgumentTypeError, InputNotFound, UserError
@@ -50,10 +51,6 @@ from .training.generate import sample_text
 from .training.resume import open_resume, parse_overrides
 from .training.trainer import train as _train
 
-# sampling temperatures in (0, MIN_TEMPERATURE) are refused: there sampling is greedy decoding for any logit gap
-# above 1e-4 (the runner-up's odds are below exp(-100)), and dividing logits by a smaller number can overflow
-# float32 (3.4e38) into inf and NaN probabilities; temperature 0 is greedy decoding itself
-MIN_TEMPERATURE = 1e-6
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes at most 64 bits
 
 
@@ -232,9 +229,9 @@ class LoadedModel:
         _int_arg("max_new_tokens", max_new_tokens, 0)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
             raise ArgumentTypeError("temperature", f"`temperature` must be a number, not {type(temperature).__name__}")
-        if not math.isfinite(temperature) or temperature < 0 or 0 < temperature < MIN_TEMPERATURE:
-            raise ArgumentError("temperature", f"`temperature` is {temperature}; use 0 (greedy) or a finite number "
-                                               f">= {MIN_TEMPERATURE:g}")
+        problem = temperature_problem(temperature)  # the CLI's --temperature rule
+        if problem:
+            raise ArgumentError("temperature", f"`temperature` {temperature} {problem}")
         if top_k is not None:
             _int_arg("top_k", top_k, 0)
         _int_arg("seed", seed, 0, MAX_SEED)

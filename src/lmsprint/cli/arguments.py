@@ -25,7 +25,7 @@ from .. import keys as K
 from ..bench.options import add_measure_arguments
 from ..config import FLAGS, add_flags, option
 from ..config.flags import add_options
-from ..config.options import INT_MAX, SEED_MAX, convert, field_problem, nonneg, positive
+from ..config.options import INT_MAX, SEED_MAX, convert, field_problem, nonneg, positive, temperature_problem
 from ..errors import ConfigError
 
 # where `train --print_config` goes: the config resolution alone (cli/train_config.py), never the training stack
@@ -33,11 +33,6 @@ PRINT_CONFIG = "lmsprint.cli.train_config:print_config"
 
 
 # ---------------------------------------------------------------------------------------------------- checks
-
-
-def _temperature(v: float) -> Optional[str]:
-    # logits / t overflows float32 for t below ~1e-37 (30 / 1e-45 = inf): sampling would draw from NaNs
-    return None if v == 0 or 1e-3 <= v else "must be 0 (greedy) or at least 0.001"
 
 
 def _limit(v: float) -> Optional[str]:
@@ -109,7 +104,7 @@ class LmEvalOptions:
 class GenerateOptions(RunOptions):
     prompt: str = option("", "text to continue (default: start of text)")
     max_new_tokens: int = option(200, "tokens to generate", check=nonneg)
-    temperature: float = option(0.8, "sampling temperature; 0 = greedy", check=_temperature)
+    temperature: float = option(0.8, "sampling temperature; 0 = greedy", check=temperature_problem)
     top_k: int = option(200, "sample among the k most likely tokens; 0 = all", check=nonneg)
     seed: int = option(0, "sampling seed", bounds=(0, SEED_MAX))
     num_samples: int = option(1, "number of samples", check=positive)

@@ -35,6 +35,10 @@ from ..errors import ConfigError, UserError
 # torch instead of here. Seeds take anything torch.manual_seed and numpy's generators take: 0 .. 2**63-1.
 INT_MAX = 2**31 - 1
 SEED_MAX = 2**63 - 1
+# sampling temperatures in (0, MIN_TEMPERATURE) are refused: there sampling is greedy decoding for any logit gap
+# above 1e-4 (the runner-up's odds are below exp(-100)), and dividing logits by a smaller number can overflow
+# float32 (3.4e38) into inf and NaN probabilities; temperature 0 is greedy decoding itself
+MIN_TEMPERATURE = 1e-6
 DEFAULT_INT_BOUNDS = (-INT_MAX, INT_MAX)
 
 
@@ -255,6 +259,13 @@ def shown(value) -> str:
     if digits.isascii() and digits.isdigit():
         return f"{text[:len(text) - len(digits)]}{digits[0]}.{digits[1:3]}e+{len(digits) - 1}"
     return text[:21] + "..."
+
+
+def temperature_problem(v: float) -> Optional[str]:
+    """The one rule for a sampling temperature (the CLI's `--temperature` and the API's `generate`)."""
+    if not math.isfinite(v) or v < 0 or 0 < v < MIN_TEMPERATURE:
+        return f"must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}"
+    return None
 
 
 def parse_value(name: str, f: dataclasses.Field, tp, raw):
