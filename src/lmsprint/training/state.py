@@ -2,7 +2,8 @@
 
 A checkpoint is one `torch.save`d dict, format `FORMAT_VERSION`:
   format, model, optimizer, scaler (float16 only), step, sampler, rng (python, numpy, torch cpu, cuda),
-  train_time, eval_time, compile_time, config, data (the dataset identity, `resume.data_identity`),
+  train_time, eval_time, compile_time, wall_time, target (`target.TargetTracker.state_dict`), config,
+  data (the dataset identity, `resume.data_identity`),
   metrics_state {rows, samples_bytes, n_evals, last_val, acc}
   and from `ranks.gather_states`: ranks (every rank's RNG and accumulators), world_size, global_batch. Under
   `data_parallel` fsdp, model and optimizer are None and `sharded` names their DCP folder (training/sharded.py).
@@ -34,7 +35,7 @@ import torch
 from ..errors import CheckpointError
 from ..files import atomic_open, write_failure
 from ..hw import unwrap
-from ..rundir import checkpoint_path, samples_path
+from ..rundir import checkpoint_path, read_metrics, samples_path
 from .resume import data_identity
 from .sharded import load_shards
 
@@ -140,6 +141,8 @@ def capture(tr) -> dict:
         "train_time": clock.train_time,
         "eval_time": clock.eval_time,
         "compile_time": clock.compile_time,
+        "wall_time": clock.wall_time,
+        "target": tr.target.state_dict(),
         "config": tr.cfg.to_dict(),
         "data": data_identity(tr.manifest),
         "metrics_state": {
@@ -178,6 +181,8 @@ def restore(tr, st: dict) -> None:
     tr.clock.train_time = float(st["train_time"])
     tr.clock.eval_time = float(st.get("eval_time", 0.0))
     tr.clock.compile_time = float(st.get("compile_time", 0.0))
+    tr.clock.wall_base = float(st.get("wall_time", 0.0))
+    tr.target.load_state_dict(st.get("target"), lambda: read_metrics(tr.resume_dir)[:st["metrics_state"]["rows"]])
     ms = st["metrics_state"]
     tr.rows, tr.n_evals, tr.last_val = ms["rows"], ms["n_evals"], ms.get("last_val", {})
     a = ms["acc"]
