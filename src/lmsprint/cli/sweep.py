@@ -23,8 +23,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="sweep folder under --results_base_folder (default: "
                    "sweep-<grid flags>); rerun with the same name to resume")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
-                   help="run N points at a time, started together, each one's output in <sweep folder>/<run>.log "
-                   "(an equal-time race: N = all runs, with -- --threads 1; default: 1, one after another)")
+                   help="start runs in batches of N, all runs of a batch together, the next batch when the whole "
+                   "batch has ended; runs are seed-major (every arm's seed 0, then every arm's seed 1, ...), and with "
+                   "N >= the number of arms every batch holds whole seeds, so the arms of a seed share the machine's "
+                   "load (give each run -- --threads 1); each run's output in <sweep folder>/<run>.log (default: 1, "
+                   "one after another)")
     p.add_argument("--dry_run", action="store_true", help="print the plan and the commands, run nothing")
     p.add_argument("train_args", nargs="*", metavar="-- TRAIN_FLAGS",
                    help="flags passed to every `lmsprint train` (after a literal --)")
@@ -57,8 +60,13 @@ def run_sweep(args: argparse.Namespace) -> int:
     if not args.dry_run:
         S.write_record(sweep_dir, {"grid": grid, "seeds": seeds, "train_args": train_args,
                                    "points": [p.name for p in points]})
-    print(f"sweep {name}: {len(points)} runs ({len(points) // len(seeds)} grid points x {len(seeds)} seeds) in "
-          f"{sweep_dir}" + (f", {args.parallel} at a time" if args.parallel > 1 else ""), flush=True)
+    arms = len(points) // len(seeds)
+    print(f"sweep {name}: {len(points)} runs ({arms} grid points x {len(seeds)} seeds) in {sweep_dir}, seed-major"
+          + (f", in batches started together of {len(S.batches(points, args.parallel)[0])}" if args.parallel > 1
+             else ""), flush=True)
+    if 1 < args.parallel < arms:
+        print(f"lmsprint: warning: --parallel {args.parallel} is fewer than the {arms} arms: the arms of one seed cannot "
+              f"all start together, so they may run under different load; use --parallel {arms}", file=sys.stderr)
     if args.parallel > 1 and not args.dry_run:
         S.prepare_data(points, train_values, config_file)
     results = S.run_sweep_points(points, train_values, config_file, sweep_dir, dry_run=args.dry_run,
