@@ -65,8 +65,9 @@ def run_sweep(args: argparse.Namespace) -> int:
           + (f", in batches started together of {len(S.batches(points, args.parallel)[0])}" if args.parallel > 1
              else ""), flush=True)
     if 1 < args.parallel < arms:
-        print(f"lmsprint: warning: --parallel {args.parallel} is fewer than the {arms} arms: the arms of one seed cannot "
-              f"all start together, so they may run under different load; use --parallel {arms}", file=sys.stderr)
+        print(f"lmsprint: warning: --parallel {args.parallel} is fewer than the {arms} arms: the arms of one seed "
+              f"cannot all start together, so they may run under different load; use --parallel {arms}",
+              file=sys.stderr)
     if args.parallel > 1 and not args.dry_run:
         S.prepare_data(points, train_values, config_file)
     results = S.run_sweep_points(points, train_values, config_file, sweep_dir, dry_run=args.dry_run,

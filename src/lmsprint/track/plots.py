@@ -58,8 +58,9 @@ def val_curve(rows: Sequence[dict], metric: str, tokens_per_step: Optional[int] 
     """-> {"iter": [...], "time/train_s": [...], "time/wall_s": [...], "tokens": [...], metric: [...]} for the rows
     that hold `metric`, each at its own step and time (see the module doc for rows without them)."""
     out: dict[str, list] = {K.ITER: [], K.TRAIN_TIME: [], K.WALL_TIME: [], K.TOKENS: [], metric: []}
-    timed = sorted((r[K.ITER], r[K.TRAIN_TIME]) for r in rows if isinstance(r.get(K.ITER), (int, float))
-                   and isinstance(r.get(K.TRAIN_TIME), (int, float)) and not isinstance(r.get(K.TRAIN_TIME), bool))
+    timed = sorted((r[K.ITER], r[K.TRAIN_TIME]) for r in rows if K.TRAIN_LOSS in r  # the training rows
+                   and isinstance(r.get(K.ITER), (int, float)) and isinstance(r.get(K.TRAIN_TIME), (int, float))
+                   and not isinstance(r.get(K.TRAIN_TIME), bool))
     for r in rows:
         v = r.get(metric)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):

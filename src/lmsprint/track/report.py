@@ -36,7 +36,7 @@ from .. import keys as K
 from ..errors import UserError
 from .discover import Run, find_runs, lm_eval_columns, load_run
 from .plots import plot_curves
-from .stats import (AGAINST_BEST, CONFIDENCE, METHOD, MIN_SEEDS, NON_FINITE, RECORD_ALPHA, TOO_FEW, Group,
+from .stats import (AGAINST_BEST, CONFIDENCE, METHOD, MIN_SEEDS, NO_SPREAD, NON_FINITE, RECORD_ALPHA, TOO_FEW, Group,
                     differing_keys, finite, fmt_val, group_runs, judge, load_warnings, lower_is_better, norm,
                     target_test, throughput_flags)
 from .sweep import started_together_fn
@@ -74,7 +74,7 @@ def _p(p) -> str:
         return "-"
     if not math.isfinite(p):
         return "nan"
-    return f"{p:.1e}" if p < 1e-4 else f"{p:.4f}"
+    return f"{p:.2g}"  # two significant digits: 0.57, 0.031, 0.00023
 
 
 def _signed(fmt: str) -> str:
@@ -218,7 +218,7 @@ def target_table(t: Table) -> tuple[list[str], list[list[str]]]:
         if tt is None:
             rule = NON_FINITE
         elif tt.p is None:
-            rule = f"{TOO_FEW} (n={tt.n})"
+            rule = f"{TOO_FEW} (n={tt.n})" if tt.n < MIN_SEEDS else NO_SPREAD
         else:
             rule = "met" if tt.p < RECORD_ALPHA else "not met"
         rows.append([g.label, str(g.n), fmt.format(tt.mean) if tt else "-", _p(tt.p) if tt else "-", rule,
@@ -486,8 +486,8 @@ def write_report(c: Comparison, out_dir: str, specs: list[str]) -> str:
             md += [f"Val set: {t.valset.text}.", ""]
         md += ["### Runs", "", md_table(*run_table(t.runs, t.diff, t.target, t.times)), ""]
         if t.groups:
-            md += ["### Arms", "", "Complete runs that differ only by seed/data_seed; mean ± sample sd over seeds.", "",
-                   md_table(*arm_table(t)), ""]
+            md += ["### Arms", "", "Complete runs that differ only by seed/data_seed; mean ± sample sd over seeds.",
+                   "", md_table(*arm_table(t)), ""]
             if len(t.groups) > 1:
                 md += [f"### `{t.metric}` against {t.against_text}", "", md_table(*test_table(t)), ""]
             if t.target is not None:

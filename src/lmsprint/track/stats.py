@@ -44,6 +44,7 @@ ALPHA = 0.05          # an arm differs significantly when its Holm-adjusted p is
 RECORD_ALPHA = 0.01   # modded-nanogpt's record rule: mean at or below the target with one-sided p below this
 CONFIDENCE = 0.95
 TOO_FEW = "too few seeds to call"
+NO_SPREAD = "no spread between seeds: no t-test"
 NON_FINITE = "non-finite or missing"
 LOAD_RATIO = 1.5
 SEED_KEYS = ("seed", "data_seed")
@@ -279,15 +280,20 @@ def judge(groups: list[Group], reference: Optional[Group], metric: str,
             out[id(g)] = Verdict(f"{TOO_FEW} (n={g.n_seeds} vs {ref.n_seeds}; {MIN_SEEDS} each needed)")
             continue
         paired = pair_runs(g, ref, metric, started_together)
+        if paired:
+            no_spread = len({a - b for a, b in zip(*paired)}) == 1
+        else:
+            no_spread = len(set(g.values(metric))) == 1 and len(set(ref.values(metric))) == 1
+        if no_spread:  # every difference (or every value of both arms) equal: no t statistic
+            out[id(g)] = Verdict(NO_SPREAD)
+            continue
         test = paired_test(*paired) if paired else welch_test(g.values(metric), ref.values(metric))
         out[id(g)] = Verdict("", test)
         tested.append(g)
     for g, p in zip(tested, holm([out[id(g)].test.p for g in tested])):
         v = out[id(g)]
         v.test.p_holm = p
-        if not math.isfinite(v.test.p):  # zero spread in both arms: scipy gives nan
-            v.text = "no spread: cannot test"
-        elif p < ALPHA:
+        if p < ALPHA:
             v.text = "better" if (v.test.diff < 0) == lower_is_better(metric) else "worse"
         else:
             v.text = "not significant"
@@ -308,7 +314,9 @@ def target_test(values: list, target: float, metric: str) -> Optional[TargetTest
     if not values:
         return None
     alt = "less" if lower_is_better(metric) else "greater"
-    p = float(scipy.stats.ttest_1samp(values, target, alternative=alt).pvalue) if len(values) >= MIN_SEEDS else None
+    p = None
+    if len(values) >= MIN_SEEDS and max(values) > min(values):  # equal values: no t statistic (p stays None)
+        p = float(scipy.stats.ttest_1samp(values, target, alternative=alt).pvalue)
     return TargetTest(len(values), statistics.fmean(values), p, alt)
 
 
