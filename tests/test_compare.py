@@ -115,7 +115,7 @@ def test_arms_mean_sd_and_welch_verdicts(runs):
     t = c.tables[0]
     arms = _cells(*report.arm_table(t))
     assert arms["ls0"]["val loss mean ± sd"] == "3.1000 ± 0.1000" and arms["ls0"]["seeds"] == "0,1,2"
-    tests = _cells(*report.test_table(t))
+    tests = _cells(*report.verdict_table(t))
     # ls0 is best by mean (3.1 < 3.15); ls01 vs ls0: Δ +0.05, Welch t = 0.05 / sqrt(2 x 0.01 / 3) = 0.61, df 4
     assert tests["ls0"]["verdict"] == "best (by mean)" and tests["ls01"]["Δ val/loss"] == "+0.0500"
     assert tests["ls01"]["test"] == "Welch" and tests["ls01"]["verdict"] == "not significant"
@@ -126,7 +126,7 @@ def test_arms_mean_sd_and_welch_verdicts(runs):
     # accuracy: higher is better (0.29 > 0.285), same best arm
     assert stats.best_group(c.groups, "val/loss") is a and stats.best_group(c.groups, "val/acc") is a
     c2 = report.compare([runs], metric="val/acc")
-    assert _cells(*report.test_table(c2.tables[0]))["ls01"]["Δ val/acc"] == "-0.0050"
+    assert _cells(*report.verdict_table(c2.tables[0]))["ls01"]["Δ val/acc"] == "-0.0050"
 
 
 def test_fewer_than_three_seeds_is_too_few_to_call_never_significant(tmp_path):
@@ -138,13 +138,13 @@ def test_fewer_than_three_seeds_is_too_few_to_call_never_significant(tmp_path):
         make_run(base, f"b{s}", seed=s, val_loss=v, val_acc=acc, lr=3e-3)
     make_run(base, "c0", seed=0, val_loss=2.4, val_acc=0.20, lr=1e-2)
     c = report.compare([base])
-    tests = _cells(*report.test_table(c.tables[0]))
+    tests = _cells(*report.verdict_table(c.tables[0]))
     assert tests["lr=0.01"]["verdict"] == f"best (by mean); {stats.TOO_FEW} (n=1)"
     assert tests["lr=0.001"]["verdict"] == f"{stats.TOO_FEW} (n=2 vs 1; 3 each needed)"
     assert tests["lr=0.003"]["verdict"].startswith(stats.TOO_FEW)
     assert "better" not in c.text().split("method:")[0] and "worse" not in c.text().split("method:")[0]
     c = report.compare([base], reference="lr=0.003", metric="val/acc")
-    tests = _cells(*report.test_table(c.tables[0]))
+    tests = _cells(*report.verdict_table(c.tables[0]))
     assert tests["lr=0.003"]["verdict"] == f"reference; {stats.TOO_FEW} (n=2)"
     assert all(v["verdict"].startswith(("reference", stats.TOO_FEW)) for v in tests.values())
 
@@ -249,7 +249,7 @@ def test_non_finite_runs_are_never_best_and_shared_seeds_are_not_seeds(tmp_path)
     assert stats.best_group(c.groups, "val/loss") is by["lr=0.001"]
     assert by["lr=0.01"].mean_sd("val/loss") == (None, None)
     assert by["lr=0.003"].mean_sd("val/loss") == (pytest.approx(3.3333333), None) and by["lr=0.003"].n_seeds == 1
-    tests = _cells(*report.test_table(c.tables[0]))
+    tests = _cells(*report.verdict_table(c.tables[0]))
     arms = _cells(*report.arm_table(c.tables[0]))
     assert tests["lr=0.01"]["verdict"] == f"not ranked: {stats.NON_FINITE}"
     assert arms["lr=0.01"]["val loss mean ± sd"] == stats.NON_FINITE
@@ -424,14 +424,14 @@ def test_runs_of_one_seed_started_together_by_a_sweep_batch_are_paired(tmp_path)
     for s in range(3):  # seed-major batches: both arms of a seed together
         S.record_launch(base, [f"arm=ref_seed={s}", f"arm=new_seed={s}"])
     c = report.compare([base], reference="arm=ref")
-    tests = _cells(*report.test_table(c.tables[0]))
+    tests = _cells(*report.verdict_table(c.tables[0]))
     assert tests["arm=new"]["test"] == "paired (3 seeds)"
     p = scipy.stats.ttest_rel([3.02, 3.13, 3.21], [3.00, 3.10, 3.20]).pvalue
     assert float(tests["arm=new"]["p"]) == pytest.approx(p, rel=0.03)  # shown to 2 digits
     # one run of a seed resumed in a later batch without its partner: no longer started together -> Welch
     S.record_launch(base, ["arm=new_seed=1"])
     c = report.compare([base], reference="arm=ref")
-    assert _cells(*report.test_table(c.tables[0]))["arm=new"]["test"] == "Welch"
+    assert _cells(*report.verdict_table(c.tables[0]))["arm=new"]["test"] == "Welch"
 
 
 # ---------------------------------------------------------------------------------------------------- bad input

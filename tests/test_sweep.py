@@ -132,7 +132,7 @@ def test_compare_real_runs_table_and_report(sweep, tmp_path):
         assert cells["val loss"] == f"{s['final']['val/loss']:.4f}" and cells["val bpb"] == f"{s['final']['val/bpb']:.4f}"
         assert cells["status"] == "complete" and cells["tokens"] == "1.54k"  # 6 steps x 8 x 32
     assert [g.n for g in c.groups] == [1, 1]
-    assert stats.TOO_FEW in report.text_table(*report.test_table(c.tables[0]))
+    assert stats.TOO_FEW in report.text_table(*report.verdict_table(c.tables[0]))
     # real runs record the val sets they were scored on: both on the same one, so one table
     assert len(c.tables) == 1 and c.tables[0].valset.recorded and c.tables[0].valset.covers == "fixed set"
     out = tmp_path / "rep"

@@ -189,7 +189,7 @@ def arm_table(t: Table) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def test_table(t: Table) -> tuple[list[str], list[list[str]]]:
+def verdict_table(t: Table) -> tuple[list[str], list[list[str]]]:
     fmt = K.VAL_BY_KEY[t.metric].fmt if t.metric in K.VAL_BY_KEY else "{:.4f}"
     header = ["arm", "n", f"Δ {t.metric}", f"{CONFIDENCE:.0%} CI", "test", "p", "p (Holm)", "verdict"]
     rows = []
@@ -279,7 +279,7 @@ class Comparison:
             if t.groups:
                 parts += ["", "arms (complete runs; mean ± sample sd over seeds):", text_table(*arm_table(t))]
             if len(t.groups) > 1:
-                parts += ["", f"{t.metric} against {t.against_text}:", text_table(*test_table(t))]
+                parts += ["", f"{t.metric} against {t.against_text}:", text_table(*verdict_table(t))]
             if t.groups:
                 if t.target is not None:
                     parts += ["", f"target {t.target.text}:", text_table(*target_table(t))]
@@ -489,7 +489,7 @@ def write_report(c: Comparison, out_dir: str, specs: list[str]) -> str:
             md += ["### Arms", "", "Complete runs that differ only by seed/data_seed; mean ± sample sd over seeds.",
                    "", md_table(*arm_table(t)), ""]
             if len(t.groups) > 1:
-                md += [f"### `{t.metric}` against {t.against_text}", "", md_table(*test_table(t)), ""]
+                md += [f"### `{t.metric}` against {t.against_text}", "", md_table(*verdict_table(t)), ""]
             if t.target is not None:
                 md += [f"### Target `{t.target.text}`", "", md_table(*target_table(t)), ""]
         for note in t.notes:
