@@ -82,11 +82,11 @@ def parse_target(text) -> tuple[str, float]:
     except ValueError:
         raise ValueError(f"'{raw}' is not a number; e.g. {metric}=3.28") from None
     if not math.isfinite(value):
-        raise ValueError(f"{metric}={raw} is not a finite number; give the value to reach, e.g. {VAL_LOSS}=3.28")
+        raise ValueError(f"'{raw}' is not a finite number; give the value to reach, e.g. {VAL_LOSS}=3.28")
     lowest = {VAL_ACC: 0.0, VAL_PPL: 1.0}.get(metric, 0.0)
     if value < lowest or (metric == VAL_ACC and value > 1.0):
         bounds = "[0, 1]" if metric == VAL_ACC else f">= {lowest:g}"
-        raise ValueError(f"{metric}={raw} can never be reached: {metric} is {bounds}")
+        raise ValueError(f"{raw} can never be reached: {metric} is {bounds}")
     return metric, value
 
 
