@@ -26,7 +26,7 @@ SUBCOMMANDS = {
     "generate": ("lmsprint.cli.train", "sample text from a run's checkpoint"),
     "export": ("lmsprint.cli.export", "write a Hugging Face transformers folder (safetensors + tokenizer) from a run"),
     "bench": ("lmsprint.cli.bench", "time training steps on synthetic tokens (tokens/s, MFU, memory)"),
-    "compare": ("lmsprint.cli.compare", "compare runs: table, seed groups, plots, report"),
+    "compare": ("lmsprint.cli.compare", "compare runs: tables by val set, arms, tests, targets, plots, report"),
     "sweep": ("lmsprint.cli.sweep", "run a grid of flag values x seeds, resumable"),
 }
 
