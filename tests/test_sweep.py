@@ -84,6 +84,14 @@ def test_dry_run_plans_commands(tmp_path, capsys):
     assert not os.path.exists(base)
 
 
+def test_parallel_below_the_number_of_arms_warns_in_one_line(tmp_path, capsys):
+    base = str(tmp_path / "exps")
+    assert main(["sweep", "--grid", "lr=1e-3,3e-3,1e-2", "--parallel", "2", "--dry_run", "--",
+                 "--config_format", "demo", "--results_base_folder", base]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--parallel 2 is fewer than the 3 arms" in err[0] and "use --parallel 3" in err[0]
+
+
 # ---------------------------------------------------------------------------------------------------- real runs
 
 
