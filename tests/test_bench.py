@@ -13,7 +13,7 @@ from lmsprint.bench.measure import build_bench_step, config_from_args, synthetic
 from lmsprint.bench.suite import (ANCHORS, REFERENCE, TARGETS, _run_one_inprocess, _run_one_subprocess, annotate_rows,
                                   format_table, prewarm, results_name, run_suite, select_configs, suite_configs,
                                   suite_notes, target_ratio)
-from lmsprint.cli.bench import add_bench_arguments
+from lmsprint.cli.arguments import add_bench_arguments
 from lmsprint.config import SuggestingParser, build_config
 from lmsprint.hw import peak_flops, peak_flops_for_name
 
@@ -57,7 +57,7 @@ def test_bench_cli_runs_with_only_torch_numpy_tiktoken():
 
 def test_bench_bad_input_is_one_line_exit_2():
     proc = _bench_cli([*TINY, "--steps", "0"])
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("lmsprint: error: --warmup")
+    assert proc.returncode == 2 and proc.stderr.strip() == "lmsprint: error: --steps 0: must be > 0"
     proc = _bench_cli(["--suite", "cpu", "--only", "nope"])
     assert proc.returncode == 2 and "matches no config" in proc.stderr
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 
 import pytest
 from distributed_runs import finish, kill_after_first_checkpoint, resume, rows, same_weights, start
@@ -36,8 +38,9 @@ def runs(shakespeare_manifest, tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     data = shakespeare_manifest.dir
     for name, options in VARIANTS.items():
-        finish(start(1, _flags(data, options, 4), root / name / "one", root),
-               start(2, _flags(data, options, 2), root / name / "two", root))
+        _, err = finish(start(1, _flags(data, options, 4), root / name / "one", root),
+                        start(2, _flags(data, options, 2), root / name / "two", root))
+        (root / name / "two.stderr").write_text(err)
     kill_after_first_checkpoint(start(2, _flags(data, [], 2), root / "killed", root), root / "killed" / "r")
     return root
 
@@ -68,3 +71,23 @@ def test_kill_9_then_resume_on_2_is_bit_identical(runs):
     same_weights(run, ref)
     with open(run / "summary.json") as fh:
         assert json.load(fh)["status"] == "complete"
+
+
+def test_rank_0_alone_speaks(runs, shakespeare_manifest, tmp_path):
+    """Under torchrun no rank prints third-party warnings (DDP's FutureWarning came once per rank), and a stop
+    signal is announced once, by rank 0, though every rank stops and saves its part."""
+    for variant in VARIANTS:
+        err = (runs / variant / "two.stderr").read_text()
+        assert "Warning" not in err and "warn(" not in err, err[-3000:]
+    p = start(2, [*_flags(shakespeare_manifest.dir, [], 2), "--iterations", "100000"], tmp_path / "exps", tmp_path)
+    ckpt = tmp_path / "exps" / "r" / "checkpoints" / "latest.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    _, err = p.communicate(timeout=300)
+    stopped = [line for line in err.splitlines() if line.startswith("lmsprint: stopped: SIGTERM at step")]
+    assert len(stopped) == 1, err[-3000:]
+    assert "Warning" not in err
+    with open(tmp_path / "exps" / "r" / "summary.json") as fh:
+        assert json.load(fh)["status"] == "interrupted"

@@ -143,3 +143,42 @@ def test_unknown_task_and_missing_include_path_are_refused(tmp_path, local_task,
         lmeval.task_manager([TASK], str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="no_such_task_xyz"):
         lmeval.task_manager([TASK, "no_such_task_xyz"], local_task)
+
+
+@pytest.fixture
+def gpt2_run(tmp_path):
+    """A run directory holding an untrained tiny llama2 model with the GPT-2 tokenizer (what eval reads)."""
+    from lmsprint import rundir
+    from lmsprint.training.artifacts import write_run_files, write_weights
+
+    cfg = build_config({"model": "llama2", "n_layer": 1, "n_embd": 32, "n_head": 2, "sequence_length": 32,
+                        "results_base_folder": str(tmp_path / "exps")})
+    run = rundir.create_run_dir(cfg)
+    rundir.write_config(run, cfg)
+    write_run_files(run, get_tokenizer("gpt2"))
+    torch.manual_seed(0)
+    write_weights(run, Transformer(cfg.model), cfg.model, 1)
+    return run
+
+
+@pytest.mark.slow
+def test_eval_cli_task_globs_with_include_path_and_a_missing_data_file(gpt2_run, local_task, in_process, tmp_path):
+    """`lmsprint eval RUN --tasks 'glob' --include_path DIR` runs every local task the glob matches (lm-eval's loader
+    takes names only); a task whose data file is missing is one line naming that file."""
+    pytest.importorskip("lm_eval")
+    yaml_text = (tmp_path / "tasks" / "tiny_mc.yaml").read_text()
+    (tmp_path / "tasks" / "tiny_mc_2.yaml").write_text(yaml_text.replace(f"task: {TASK}", f"task: {TASK}_2"))
+    p = in_process("eval", gpt2_run, "--tasks", "lmsprint_tiny_*", "--include_path", local_task, "--device", "cpu",
+                   "--limit", "2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    saved = json.loads(open(list_results(gpt2_run)[-1]).read())
+    assert sorted(saved["results"]) == [TASK, f"{TASK}_2"] and saved["lmsprint"]["tasks"] == ["lmsprint_tiny_*"]
+
+    missing = tmp_path / "gone.jsonl"
+    (tmp_path / "tasks" / "tiny_mc_2.yaml").write_text(
+        yaml_text.replace(f"task: {TASK}", f"task: {TASK}_2").replace(str(tmp_path / "mc.jsonl"), str(missing)))
+    p = in_process("eval", gpt2_run, "--tasks", f"{TASK}_2", "--include_path", local_task, "--device", "cpu")
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and lines[-1].startswith("lmsprint: error: an lm-eval task's data is missing"), p.stderr
+    assert str(missing) in lines[-1] and "disk may be full" not in lines[-1]
+    assert "Traceback" not in p.stderr

@@ -27,7 +27,7 @@ LAYERS = [
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 # sibling packages of one layer that may import each other in this direction only
-ALLOWED_SIDEWAYS = {("optim", "model"), ("evals", "export")}
+ALLOWED_SIDEWAYS = {("optim", "model"), ("evals", "export"), ("files", "errors")}
 
 
 def _top(module: str) -> str:
@@ -100,3 +100,48 @@ def test_no_import_cycles_between_modules():
     for m in graph:
         if m not in state:
             visit(m, [m])
+
+
+def test_modules_imported_by_name_are_few_and_in_their_layer():
+    """`importlib.import_module` (which the AST check above cannot follow) only in the package root (the lazy API)
+    and the CLI's dispatcher, and the dispatcher only reaches modules of the cli package."""
+    from lmsprint.cli import COMMANDS
+    from lmsprint.cli.arguments import PRINT_CONFIG
+
+    users = {m for m, p in ALL if "import_module" in p.read_text()}
+    assert users <= {"lmsprint.__init__", "lmsprint.cli.__init__"}, users
+    for target in [t for _, _, t in COMMANDS.values()] + [PRINT_CONFIG]:
+        module, function = target.split(":")
+        assert module.startswith("lmsprint.cli.") and function.isidentifier(), target
+        assert (SRC / "cli" / f"{module.rsplit('.', 1)[1]}.py").is_file(), target
+
+
+# what the CLI's parse path must never import: the training stack and the heavy libraries under it
+HEAVY = ("torch", "numpy", "scipy", "matplotlib", "tiktoken", "transformers", "datasets", "lmsprint.training.trainer",
+         "lmsprint.model", "lmsprint.data.tokenizer", "lmsprint.api")
+LIGHT_SCRIPT = """
+import sys
+from lmsprint.cli import main
+for argv in (["--version"], ["train", "--help"], ["train", "--help-all"], ["train", "--help", "optimizer"],
+             ["eval", "--help"], ["bench", "--help"], ["train", "--config_format", "demo", "--print_config"]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY_ROOTS or m in HEAVY)
+print("HEAVY:", ",".join(heavy))
+"""
+
+
+def test_help_version_and_print_config_import_no_torch(tmp_path):
+    """`lmsprint train --help`, `--version` and `--print_config` answer without the training stack (issue: help in a
+    second): the parse path is the config package and cli/arguments.py, the commands' modules load when they run."""
+    import subprocess
+    import sys
+
+    roots = tuple(h for h in HEAVY if "." not in h)
+    code = f"HEAVY = {HEAVY!r}\nHEAVY_ROOTS = {roots!r}\n" + LIGHT_SCRIPT
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "HEAVY:", p.stdout.splitlines()[-1]
+    assert "config_format: demo" in p.stdout and list(tmp_path.iterdir()) == []

@@ -114,4 +114,4 @@ def test_sweep_parallel_starts_every_run_together_and_logs_each(corpus):
 
 
 def test_sweep_parallel_below_one_is_one_line(corpus, in_process):
-    one_error_line(in_process("sweep", "--parallel", "0", "--", *TINY, cwd=corpus), "--parallel 0: must be >= 1")
+    one_error_line(in_process("sweep", "--parallel", "0", "--", *TINY, cwd=corpus), "--parallel 0: must be > 0")

@@ -92,8 +92,23 @@ def test_version_and_print_config(tmp_path, in_process):
     assert list(tmp_path.iterdir()) == []  # printed, nothing run or written
 
 
-def test_help_one_default_per_flag_preset_aware_and_grouped(in_process):
-    p = in_process("train", "--help")
+def help_entries(stdout: str) -> dict:
+    """{'--flag': its whole help entry on one line} of argparse's help output."""
+    entries, current = {}, None
+    for line in stdout.splitlines():
+        m = re.match(r"^  (?:-\w(?: \S+)?, )?(--[\w-]+)", line)
+        if m:
+            current = m.group(1)
+            entries[current] = line.strip()
+        elif current and line.startswith("    "):
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    return entries
+
+
+def test_full_help_one_default_per_flag_preset_aware_and_grouped(in_process):
+    p = in_process("train", "--help-all")
     assert p.returncode == 0
     text = " ".join(p.stdout.split())  # argparse wraps lines
     for name in FLAGS:
@@ -104,10 +119,58 @@ def test_help_one_default_per_flag_preset_aware_and_grouped(in_process):
     assert "(default: slimpajama; --config_format demo: shakespeare)" in text
     assert "(default: 12; --config_format demo: 4)" in text
     groups = re.findall(r"^(\S.*) options:$", p.stdout, re.M)
-    for g in ("data", "model", "attention", "mixture of experts", "optimizer", "schedule", "training", "evaluation"):
+    for g in ("data", "model", "attention", "MoE (mixture of experts)", "optimizer", "schedule", "training",
+              "evaluation"):
         assert g in groups
     sched = p.stdout.split("schedule options:")[1].split("options:")[0]
     assert "--warmup_percent" in sched and "--scheduler" in sched and "--lr " not in sched
+
+
+def test_every_preset_default_is_shown(in_process):
+    entries = help_entries(in_process("train", "--help-all").stdout)
+    shown = 0
+    for preset, values in PRESETS.items():
+        for name, value in values.items():
+            _, f, _ = FLAGS[name]
+            if preset != "base" and value != PRESETS["base"].get(name, f.default):
+                v = f"{value:g}" if isinstance(value, float) else str(value).lower() if isinstance(value, bool) \
+                    else str(value)
+                assert f"--config_format {preset}: {v}" in entries[f"--{name}"], (preset, name)
+                shown += 1
+    assert shown > 20
+    # a default the help words itself keeps its words and still shows each preset's value
+    assert entries["--val_fraction"].endswith(
+        "(default: 0.1 for shakespeare, 0.005 for other sources; --config_format demo: 0.05)")
+
+
+def test_short_help_lists_the_most_used_flags_and_the_groups(in_process):
+    p = in_process("train", "--help")
+    assert p.returncode == 0 and p.stdout.startswith("usage: lmsprint train [OPTIONS]")
+    flags = list(help_entries(p.stdout))
+    common = [n for n, (path, f, tp) in FLAGS.items() if f.metadata.get("common")]
+    assert flags == ["--help", "--help-all", "--config", "--resume", "--resume_override", "--print_config",
+                     *[f"--{n}" for n in common]]
+    assert len(flags) - 2 == 20  # the 20 flags people use most (and the two help switches)
+    assert len(p.stdout.splitlines()) < 90  # was 351 lines
+    text = " ".join(p.stdout.split())
+    assert "(default: slimpajama; --config_format demo: shakespeare)" in text  # preset defaults here too
+    for key in ("run", "data", "model", "attention", "moe", "optimizer", "schedule", "training", "evaluation",
+                "checkpoints", "logging"):
+        assert re.search(rf"\b{key} \(\d+\)", text), key
+    assert "lmsprint train --help GROUP" in text and "lmsprint train --help-all" in text
+
+
+def test_help_group_lists_one_group(in_process):
+    p = in_process("train", "--help", "optimizer")
+    assert p.returncode == 0 and "optimizer options:" in p.stdout
+    flags = set(help_entries(p.stdout))
+    assert flags == {f"--{n}" for n, (path, f, tp) in FLAGS.items() if path[0] == "optim" and not f.metadata["group"]}
+    assert "--warmup_percent" in in_process("train", "--help", "sched").stdout  # a unique prefix is enough
+    assert "--moe_num_experts" in in_process("train", "--help", "MoE").stdout
+    one_error_line(in_process("train", "--help", "optimiser"), "--help 'optimiser' is not a group; use one of: ")
+    one_error_line(in_process("train", "--help", "m"), "--help 'm' matches several groups")
+    p = in_process("eval", "--help", "downstream")
+    assert p.returncode == 0 and "--batch_size" in p.stdout and "--eval_tokens" not in p.stdout
 
 
 def test_nanogpt_names_are_aliases_or_answered(tmp_path, in_process):

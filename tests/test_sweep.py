@@ -63,7 +63,7 @@ def test_sweep_cli_errors_are_one_line(tmp_path, capsys):
              (["--grid", "lr=1e-3"], ["--seed", "3"], "--seeds"),
              (["--grid", "n_head=3"], ["--config_format", "demo"], "not divisible"),
              (["--grid", "lr=1e-3"], ["--lrr", "3"], "did you mean --lr"),
-             (["--grid", "lr=1e-3", "--seeds", "x"], [], "integers")]
+             (["--grid", "lr=1e-3", "--seeds", "x"], [], "not an integer")]
     for argv, train, msg in cases:
         assert main(["sweep", *argv, "--", *train, "--results_base_folder", base]) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
@@ -203,7 +203,7 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path, capfd):
     out, err = capfd.readouterr()
     assert rc == 1
     assert "[sweep 1/2]" in out and "[sweep 2/2]" in out and out.count("FAILED") == 2
-    assert "2 run(s) failed" in err
+    assert "2 runs failed" in err
 
 
 def test_values_that_normalise_alike_get_their_own_runs(tmp_path):

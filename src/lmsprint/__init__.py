@@ -1,8 +1,10 @@
 """lmsprint: pretrain language models against the clock, and know honestly which idea won.
 
 The Python API (`lmsprint/api.py`):
-    lmsprint.train(**flags) or lmsprint.train(config) -> Run (run_dir, summary, config)
+    lmsprint.train(**flags) or lmsprint.train(config) -> Run (run_dir, summary, config);
+    lmsprint.train(resume=RUN_DIR) continues a run as `lmsprint train --resume` does
     lmsprint.load(RUN_DIR or "latest") -> LoadedModel (.model, .config, .tokenizer, .logits(ids), .generate(...))
+    lmsprint.tokenizer("gpt2" | "char" | PATH) -> the offline tokenizer (.encode, .decode, .n_vocab, .eot)
 These names are the API module's own functions and classes (their signatures and docs are the real ones); the
 training code lives in the `lmsprint.training` package. The API module is imported on first use, so
 `import lmsprint` (and with it the CLI's `--help`) does not import torch or the training stack.
@@ -16,9 +18,9 @@ from typing import TYPE_CHECKING
 from .version import __version__
 
 if TYPE_CHECKING:
-    from .api import LoadedModel, Run, load, train  # noqa: F401
+    from .api import LoadedModel, Run, load, tokenizer, train  # noqa: F401
 
-_API_NAMES = ("train", "load", "Run", "LoadedModel")
+_API_NAMES = ("train", "load", "tokenizer", "Run", "LoadedModel")
 
 
 def __getattr__(name: str):
@@ -27,4 +29,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'lmsprint' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "train", "load", "Run", "LoadedModel"]
+__all__ = ["__version__", "train", "load", "tokenizer", "Run", "LoadedModel"]

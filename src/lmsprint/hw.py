@@ -9,7 +9,8 @@
   detection (bench --check_sync, tests).
 - `mfu(...)`: model FLOPs utilization, the one formula training and bench report; `enable_tf32()`;
   `set_cpu_threads(n)`: torch's intra-op CPU threads (`threads`; 0 keeps torch's default).
-- `unwrap(model)`: the plain module under DDP / torch.compile wrappers.
+- `unwrap(model)`: the plain module under DDP / torch.compile wrappers; `check_compile_backend(name)`: a
+  torch.compile backend torch knows, or one ConfigError line.
 
 Imports nothing of lmsprint except `errors`, so every layer above may use it.
 """
@@ -247,3 +248,12 @@ def set_cpu_threads(n: int) -> None:
     """Use `n` intra-op CPU threads in this process (`threads`); 0 keeps torch's default."""
     if n > 0:
         torch.set_num_threads(n)
+
+
+def check_compile_backend(name: str) -> None:
+    """ConfigError unless torch.compile knows a backend `name` (every registered one, debug backends included)."""
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if name not in known:
+        main = [b for b in ("inductor", "aot_eager", "eager", "cudagraphs") if b in known]
+        raise ConfigError(f"`compile_backend` '{name}' is not a torch.compile backend; use one of: "
+                          f"{', '.join(main)} (all: torch._dynamo.list_backends(exclude_tags=()))")

@@ -28,6 +28,19 @@ and `<results_base_folder>/latest`, a pointer file naming the newest run.
 - `resolve_run_dir(spec, base)`: a run directory path or `latest` -> an existing run directory.
 - `truncate_metrics(run_dir, n_rows)`: keep the first n_rows complete rows of metrics.jsonl (used by resume).
 Nothing here overwrites or deletes another run's files.
+
+A run directory is untrusted input (it may come from someone else), so:
+- `resolve_run_dir` follows a `latest` pointer only to one plain folder name whose real path is inside the results
+  folder (`../other_run`, an absolute path, or a link out of it: `UnsafePathError`, one line).
+- `check_inside(run_dir, path)`: a file a run names (or a symbolic link in it) must resolve inside the run
+  directory; every reader here checks its file. `check_links(run_dir)`: none of the files and folders lmsprint
+  writes into a run (`RUN_ENTRIES`, the contents of checkpoints/ and evals/, wandb/run_id) may be a symbolic link; `lock_run_dir` (every run that trains,
+  new or resumed) and `write_eval` check it, and every write opens without following links (`files`).
+- The readers validate what they read and name the file and the field (`RunFileError`, a CheckpointError):
+  `read_config` (YAML without aliases, every option's type and check), `read_summary` (field types; `status`
+  required), `read_metrics` (UTF-8, every complete line a JSON object with an integer `iter` and numbers where
+  metrics are). `read_config_dict` stays lenient (sweep naming). `compare` skips a run whose file is malformed
+  with one line (track/discover.py).
 """
 
 from __future__ import annotations
@@ -41,9 +54,10 @@ from typing import Optional
 
 import yaml
 
+from . import keys as K
 from .config import RunConfig, run_name_parts
-from .errors import ConfigError, UserError
-from .files import atomic_write_text, json_text
+from .errors import ConfigError, RunFileError, RunNotFound, UnsafePathError, UserError
+from .files import atomic_open, atomic_write_text, json_text, open_no_follow, refuse_link
 
 LATEST_POINTER = "latest"
 CONFIG_FILE = "config.yaml"
@@ -62,6 +76,9 @@ WANDB_ID_FILE = "run_id"           # inside WANDB_DIR: the wandb run id a resume
 TB_DIR = "tb"
 LOCK_FILE = "run.lock"
 MAX_NAME_BYTES = 200               # a folder name is at most 255 bytes; room for the -N suffix
+# what lmsprint writes into a run: none of these (nor anything inside the folders) may be a symbolic link
+RUN_ENTRIES = (CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, SAMPLES_FILE, EVAL_FILE, CKPT_DIR, LM_EVAL_DIR, WEIGHTS_FILE,
+               TOKENIZER_INFO_FILE, VERSIONS_FILE, WANDB_DIR, TB_DIR, LOCK_FILE)
 
 
 # ---------------------------------------------------------------------------------------------------- paths
@@ -185,10 +202,10 @@ def create_run_dir(cfg: RunConfig) -> str:
 
 
 def write_latest_pointer(base: str, run_dir: str) -> None:
-    """Point `latest` at `run_dir`; a folder of that name (not lmsprint's pointer file) is left untouched and the
-    newest run is then found by modification time."""
+    """Point `latest` at `run_dir`; a folder or a symbolic link of that name (not lmsprint's pointer file) is left
+    untouched and the newest run is then found by modification time."""
     pointer = os.path.join(base, LATEST_POINTER)
-    if os.path.isdir(pointer):
+    if os.path.isdir(pointer) or os.path.islink(pointer):
         return
     atomic_write_text(pointer, os.path.basename(os.path.normpath(run_dir)) + "\n")
 
@@ -204,8 +221,9 @@ def lock_run_dir(run_dir: str) -> None:
     key = os.path.realpath(run_dir)
     if key in _HELD:
         return
+    check_links(run_dir)  # a resumed run writes into these: never through a link planted in the folder
     try:
-        fd = os.open(lock_path(run_dir), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path(run_dir), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as e:
         raise UserError(f"cannot lock run directory {run_dir} ({e.strerror}: {lock_path(run_dir)}); a run needs a "
                         "writable run directory")
@@ -240,7 +258,7 @@ def is_locked(run_dir: str) -> bool:
     if os.path.realpath(run_dir) in _HELD:
         return True
     try:
-        fd = os.open(lock_path(run_dir), os.O_RDONLY)
+        fd = os.open(lock_path(run_dir), os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return False
     try:
@@ -264,10 +282,61 @@ def is_run_dir(path: str) -> bool:
 
 
 def list_run_dirs(base: str) -> list[str]:
-    """The run directories directly inside `base`, sorted by name ([] if `base` is not a folder)."""
+    """The run directories directly inside `base` (a link leading out of it is not one), sorted by name ([] if
+    `base` is not a folder)."""
     if not os.path.isdir(base):
         return []
-    return [p for p in (os.path.join(base, d) for d in sorted(os.listdir(base))) if is_run_dir(p)]
+    return [p for p in (os.path.join(base, d) for d in sorted(os.listdir(base))) if is_run_dir(p)
+            and _inside(base, p)]
+
+
+def _inside(root: str, path: str) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def check_inside(run_dir: str, path: str) -> str:
+    """`path` (a file or folder of run `run_dir`, or a name read from one of its files) if it resolves inside the
+    run directory; UnsafePathError otherwise (a symbolic link or a path that leads out of the run)."""
+    if not _inside(run_dir, path):
+        raise UnsafePathError(f"{path} resolves to {os.path.realpath(path)}, outside the run directory {run_dir}; "
+                              "lmsprint reads nothing outside a run through its files (a symbolic link or a path in a "
+                              "run file leading out of it): put the file itself in the run")
+    return path
+
+
+def check_links(run_dir: str) -> None:
+    """UnsafePathError if a file or folder lmsprint writes into the run (`RUN_ENTRIES`, what the checkpoints and
+    evals folders hold, wandb/run_id) is a symbolic link: a write would change what it points to. (wandb makes
+    links of its own in wandb/, such as `latest-run`: those are its business.)"""
+    for name in RUN_ENTRIES:
+        path = os.path.join(run_dir, name)
+        refuse_link(path)
+        if name in (CKPT_DIR, LM_EVAL_DIR) and os.path.isdir(path):
+            for entry in os.listdir(path):
+                refuse_link(os.path.join(path, entry))
+    refuse_link(wandb_id_path(run_dir))
+
+
+def _pointed_run(base: str, pointer: str) -> str:
+    """The run folder a `latest` pointer file names: one plain folder name inside `base`, else UnsafePathError."""
+    with open(pointer, "rb") as fh:
+        raw = fh.read(1024)
+    name = raw.decode("utf-8", errors="replace").strip()
+    bad = None
+    if not name or any(sep in name for sep in ("/", "\\", os.sep, "\0")) or name in (".", ".."):
+        bad = "is not one plain folder name"
+    elif any(not c.isprintable() for c in name) or len(name.encode()) > 255:
+        bad = "is not a run name"
+    if bad:
+        raise UnsafePathError(f"{pointer} names {name[:60]!r}, which {bad} inside `results_base_folder` {base}; "
+                              "lmsprint follows the pointer only to a run of that folder: pass the run directory "
+                              "itself, or delete the pointer")
+    cand = os.path.join(base, name)
+    if os.path.lexists(cand) and not _inside(base, cand):
+        raise UnsafePathError(f"{pointer} names {name!r}, a link to {os.path.realpath(cand)}, outside "
+                              f"`results_base_folder` {base}; pass the run directory itself, or delete the pointer")
+    return cand
 
 
 def last_modified(run_dir: str) -> float:
@@ -280,78 +349,189 @@ def resolve_run_dir(spec: str, base: str = "./exps") -> str:
     """'latest' -> newest run in `base` (pointer file, else newest summary/metrics mtime); a path -> that run."""
     if spec != LATEST_POINTER:
         if not is_run_dir(spec):
-            raise UserError(f"'{spec}' is not a run directory (no {CONFIG_FILE}); pass a folder created by "
-                            "`lmsprint train` or 'latest'")
+            raise RunNotFound(f"'{spec}' is not a run directory (no {CONFIG_FILE}); pass a folder created by "
+                              "`lmsprint train` or 'latest'")
         return spec
     pointer = os.path.join(base, LATEST_POINTER)
     if os.path.isfile(pointer):
-        with open(pointer) as fh:
-            cand = os.path.join(base, fh.read().strip())
+        cand = _pointed_run(base, pointer)
         if is_run_dir(cand):
             return cand
     runs = list_run_dirs(base)
     if not runs:
-        raise UserError(f"no runs found in '{base}'; train one first or pass --results_base_folder / a run directory")
+        raise RunNotFound(f"no runs found in '{base}'; train one first or pass --results_base_folder / a run "
+                          "directory")
     return max(runs, key=last_modified)
 
 
 # ---------------------------------------------------------------------------------------------------- files
+
+_DAMAGED = "the file was edited or is damaged; use an intact copy of the run"
+_METRIC_NUMBERS = frozenset({K.TRAIN_LOSS, K.TRAIN_CE, K.VAL_LOSS, K.VAL_PPL, K.VAL_ACC, K.VAL_BPB, K.LR, K.TOKENS,
+                             K.TRAIN_TIME, K.EVAL_TIME, K.COMPILE_TIME, K.TOKENS_PER_S, K.MFU, K.MOE_AUX, K.MOE_Z})
+_NON_FINITE_TEXT = frozenset({"nan", "inf", "-inf"})  # how metrics.jsonl writes a non-finite number (sinks._plain)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _shown(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_text(run_dir: str, path: str, limit: int = 1 << 30) -> str:
+    """A run file's text (UTF-8), checked to lie inside the run; RunFileError if it is not UTF-8 text."""
+    check_inside(run_dir, path)
+    with open(path, "rb") as fh:
+        raw = fh.read(limit + 1)
+    if len(raw) > limit:
+        raise RunFileError(path, "", f"is larger than {limit:,} bytes, not a file lmsprint wrote", _DAMAGED)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RunFileError(path, "", f"is not UTF-8 text (byte {e.start:,})", _DAMAGED)
 
 
 def write_config(run_dir: str, cfg: RunConfig) -> None:
     atomic_write_text(config_path(run_dir), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+class _RunYamlLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without aliases: lmsprint's config.yaml never has one, and a few nested aliases can expand
+    into billions of nodes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"a YAML alias at line {mark.line + 1}")
+        return super().compose_node(parent, index)
+
+
+def read_config_mapping(run_dir: str) -> dict:
+    """config.yaml as the nested mapping it holds, unvalidated (runs of other versions can still be compared);
+    RunFileError if it is not UTF-8 YAML of one mapping (or uses an alias)."""
+    path = config_path(run_dir)
+    text = read_text(run_dir, path, limit=1 << 20)
+    try:
+        d = yaml.load(text, Loader=_RunYamlLoader)  # noqa: S506 -- a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise RunFileError(path, "", f"is not valid YAML ({' '.join(str(e).split())[:160]})", _DAMAGED)
+    if not isinstance(d, dict):
+        raise RunFileError(path, "", f"holds {type(d).__name__}, not a config mapping", _DAMAGED)
+    stack = [d]
+    while stack:
+        for k, v in stack.pop().items():
+            if not isinstance(k, str):
+                raise RunFileError(path, f"key {_shown(k)}", "is not an option name", _DAMAGED)
+            if isinstance(v, dict):
+                stack.append(v)
+    return d
+
+
 def read_config_dict(run_dir: str) -> dict:
     """config.yaml as the plain nested dict it holds ({} if missing or unreadable); no validation, so that runs
     of other versions can still be listed and compared."""
     try:
-        with open(config_path(run_dir)) as fh:
-            d = yaml.safe_load(fh)
-    except (OSError, yaml.YAMLError):
+        return read_config_mapping(run_dir)
+    except (OSError, UserError):
         return {}
-    return d if isinstance(d, dict) else {}
 
 
 def read_config(run_dir: str) -> RunConfig:
+    """config.yaml as a validated RunConfig; RunFileError naming the file and the option when it is malformed."""
     path = config_path(run_dir)
     try:
-        with open(path) as fh:
-            d = yaml.safe_load(fh)
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"cannot read {path}: {e}; is '{run_dir}' a run directory?")
-    if not isinstance(d, dict):
-        raise UserError(f"{path} is not a config mapping; is '{run_dir}' a run directory?")
-    cfg = RunConfig.from_dict(d)
-    cfg.config_format = d.get("config_format", cfg.config_format)
-    return cfg.validate()
+        d = read_config_mapping(run_dir)
+    except OSError as e:
+        raise RunNotFound(f"cannot read {path}: {e.strerror or e}; is '{run_dir}' a run directory?")
+    try:
+        cfg = RunConfig.from_dict(d)
+        fmt = d.get("config_format", cfg.config_format)
+        if not isinstance(fmt, str):
+            raise ConfigError(f"`config_format` is {_shown(fmt)}, not a preset name")
+        cfg.config_format = fmt
+        return cfg.validate()
+    except UserError as e:
+        raise RunFileError(path, "", str(e), _DAMAGED) from None
 
 
 def write_summary(run_dir: str, summary: dict) -> None:
     atomic_write_text(summary_path(run_dir), json_text(summary, indent=2) + "\n")
 
 
-def read_summary(run_dir: str) -> Optional[dict]:
-    """summary.json as a dict, or None if it is missing or not a JSON object."""
+_SUMMARY_TYPES = {  # field -> (check, what it must be); a field may also be null, and other fields are kept as they are
+    "status": (lambda v: isinstance(v, str) and bool(v), "a status word"),
+    "iterations_done": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
+    "tokens": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
+    "params_total": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
+    "params_active": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
+    "seed": (_is_int, "an integer"),
+    "data_seed": (_is_int, "an integer"),
+    "world_size": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    K.TRAIN_TIME: (_is_number, "a number"),
+    K.EVAL_TIME: (_is_number, "a number"),
+    K.COMPILE_TIME: (_is_number, "a number"),
+    K.TOKENS_PER_S: (_is_number, "a number"),
+    K.MFU: (_is_number, "a number"),
+    K.FINAL: (lambda v: isinstance(v, dict) and all(isinstance(k, str) and (x is None or _is_number(x))
+                                                    for k, x in v.items()), "a mapping of metric names to numbers"),
+    **{f: (lambda v: isinstance(v, str), "a string") for f in ("run_dir", "name", "config_format", "model", "device",
+                                                                "finished_at", "error")},
+}
+
+
+def validate_summary(d, path: str) -> dict:
+    """summary.json's dict if every known field has its type; RunFileError naming the field otherwise."""
+    if not isinstance(d, dict):
+        raise RunFileError(path, "", f"holds {type(d).__name__}, not a JSON object", _DAMAGED)
+    if "status" not in d:
+        raise RunFileError(path, "field 'status'", "is missing", _DAMAGED)
+    for field, (ok, what) in _SUMMARY_TYPES.items():
+        v = d.get(field)
+        if v is not None and not ok(v):
+            raise RunFileError(path, f"field '{field}'", f"is {_shown(v)}, not {what}", _DAMAGED)
+        if field == "status" and v is None:
+            raise RunFileError(path, "field 'status'", "is null, not a status word", _DAMAGED)
+    return d
+
+
+def _json(run_dir: str, path: str, limit: int = 1 << 26):
+    text = read_text(run_dir, path, limit)
     try:
-        with open(summary_path(run_dir)) as fh:
-            d = json.load(fh)
-    except (OSError, ValueError):
+        return json.loads(text)
+    except ValueError as e:
+        raise RunFileError(path, "", f"is not valid JSON ({e})", _DAMAGED)
+
+
+def read_summary(run_dir: str) -> Optional[dict]:
+    """summary.json as a validated dict, None if there is none; RunFileError if it is malformed."""
+    path = summary_path(run_dir)
+    if not os.path.lexists(path):
         return None
-    return d if isinstance(d, dict) else None
+    return validate_summary(_json(run_dir, path), path)
 
 
 def status(run_dir: str) -> str:
     """running | complete | interrupted | failed, or 'no summary'. A summary saying `running` (or none at all)
-    while no process holds the run's lock means the process died: `interrupted` when a checkpoint is there to
-    resume from, else `failed`."""
-    st = (read_summary(run_dir) or {}).get("status") or "no summary"
+    while no process holds the run's lock means the process died: `interrupted` if it left a checkpoint to
+    resume from, else `failed`. A malformed summary counts as none."""
+    try:
+        st = (read_summary(run_dir) or {}).get("status") or "no summary"
+    except (OSError, UserError):
+        st = "no summary"
     if st in ("running", "no summary") and is_run_dir(run_dir) and not is_locked(run_dir):
         return "interrupted" if has_checkpoint(run_dir) else "failed"
     return st
 
 
 def write_eval(run_dir: str, results: dict) -> None:
+    check_links(run_dir)
     atomic_write_text(eval_path(run_dir), json_text(results, indent=2) + "\n")
 
 
@@ -359,38 +539,64 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def validate_metrics_row(row, path: str, lineno: int) -> dict:
+    """One metrics.jsonl row if it is a JSON object with an integer `iter` >= 0 and a number (or null, or the text
+    of a non-finite number) for every scalar metric; RunFileError naming the line and the field otherwise."""
+    where = f"line {lineno}"
+    if not isinstance(row, dict):
+        raise RunFileError(path, where, f"holds {type(row).__name__}, not a JSON object", _DAMAGED)
+    it = row.get(K.ITER)
+    if not (_is_int(it) and it >= 0):
+        raise RunFileError(path, f"{where}, field '{K.ITER}'", f"is {_shown(it)}, not a whole number >= 0", _DAMAGED)
+    for key, v in row.items():
+        name = key[len(K.FINAL) + 1:] if key.startswith(K.FINAL + "/") else key
+        if name in _METRIC_NUMBERS and not (v is None or _is_number(v) or v in _NON_FINITE_TEXT):
+            raise RunFileError(path, f"{where}, field '{key}'", f"is {_shown(v)}, not a number", _DAMAGED)
+    return row
+
+
 def read_metrics(run_dir: str) -> list[dict]:
-    """The rows of metrics.jsonl: complete lines only (a run still going may have a half-written last line),
-    skipping any line that is not a JSON object."""
+    """The rows of metrics.jsonl, validated (`validate_metrics_row`): complete lines only (a run still going may
+    have a half-written last line); RunFileError naming the line for bytes that are not UTF-8, a line that is not
+    JSON, or a row of the wrong shape. An empty line is skipped."""
     rows = []
     path = metrics_path(run_dir)
-    if os.path.exists(path):
-        with open(path) as fh:
-            for line in fh:
-                if not line.endswith("\n"):
-                    break
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(row, dict):
-                    rows.append(row)
+    if not os.path.lexists(path):
+        return rows
+    check_inside(run_dir, path)
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.endswith(b"\n"):
+                break
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RunFileError(path, f"line {lineno}", f"is not UTF-8 text (byte {e.start} of the line)", _DAMAGED)
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise RunFileError(path, f"line {lineno}", f"is not valid JSON ({e})", _DAMAGED)
+            rows.append(validate_metrics_row(row, path, lineno))
     return rows
 
 
 def truncate_metrics(run_dir: str, n_rows: int) -> None:
     """Keep the first `n_rows` complete lines of metrics.jsonl (drops rows written after a checkpoint and any
-    half-written last line), atomically."""
+    half-written last line), atomically. Bytes are kept as they are (never decoded)."""
     path = metrics_path(run_dir)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return
-    with open(path) as fh:
+    with open_no_follow(path, "rb") as fh:
         lines = [line for line in fh]
-    keep = [line for line in lines[:n_rows] if line.endswith("\n")]
-    atomic_write_text(path, "".join(keep))
+    keep = [line for line in lines[:n_rows] if line.endswith(b"\n")]
+    with atomic_open(path, "wb") as fh:
+        fh.write(b"".join(keep))
 
 
 def truncate_file(path: str, n_bytes: int) -> None:
-    if os.path.exists(path) and os.path.getsize(path) > n_bytes:
-        with open(path, "r+b") as fh:
+    """Cut `path` to `n_bytes` (never through a symbolic link: UnsafePathError)."""
+    if os.path.lexists(path) and os.lstat(path).st_size > n_bytes:
+        with open_no_follow(path, "r+b") as fh:
             fh.truncate(n_bytes)

@@ -1,7 +1,7 @@
 """One bench config: time `steps` training steps after `warmup` ones on random tokens already on the device.
 
 The step is the one training runs (`build_train_step`: micro-batched fwd+bwd, grad clip, optimizer of --opt,
---compile), so every model/optim/train flag of `lmsprint train` applies (`add_measure_arguments`). Data
+--compile), so every model/optim/train flag of `lmsprint train` applies (`options.add_measure_arguments`). Data
 loading is excluded. The result row (`bench_config`) has tokens/s, MFU (active training FLOPs per token from the
 model vs the accelerator's dense bf16 peak, `hw.mfu`), peak memory, compile time and, with `check_sync`, the
 host-device syncs counted in the timed steps (on CUDA any sync raises). `--reference` times llm-baselines' step
@@ -20,36 +20,13 @@ from typing import Optional
 
 import torch
 
-from ..config import FLAGS, add_flags, build_config
+from ..config import FLAGS, build_config
 from ..hw import (count_host_syncs, cuda_sync_errors, enable_tf32, host_resident, measure_peak_flops, mfu, peak_flops,
                   resolve_device, sync)
 from ..model.transformer import Transformer
 from ..training.checks import check_run
 from ..training.step import TrainStep, build_train_step
 from .reference import ReferenceStep
-
-_SECTIONS = ("run", "model", "optim", "train")
-
-
-def add_measure_arguments(parser: argparse.ArgumentParser):
-    """The options of one measurement (+ --config and the run/model/optim/train flags); returns their group."""
-    g = parser.add_argument_group("bench options")
-    g.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 3; compile happens here)")
-    g.add_argument("--steps", type=int, default=None, help="timed steps (default: 10)")
-    g.add_argument("--check_sync", action="store_true", help="fail on host-device syncs in timed steps "
-                   "(CUDA: torch.cuda.set_sync_debug_mode('error')); also counts .item()/.cpu()/bool() calls")
-    g.add_argument("--peak_flops", type=float, default=None, help="accelerator peak FLOP/s for MFU "
-                   "(default: from the GPU's name, e.g. H100 SXM 989e12)")
-    g.add_argument("--measure_peak", action="store_true", help="measure the peak with a large bf16 matmul instead")
-    g.add_argument("--compile_backend", default=None, help="torch.compile backend with --compile (default inductor; "
-                   "--suite cpu defaults to aot_eager, which traces like inductor but compiles in seconds)")
-    g.add_argument("--reference", action="store_true", help="time the hackathon llm-baselines step instead of "
-                   "lmsprint's (eager unless --compile, full-logits cross-entropy, its AdamW groups, bf16 autocast): "
-                   "the suite's in-run reference row")
-    g.add_argument("--config", default=None, help="YAML/TOML config file (as in lmsprint train)")
-    add_flags(parser, sections=_SECTIONS)
-    return g
-
 
 def config_from_args(args: argparse.Namespace):
     """The RunConfig of the parsed flags (defaults < preset < --config file < flags)."""

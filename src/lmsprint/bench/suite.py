@@ -31,7 +31,8 @@ import torch
 from ..config import SuggestingParser
 from ..errors import UserError
 from ..files import atomic_write_text, json_text
-from .measure import add_measure_arguments, bench_config, config_from_args
+from .measure import bench_config, config_from_args
+from .options import add_measure_arguments
 
 REFERENCE = "llmb-gpt2-124m-reference"
 # tokens/s measured once on an H200 (torch 2.11, bf16) with the hackathon's code and defaults: context only

@@ -1,46 +1,24 @@
-"""`lmsprint bench`: arguments and output of one measurement (`bench/measure.py`) or of the suite
+"""`lmsprint bench`: what runs one measurement (`bench/measure.py`) or of the suite
 (`bench/suite.py`). Every model/optim/train flag of `lmsprint train` works, plus --warmup/--steps, --compile,
 --check_sync, --peak_flops/--measure_peak, --reference (llm-baselines' step) and --json; `--suite gpu|cpu` runs
 the suite (`--prewarm N` compiles its compiled configs N at a time first, `--prewarm_only` does only that), `--out
 DIR` writes DIR/<date>-<device>.json and .md; `--memory [--world_size N]` prints the computed per-GPU memory table
-(bench/memory.py).
+(bench/memory.py). The flags are defined in bench/options.py and cli/arguments.py (`BenchOptions`).
 Imports only torch and the standard library beyond lmsprint, so `python -m lmsprint bench` runs on a bare GPU box.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 
-from ..bench.measure import add_measure_arguments, bench_config, config_from_args
+from ..bench.measure import bench_config, config_from_args
 from ..bench.memory import format_memory_table, memory_table
 from ..bench.suite import default_prewarm_jobs, fmt_si, prewarm, run_suite, select_configs
-from ..errors import UserError
+from ..errors import plural
 from ..files import json_text
-
-
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    g = add_measure_arguments(parser)
-    g.add_argument("--json", action="store_true", help="print one machine-readable JSON line")
-    g.add_argument("--suite", choices=["gpu", "cpu"], default=None, help="run the benchmark suite (one table)")
-    g.add_argument("--only", default="", help="suite: comma-separated substrings of config names to run")
-    g.add_argument("--config_timeout", type=float, default=None, help="suite: seconds per config (gpu 150, cpu 60)")
-    g.add_argument("--suite_budget", type=float, default=None, help="suite: total seconds; later configs are "
-                   "skipped as rows (gpu 450, cpu 110)")
-    g.add_argument("--prewarm", type=int, default=None, help="suite: compile the compiled configs this many at a time "
-                   "in parallel first, so the timed pass compiles from warm caches (default on gpu: one per 40 GB "
-                   "of GPU memory, at most 3; 0 = off)")
-    g.add_argument("--prewarm_only", action="store_true", help="suite: only the parallel compile pass (e.g. while "
-                   "the CUDA tests run); prints each config's cold compile time")
-    g.add_argument("--out", default=None, help="suite: folder for <date>-<device>.json and "
-                   ".md (the committed results live in bench/results)")
-    g.add_argument("--memory", action="store_true", help="print the computed per-GPU memory table (124M/350M/1.3B "
-                   "shapes, ddp and fsdp) at --batch_size x --sequence_length under bf16 autocast, --opt's state")
-    g.add_argument("--world_size", type=int, default=8, help="--memory: GPUs the fsdp rows shard over (default 8)")
-    g.add_argument("--isolate", default=None, choices=["subprocess", "inprocess"], help="suite: run each config in "
-                   "its own subprocess (default on gpu) or in this process after torch._dynamo.reset() (default on cpu)")
+from ..hw import check_compile_backend
 
 
 def _run_suite(args, threads) -> int:
@@ -55,8 +33,6 @@ def _run_suite(args, threads) -> int:
         extra += ["--peak_flops", str(args.peak_flops)]
     budget = args.suite_budget or (450 if gpu else 110)
     jobs = args.prewarm if args.prewarm is not None else (default_prewarm_jobs() if gpu else 0)
-    if jobs < 0:
-        raise UserError("--prewarm must be >= 0 (0 = no parallel compile pass)")
     if args.prewarm_only:
         cold = prewarm(select_configs(args.suite, only), max(jobs, 1), budget, extra)
         print(json_text(cold) if args.json else "\n".join(
@@ -77,7 +53,7 @@ def _print_row(row: dict, check_sync: bool) -> None:
     print(("llm-baselines reference step: " if row["reference"] else "")
           + f"device {row['device']}, torch {row['torch']}, {row['model']} "
           f"{row['params_active'] / 1e6:.1f}M active / {row['params_total'] / 1e6:.1f}M params")
-    print(f"{row['tokens_per_step']} tokens/step ({row['micro_batch']} x {row['n_micro']} micro-batches), "
+    print(f"{row['tokens_per_step']} tokens/step ({row['micro_batch']} x {plural(row['n_micro'], 'micro-batch')}), "
           f"{row['step_s'] * 1e3:.1f} ms/step")
     print(f"tokens/s {row['tokens_per_s']:,.0f} | MFU {mfu} | peak mem {fmt_si(row['peak_mem_bytes'], 'B')} | "
           f"compile {row['compile_s']:.1f}s" + (f" | host syncs {row['host_syncs']} {row['host_sync_detail'] or ''}"
@@ -85,8 +61,6 @@ def _print_row(row: dict, check_sync: bool) -> None:
 
 
 def _print_memory(args) -> int:
-    if args.world_size < 1:
-        raise UserError("--world_size must be >= 1")
     cfg = config_from_args(args)
     kw = dict(world_size=args.world_size, batch=cfg.train.batch_size, seq=cfg.model.sequence_length,
               vocab=cfg.model.vocab_size, opt=cfg.optim.opt)
@@ -100,6 +74,8 @@ def run_bench(args) -> int:
     threads = config_from_args(args).train.threads if "threads" in vars(args) else (1 if args.suite == "cpu" else 0)
     if threads:
         torch.set_num_threads(threads)
+    if args.compile_backend:
+        check_compile_backend(args.compile_backend)  # a misspelt backend is one line, not a traceback at compile
     if args.suite:
         return _run_suite(args, threads)
     if args.memory:
@@ -107,8 +83,6 @@ def run_bench(args) -> int:
     cfg = config_from_args(args)
     warmup = 3 if args.warmup is None else args.warmup
     steps = 10 if args.steps is None else args.steps
-    if warmup < 0 or steps < 1:
-        raise UserError("--warmup must be >= 0 and --steps >= 1")
     row = bench_config(cfg, warmup, steps, args.check_sync, args.peak_flops, args.measure_peak,
                        args.compile_backend or "inductor", args.reference)
     if args.json:

@@ -1,27 +1,16 @@
-"""The `prepare` subcommand: tokenize a dataset into token files + manifest (or measure the tokenizer's speed)."""
+"""The `prepare` subcommand: tokenize a dataset into token files + manifest (or measure the tokenizer's speed).
+Its flags: the data options of the config tree and `arguments.PrepareOptions`."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
-from ..config import FLAGS, add_flags, build_config
+from ..config import FLAGS, build_config
 from ..data.encode import measure_tokenize_speed
 from ..data.manifest import verify_manifest
 from ..data.prepare import prepare
-
-
-def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
-    add_flags(p, sections=("data",))
-    p.add_argument("--config_format", default=argparse.SUPPRESS, help="preset whose dataset is prepared (base: "
-                   "slimpajama, demo: shakespeare)")
-    p.add_argument("--config", default=None, help="YAML/TOML config file whose data options are used")
-    p.add_argument("--bench_tokenizer", action="store_true", help="measure 1-process vs --num_proc-process "
-                   "tokenization speed on 10 MB of text, then exit")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--verify", action="store_true", help="hash the token files in full and compare them with the "
-                   "manifest's SHA-256 (opening them checks only sampled blocks of files over 32 MiB)")
+from ..errors import plural
 
 
 def run_prepare(args) -> int:
@@ -30,7 +19,8 @@ def run_prepare(args) -> int:
     if args.bench_tokenizer:
         r = measure_tokenize_speed(10.0, cfg.data.num_proc or os.cpu_count() or 1)
         print(f"tokenize {r['megabytes']:.1f} MB ({r['tokens']:,} gpt2 tokens): 1 process {r['single_mb_per_s']:.2f} "
-              f"MB/s, {r['num_proc']} processes {r['parallel_mb_per_s']:.2f} MB/s, speedup {r['speedup']:.2f}x "
+              f"MB/s, {plural(r['num_proc'], 'process')} {r['parallel_mb_per_s']:.2f} MB/s, "
+              f"speedup {r['speedup']:.2f}x "
               f"(best of {r['repeats']}; pool start {r.get('pool_start_s', 0):.2f}s not included; CPU time: "
               f"{r['single_cpu_s']:.2f}s vs {r['parallel_cpu_s']:.2f}s, {r['cpu_bound_speedup']:.2f}x on idle cores)")
         return 0

@@ -1,5 +1,6 @@
 """`lmsprint sweep --grid FLAG=V1,V2 --seeds 0,1 [--name N] [--dry_run] -- <train flags>`: the command-line part
-(arguments, the pass-through train flags, the final comparison table and the exit status: 1 if any run failed).
+(the pass-through train flags, the final comparison table and the exit status: 1 if any run failed; the flags are
+`arguments.SweepOptions`).
 Planning, validation and running the training subprocesses are in track/sweep.py."""
 
 from __future__ import annotations
@@ -10,27 +11,10 @@ import sys
 from typing import Optional
 
 from ..config import FLAGS, SuggestingParser
-from ..errors import UserError
+from ..errors import plural
 from ..track import sweep as S
 from ..track.report import compare
-from .train import add_train_arguments  # the pass-through flags are exactly `lmsprint train`'s
-
-
-def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--grid", action="append", default=[], metavar="FLAG=V1,V2",
-                   help="a train flag and the values to sweep (repeatable; the sweep is the cross product)")
-    p.add_argument("--seeds", default="0", help="comma-separated --seed values run for every grid point (default: 0)")
-    p.add_argument("--name", default=None, help="sweep folder under --results_base_folder (default: "
-                   "sweep-<grid flags>); rerun with the same name to resume")
-    p.add_argument("--parallel", type=int, default=1, metavar="N",
-                   help="start runs in batches of N, all runs of a batch together, the next batch when the whole "
-                   "batch has ended; runs are seed-major (every arm's seed 0, then every arm's seed 1, ...), and with "
-                   "N >= the number of arms every batch holds whole seeds, so the arms of a seed share the machine's "
-                   "load (give each run -- --threads 1); each run's output in <sweep folder>/<run>.log (default: 1, "
-                   "one after another)")
-    p.add_argument("--dry_run", action="store_true", help="print the plan and the commands, run nothing")
-    p.add_argument("train_args", nargs="*", metavar="-- TRAIN_FLAGS",
-                   help="flags passed to every `lmsprint train` (after a literal --)")
+from .arguments import add_train_arguments  # the pass-through flags are exactly `lmsprint train`'s
 
 
 def parse_train_args(argv: list[str]) -> tuple[dict, Optional[str]]:
@@ -45,8 +29,6 @@ def parse_train_args(argv: list[str]) -> tuple[dict, Optional[str]]:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    if args.parallel < 1:
-        raise UserError(f"--parallel {args.parallel}: must be >= 1 (the number of runs at a time)")
     grid = S.parse_grid(args.grid)
     seeds = S.parse_seeds(args.seeds)
     train_args = list(args.train_args or [])
@@ -61,9 +43,10 @@ def run_sweep(args: argparse.Namespace) -> int:
         S.write_record(sweep_dir, {"grid": grid, "seeds": seeds, "train_args": train_args,
                                    "points": [p.name for p in points]})
     arms = len(points) // len(seeds)
-    print(f"sweep {name}: {len(points)} runs ({arms} grid points x {len(seeds)} seeds) in {sweep_dir}, seed-major"
-          + (f", in batches started together of {len(S.batches(points, args.parallel)[0])}" if args.parallel > 1
-             else ""), flush=True)
+    batch = len(S.batches(points, args.parallel)[0])
+    print(f"sweep {name}: {plural(len(points), 'run')} ({plural(arms, 'grid point')} x {plural(len(seeds), 'seed')}) "
+          f"in {sweep_dir}, seed-major" + (f", in batches started together of {batch}" if args.parallel > 1 else ""),
+          flush=True)
     if 1 < args.parallel < arms:
         print(f"lmsprint: warning: --parallel {args.parallel} is fewer than the {arms} arms: the arms of one seed "
               f"cannot all start together, so they may run under different load; use --parallel {arms}",
@@ -81,7 +64,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         print(compare(dirs).text())
         print(f"plots and report: lmsprint compare {sweep_dir}")
     if failed:
-        print(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to retry/resume them",
+        print(f"{plural(len(failed), 'run')} failed: {', '.join(failed)}; rerun the same command to retry/resume them",
               file=sys.stderr)
         return 1
     return 0

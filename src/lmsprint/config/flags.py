@@ -1,8 +1,15 @@
-"""The command line generated from the config tree: one argparse flag per option, and one-line parse errors.
+"""The command line generated from option dataclasses: one argparse flag per option, and one-line parse errors.
 
-- `add_flags(parser, sections)`: a `--name` per option (help, metavar, choices and `aliases` from its metadata),
-  in one --help group per section or per option `group` (attention, MoE, optimizer, schedule, ...), each with
-  ONE default: the value under the default preset, plus what the other presets use where they differ.
+- `add_flags(parser, sections)`: a `--name` per option of the config tree (help, metavar, choices and `aliases`
+  from its metadata), in one --help group per section or per option `group` (attention, MoE, optimizer,
+  schedule, ...), each with ONE default: the value under the default preset, plus what each other preset uses
+  where it differs. The values stay raw strings; `build_config` types and checks them with the config file's.
+- `add_options(parser, cls, group)`: a `--name` per field of any other option dataclass (a subcommand's own
+  flags, `cli/arguments.py`), typed and checked while parsing by the field's rules (`options.parse_value`):
+  a bad value is the same one line as a bad train flag. Defaults are the fields' defaults.
+- Every action made here carries `action.option = (name, field, type)`: the short help and `--help GROUP`
+  (`cli/help.py`, groups named by `group_key`: the first word of the title, e.g. moe, optimizer, schedule) and the
+  tests that feed every numeric flag bad values read it.
 - `SuggestingParser`: argparse whose errors are one `UserError` line. An unknown flag gets, in this order: the
   flag another tool's name corresponds to (`near_names`), where a train flag belongs when given to another
   subcommand, or the closest of the parser's own flags (never the flag that was typed).
@@ -13,18 +20,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import re
 from typing import Any, Optional
 
 from ..errors import UserError
-from .options import base_type, iter_fields, unknown_name_error
+from .options import base_type, iter_fields, parse_value, unknown_name_error
 from .presets import PRESETS
 from .schema import ALIASES, FLAGS, NEAR_NAMES, RunConfig, unknown_option_error
 
 DEFAULT_PRESET = "base"
 # --help group titles of the config sections (an option's `group` metadata overrides its section)
-SECTION_TITLES = {"run": "run", "data": "data", "model": "model", "attn": "attention", "moe": "mixture of experts",
-                  "optim": "optimizer", "train": "training", "log": "logging and output"}
+SECTION_TITLES = {"run": "run", "data": "data", "model": "model", "attn": "attention",
+                  "moe": "MoE (mixture of experts)", "optim": "optimizer", "train": "training",
+                  "log": "logging and output"}
 # flags of `lmsprint train` that are not config options
 TRAIN_ONLY_FLAGS = ("config", "resume", "print_config")
 # subcommands that do not take the train flags (sweep passes them on after `--`)
@@ -46,18 +55,25 @@ def _shown(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def default_text(name: str, f: dataclasses.Field) -> str:
-    """'(default: X)' with X the value under the default preset, plus '; --config_format P: Y' for each other preset
-    that sets another value; '' when the help text already says what the default is."""
-    if "(default:" in f.metadata["help"]:
-        return ""
-    field_default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    base = PRESETS[DEFAULT_PRESET].get(name, field_default)
-    text = f"default: {_shown(base)}"
-    for preset, values in PRESETS.items():
-        if preset != DEFAULT_PRESET and name in values and values[name] != base:
-            text += f"; --config_format {preset}: {_shown(values[name])}"
-    return f" ({text})"
+def group_key(title: str) -> str:
+    """The name `--help GROUP` takes for a help group: the first word of its title, lower case."""
+    return title.split()[0].lower()
+
+
+def _field_default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def help_text(name: str, f: dataclasses.Field) -> str:
+    """The flag's help with ONE default: '(default: X)', X the value under the default preset, plus
+    '; --config_format P: Y' for each other preset that sets another value. A help text that words its own
+    default ('(default: the dataset's own)') keeps it, and the other presets' values are added inside it."""
+    helptext, base = f.metadata["help"], PRESETS[DEFAULT_PRESET].get(name, _field_default(f))
+    others = "".join(f"; --config_format {preset}: {_shown(values[name])}" for preset, values in PRESETS.items()
+                     if preset != DEFAULT_PRESET and name in values and values[name] != base)
+    if "(default:" in helptext:
+        return helptext[:-1] + others + ")" if others and helptext.endswith(")") else helptext + others
+    return f"{helptext} (default: {_shown(base)}{others})"
 
 
 def add_flags(parser: argparse.ArgumentParser, sections: Optional[tuple] = None) -> None:
@@ -76,18 +92,70 @@ def add_flags(parser: argparse.ArgumentParser, sections: Optional[tuple] = None)
         g = groups.get(title) or groups.setdefault(title, parser.add_argument_group(f"{title} options"))
         name = path[-1]
         names = [f"--{name}"] + [f"--{a}" for a in f.metadata.get("aliases", ())]
-        base = base_type(tp)
-        help_ = f.metadata["help"] + default_text(name, f)
-        choices = [c for c in (f.metadata.get("choices") or []) if c is not None] or None
-        if base is bool:
+        help_ = _escaped(help_text(name, f))
+        if base_type(tp) is bool:
             # `--flag` alone means true; `--flag false|0|no` also parses
-            g.add_argument(*names, dest=name, nargs="?", const="true", default=argparse.SUPPRESS, metavar="BOOL",
-                           help=help_)
+            a = g.add_argument(*names, dest=name, nargs="?", const="true", default=argparse.SUPPRESS, metavar="BOOL",
+                               help=help_)
         else:
             # choices are checked by validate() so that every error reads the same way
-            metavar = f.metadata.get("metavar") or ("{" + ",".join(map(str, choices)) + "}" if choices
-                                                    else base.__name__.upper())
-            g.add_argument(*names, dest=name, default=argparse.SUPPRESS, help=help_, metavar=metavar)
+            a = g.add_argument(*names, dest=name, default=argparse.SUPPRESS, help=help_, metavar=_metavar(f, tp))
+        a.option = (name, f, tp)
+
+
+def _escaped(text: str) -> str:
+    return text.replace("%", "%%")  # argparse %-formats help strings
+
+
+def _metavar(f: dataclasses.Field, tp) -> str:
+    choices = [c for c in (f.metadata.get("choices") or []) if c is not None]
+    return f.metadata.get("metavar") or ("{" + ",".join(map(str, choices)) + "}" if choices
+                                         else base_type(tp).__name__.upper())
+
+
+def add_options(parser: argparse.ArgumentParser, cls, group=None):
+    """One flag per field of the option dataclass `cls` (see the module doc); `group`: None (the parser's own
+    options), a title (a new --help group "<title> options") or an existing argument group. Returns the group.
+
+    A value is typed and checked while parsing (`parse_value`: type, finiteness, range, ASCII digits, choices,
+    check), so a bad one is one ConfigError line before the command runs. A bool field is a switch (`--json`);
+    a list field is repeatable (`--grid A --grid B`)."""
+    target = parser.add_argument_group(f"{group} options") if isinstance(group, str) else group or parser
+    for path, f, tp in iter_fields(cls):
+        name, default, base = path[-1], _field_default(f), base_type(tp)
+        names = [f"--{name}"] + [f"--{a}" for a in f.metadata.get("aliases", ())]
+        helptext = f.metadata["help"]
+        words = {v: k for k, v in (f.metadata.get("keywords") or {}).items()}
+        shown = words.get(default, default) if not isinstance(default, (list, dict)) else None
+        if "(default:" not in helptext and shown is not None and shown != "" and base is not bool:
+            helptext += f" (default: {_shown(shown)})"
+        kw = dict(dest=name, default=default, help=_escaped(helptext))
+        if base is bool:
+            a = target.add_argument(*names, action="store_true" if not default else argparse.BooleanOptionalAction,
+                                    **kw)
+        elif base is list:
+            a = target.add_argument(*names, action="append", metavar=f.metadata.get("metavar") or "VALUE", **kw)
+        else:
+            a = target.add_argument(*names, type=functools.partial(_flag_value, name, f, tp),
+                                    metavar=_metavar(f, tp), **kw)
+        a.option = (name, f, tp)
+    return target
+
+
+class _BadFlagValue(Exception):
+    """Carries a flag value's ConfigError past argparse, which would swallow it (lmsprint's errors are ValueErrors,
+    and argparse rewords a ValueError from a type function as "invalid <function repr> value")."""
+
+    def __init__(self, err: UserError):
+        super().__init__(str(err))
+        self.err = err
+
+
+def _flag_value(name: str, f: dataclasses.Field, tp, raw):
+    try:
+        return parse_value(name, f, tp, raw)
+    except UserError as e:
+        raise _BadFlagValue(e) from None
 
 
 def _is_train_flag(name: str) -> bool:
@@ -96,6 +164,12 @@ def _is_train_flag(name: str) -> bool:
 
 class SuggestingParser(argparse.ArgumentParser):
     """argparse whose errors are one line, exit 2, and name the right flag for unknown ones."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        try:
+            return super().parse_known_args(args, namespace)
+        except _BadFlagValue as e:  # a flag value that broke its option's rules: that rule's own line
+            raise e.err from None
 
     def parse_args(self, args=None, namespace=None):
         ns, extras = self.parse_known_args(args, namespace)

@@ -1,13 +1,18 @@
 """What one option knows about itself, and how one raw value becomes a typed, checked value.
 
 - `option(default, help, ...)`: a dataclass field whose metadata holds every fact about the flag (help, choices,
-  check, metavar, cli, bounds, resume_safe, bookkeeping, sweep_reserved, name_part); see `option` for each key.
+  check, metavar, cli, bounds, resume_safe, bookkeeping, sweep_reserved, name_part, keywords, numeric, common);
+  see `option` for each key. The config tree (`schema.py`) and every subcommand's own flags (`cli/arguments.py`)
+  are dataclasses of such fields.
 - value checks for `check=` (`positive`, `nonneg`, `frac`, `frac_open`, `duration_check`, ...): each returns an
   error message or None.
 - `parse_duration`, `parse_bool`.
 - `convert(name, f, tp, value)`: a raw value (a CLI string or a config-file scalar) to the option's type, strictly:
   a bool is not a number, `²` is not a digit, `1.5` is not an integer.
-- `value_problem(f, tp, v)`: the type / finiteness / range check every numeric option gets, whatever its source.
+- `value_problem(f, tp, v)`: the type / finiteness / range check every numeric option gets, whatever its source;
+  `field_problem(f, tp, v)`: that, then `choices`, then `check` (the rules of one value, in that order).
+- `parse_value(name, f, tp, raw)`: a raw value -> the typed value that passed `field_problem`, else one
+  ConfigError line ("`temperature` nan: must be a finite number"); `is_numeric(f, tp)`: does the flag take numbers.
 - `iter_fields(obj_or_cls)`: walk a dataclass tree; `unknown_name_error`: one line naming the closest valid name.
 
 Nothing here knows which options exist (that is `schema.py`).
@@ -38,7 +43,8 @@ def option(default: Any, help: str, choices: Optional[list] = None,
            *, bounds: Optional[tuple[int, int]] = None, resume_safe: bool = False, bookkeeping: bool = False,
            sweep_reserved: Optional[str] = None,
            name_part: Optional[Callable[[Any, Any], Optional[str]]] = None, group: Optional[str] = None,
-           aliases: tuple = (), near_names: Optional[dict] = None):
+           aliases: tuple = (), near_names: Optional[dict] = None, keywords: Optional[dict] = None,
+           numeric: bool = False, common: bool = False):
     """A config field and every fact about its flag.
 
     - `help`, `choices` (None allowed = unset), `check(v) -> message | None`, `metavar`, `cli` (False: not a flag).
@@ -51,10 +57,15 @@ def option(default: Any, help: str, choices: Optional[list] = None,
     - `aliases=("learning_rate",)`: other names of the same flag (nanoGPT's), accepted on the command line.
     - `near_names={"eval_iters": "why"}`: other tools' names of a related but not identical setting; typing one
       answers with this flag and the reason instead of a guess.
+    - `keywords={"full": None}`: words accepted in place of a value (any case), and the value each stands for.
+    - `numeric=True`: a string option whose values are numbers in a syntax of its own (e.g. lm-eval's 'auto:N');
+      its `check` applies the number rules, and the tests feed it the same bad numbers as an int or float option.
+    - `common=True`: one of the most used flags, listed by the short `--help` (the others by `--help GROUP`).
     """
     md = {"help": help, "choices": choices, "check": check, "metavar": metavar, "cli": cli, "bounds": bounds,
           "resume_safe": resume_safe, "bookkeeping": bookkeeping, "sweep_reserved": sweep_reserved,
-          "name_part": name_part, "group": group, "aliases": tuple(aliases), "near_names": dict(near_names or {})}
+          "name_part": name_part, "group": group, "aliases": tuple(aliases), "near_names": dict(near_names or {}),
+          "keywords": dict(keywords or {}), "numeric": numeric, "common": common}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=md)
     return field(default=default, metadata=md)
@@ -180,6 +191,9 @@ def _to_float(value) -> float:
 def convert(name: str, f: dataclasses.Field, tp, value):
     """A raw value (CLI string or config-file scalar) -> the field's type; ConfigError naming the option."""
     base = base_type(tp)
+    words = f.metadata.get("keywords") or {}
+    if isinstance(value, str) and value.strip().lower() in words:
+        return words[value.strip().lower()]
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and base is not str):
         if get_origin(tp) is Union or f.default is None:
             return None
@@ -195,7 +209,8 @@ def convert(name: str, f: dataclasses.Field, tp, value):
             raise ValueError(value)
         return str(value)
     except (TypeError, ValueError, decimal.InvalidOperation):
-        raise ConfigError(f"`{name}`: '{_shown(value)}' is not {_KIND.get(base, 'a string')}")
+        kind = " or ".join([_KIND.get(base, "a string"), *(f"'{w}'" for w in words)])
+        raise ConfigError(f"`{name}`: '{shown(value)}' is not {kind}")
 
 
 def value_problem(f: dataclasses.Field, tp, v) -> Optional[str]:
@@ -217,6 +232,44 @@ def value_problem(f: dataclasses.Field, tp, v) -> Optional[str]:
     elif base is bool and not isinstance(v, bool):
         return "must be true or false"
     return None
+
+
+def field_problem(f: dataclasses.Field, tp, v) -> Optional[str]:
+    """The first rule a (typed) value breaks: type/finiteness/range, then `choices`, then `check`; or None."""
+    msg = value_problem(f, tp, v) if v is not None else None
+    if msg:
+        return msg
+    choices = f.metadata.get("choices")
+    if choices is not None and v not in choices:
+        return "is not one of: " + ", ".join(str(c) for c in choices if c is not None)
+    check = f.metadata.get("check")
+    return check(v) if check is not None and v is not None else None
+
+
+def shown(value) -> str:
+    """A value as the user wrote it, but a very long one shortened (a 400-digit integer as 9.99e+399)."""
+    text = _shown(value).strip() if not isinstance(value, str) else value.strip()
+    if len(text) <= 24:
+        return text
+    digits = text.lstrip("+-")
+    if digits.isascii() and digits.isdigit():
+        return f"{text[:len(text) - len(digits)]}{digits[0]}.{digits[1:3]}e+{len(digits) - 1}"
+    return text[:21] + "..."
+
+
+def parse_value(name: str, f: dataclasses.Field, tp, raw):
+    """A raw value (a CLI string, a file's scalar) -> the option's typed value that keeps every rule of
+    `field_problem`; otherwise ConfigError "`name` RAW: what is wrong" (the CLI shows `--name RAW: ...`)."""
+    v = convert(name, f, tp, raw)
+    msg = field_problem(f, tp, v)
+    if msg:
+        raise ConfigError(f"`{name}` {shown(raw) if str(raw).strip() else repr(raw)}: {msg}")
+    return v
+
+
+def is_numeric(f: dataclasses.Field, tp) -> bool:
+    """Does this option take numbers (an int or float option, or a string option marked `numeric`)?"""
+    return base_type(tp) in (int, float) or bool(f.metadata.get("numeric"))
 
 
 # ---------------------------------------------------------------------------------------------------- walking

@@ -81,7 +81,8 @@ _NAMED_BY_SWEEP = "the sweep names each run"
 class DataConfig:
     dataset: str = option("shakespeare", "data source: a named source (see `lmsprint prepare --help`), "
                        "hf:ORG/NAME[:CONFIG] for any hub dataset, or a path: a file/folder of .txt/.jsonl/.parquet, a "
-                       "nanoGPT folder (train.bin/val.bin, read in place) or a datasets save_to_disk folder")
+                       "nanoGPT folder (train.bin/val.bin, read in place) or a datasets save_to_disk folder",
+                       common=True)
     data_dir: str = option("./data_cache", "where prepared token files + manifests are cached (shared by runs)",
                         resume_safe=True, bookkeeping=True)
     tokenizer: Optional[str] = option(None, "tokenizer: gpt2, char, or a Hugging Face tokenizer.json file or tokenizer "
@@ -144,12 +145,12 @@ class MoEConfig:
 @dataclass
 class ModelConfig:
     model: str = option("base", "preset: base (GPT-2) or llama2", choices=["base", "llama2"],
-                     name_part=_model_shape_part)
-    n_layer: int = option(12, "number of Transformer blocks", check=positive)
-    n_head: int = option(12, "attention heads", check=positive)
-    n_embd: int = option(768, "model width", check=positive)
+                     name_part=_model_shape_part, common=True)
+    n_layer: int = option(12, "number of Transformer blocks", check=positive, common=True)
+    n_head: int = option(12, "attention heads", check=positive, common=True)
+    n_embd: int = option(768, "model width", check=positive, common=True)
     sequence_length: int = option(512, "context length in tokens", check=lambda v: None if v >= 1 else
-                               "must be >= 1; use e.g. --sequence_length 512", aliases=("block_size",))
+                               "must be >= 1; use e.g. --sequence_length 512", aliases=("block_size",), common=True)
     vocab_size: int = option(50304, "embedding rows (>= the tokenizer's vocabulary; 50304 pads GPT-2's 50257)",
                           check=positive)
     dropout: float = option(0.0, "dropout probability", check=frac_open)
@@ -205,9 +206,11 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    opt: str = option("adamw", "optimizer", choices=["adamw", "sgd", "lamb", "lion", "muon"], name_part=_opt_part)
+    opt: str = option("adamw", "optimizer", choices=["adamw", "sgd", "lamb", "lion", "muon"], name_part=_opt_part,
+                   common=True)
     lr: float = option(1e-3, "peak learning rate", check=positive, aliases=("learning_rate",),
-                    near_names={"min_lr": "the final lr is lr / div_factor / final_div_factor (--final_div_factor)"})
+                    near_names={"min_lr": "the final lr is lr / div_factor / final_div_factor (--final_div_factor)"},
+                    common=True)
     weight_decay: float = option(0.1, "decoupled weight decay (not applied to norms, biases, embeddings)", check=nonneg)
     beta1: float = option(0.9, "Adam/LAMB/Lion beta1", check=frac_open)
     beta2: float = option(0.95, "Adam/LAMB/Lion beta2", check=frac_open)
@@ -241,25 +244,25 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = option(32, "sequences per micro-batch (per process)", check=positive)
+    batch_size: int = option(32, "sequences per micro-batch (per process)", check=positive, common=True)
     acc_steps: int = option(4, "gradient accumulation steps per optimizer step", check=positive,
-                         aliases=("gradient_accumulation_steps",))
+                         aliases=("gradient_accumulation_steps",), common=True)
     micro_batch: str = option("", "micro-batch size actually run: '' = batch_size, 'auto' = largest that fits, or N; "
                            "accumulation adapts so batch_size*acc_steps is unchanged",
                            check=_micro_batch_check)
     iterations: int = option(25000, "optimizer steps (with --time_budget: an upper bound)", check=positive,
-                          aliases=("max_iters",))
+                          aliases=("max_iters",), common=True)
     time_budget: Optional[str] = option(None, "train for this long (e.g. 90s, 5m, 3h); schedule runs on elapsed "
                                      "training time; compile and eval excluded", check=duration_check,
-                                     name_part=_time_budget_part)
+                                     name_part=_time_budget_part, common=True)
     seed: int = option(0, "seed for model init and dropout", bounds=_SEED, name_part=_seed_part,
-                    sweep_reserved="use --seeds 0,1,2 instead of a seed flag or grid")
-    device: str = option("auto", "device: auto, cpu, cuda, cuda:N", resume_safe=True)
+                    sweep_reserved="use --seeds 0,1,2 instead of a seed flag or grid", common=True)
+    device: str = option("auto", "device: auto, cpu, cuda, cuda:N", resume_safe=True, common=True)
     threads: int = option(0, "CPU threads torch uses for this run's math (0 = torch's default); e.g. 1 per run when "
                        "several runs share a machine", check=nonneg, resume_safe=True, bookkeeping=True)
     dtype: Optional[str] = option(None, "compute dtype: bfloat16, float16, float32 (default: bfloat16 autocast on CUDA, "
                                "float32 on CPU)", choices=[None, "bfloat16", "float16", "float32"])
-    compile: bool = option(False, "torch.compile the model", resume_safe=True)
+    compile: bool = option(False, "torch.compile the model", resume_safe=True, common=True)
     compile_mode: Optional[str] = option(None, "torch.compile mode", choices=[None, "default", "reduce-overhead",
                                                                          "max-autotune", "max-autotune-no-cudagraphs"],
                                       resume_safe=True)
@@ -334,7 +337,7 @@ class RunConfig:
     config_format: str = option("base", "preset of defaults: base (the hackathon's: 124M, SlimPajama, 25k iterations), "
                              "demo (small model on Shakespeare, minutes on a CPU) or speedrun (base's shapes and data "
                              "with the recipe that won equal-time races, see docs/recipes.md)",
-                             choices=["base", "demo", "speedrun"])
+                             choices=["base", "demo", "speedrun"], common=True)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, UserError, plural
 from ..files import atomic_write_text, json_text
 from .integrity import token_dtype, token_file_facts, validate_fields, verify_token_file
 from .tokenizer import _GPT2_N_VOCAB as GPT2_N_VOCAB  # the gpt2 vocabulary size a manifest must agree with
@@ -78,8 +78,9 @@ class Manifest:
             f"dataset     {self.dataset} ({self.source})",
             f"directory   {self.dir}",
             f"tokenizer   {self.tokenizer} (n_vocab {self.n_vocab}, {self.dtype})",
-            f"train       {self.train_tokens:,} tokens, {mb(self.train_bytes)} of text, {self.train_docs:,} documents",
-            f"val         {self.val_tokens:,} tokens, {mb(self.val_bytes)} of text, {self.val_docs:,} documents "
+            f"train       {self.train_tokens:,} tokens, {mb(self.train_bytes)} of text, "
+            f"{plural(self.train_docs, 'document')}",
+            f"val         {self.val_tokens:,} tokens, {mb(self.val_bytes)} of text, {plural(self.val_docs, 'document')} "
             f"({self.val_achieved:.2%} of the tokens; asked {self.val_fraction:g}, aimed at {self.val_target:.3g})",
             f"sha256      train {self.sha256.get('train', '')[:16]}  val {self.sha256.get('val', '')[:16]}",
         ])
@@ -116,6 +117,8 @@ def load_manifest(dir: str, verify: bool = True) -> Manifest:
         d["val_path"] = os.path.join(d["dir"], d["val_path"])
         known = {f.name for f in dataclasses.fields(Manifest)}
         m = Manifest(**{k: v for k, v in d.items() if k in known})
+    except UserError:  # validate_fields names the field (lmsprint's errors are ValueErrors too)
+        raise
     except (ValueError, TypeError, KeyError) as e:
         raise DataError(f"{path} is damaged ({type(e).__name__}: {e}); prepare the data again into a new "
                         "`data_dir` (lmsprint prepare --dataset ... --data_dir ...)")

@@ -28,7 +28,7 @@ from typing import Iterator, Optional
 
 from tqdm import tqdm
 
-from ..errors import DataError, UserError
+from ..errors import DataError, UserError, plural
 from ..files import atomic_open, atomic_path
 from .encode import Encoder
 from .integrity import Hasher, sample_blocks
@@ -154,7 +154,8 @@ def _build(data_cfg, source: Source, out: str, progress: bool, shard_docs, stop_
         os.makedirs(partial, exist_ok=True)
         state = {"fingerprint": fingerprint, "vocab": None, "docs_done": 0, "shards": []}
     elif progress:
-        print(f"resuming prepare of {source.key}: {state['docs_done']:,} documents already done", file=sys.stderr)
+        print(f"resuming prepare of {source.key}: {plural(state['docs_done'], 'document')} already done",
+              file=sys.stderr)
 
     if state["vocab"] is None:  # a Hugging Face tokenizer's JSON (None for gpt2 and char)
         state["vocab"] = tokenizer_state(tokenizer)

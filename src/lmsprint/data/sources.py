@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, plural
 from .readers import (LOCAL_SUFFIXES, HubDataset, hub_docs, is_saved_dataset, local_docs, merged_docs,
                       saved_splits, interleaved_val)
 
@@ -198,7 +198,7 @@ def local_files(path: str) -> list[str]:
 def _local_source(path: str, tokenizer: str, text_field: str) -> Source:
     files = local_files(path)
     return Source(key=f"local-{_stem(path)}-{_files_digest(files)}{_field_suffix(text_field)}", kind="local",
-                  default_tokenizer=tokenizer, description=f"local files under {path} ({len(files)} files)",
+                  default_tokenizer=tokenizer, description=f"local files under {path} ({plural(len(files), 'file')})",
                   _docs=local_docs(files, text_field))
 
 

@@ -25,7 +25,7 @@ import json
 import os
 from typing import Iterable
 
-from ..errors import DataError
+from ..errors import DataError, plural
 
 NOT_TEXT_FRACTION = 0.01  # a file with more undecodable or NUL bytes than this is refused
 CHUNK = 4 * 2**20
@@ -171,6 +171,6 @@ def replaced_warning(replaced: dict[str, int]) -> str:
     total = sum(replaced.values())
     items = sorted(replaced.items(), key=lambda kv: -kv[1])
     named = ", ".join(f"{os.path.basename(p)} ({n:,})" for p, n in items[:3])
-    more = f" and {len(items) - 3} more files" if len(items) > 3 else ""
+    more = f" and {plural(len(items) - 3, 'more file', 'more files')}" if len(items) > 3 else ""
     return (f"lmsprint: warning: {total:,} bytes that are not valid UTF-8 were replaced with U+FFFD in "
-            f"{len(items)} file(s): {named}{more} (counts per file are in manifest.json, 'replaced_bytes')")
+            f"{plural(len(items), 'file')}: {named}{more} (counts per file are in manifest.json, 'replaced_bytes')")

@@ -5,8 +5,10 @@ inside the functions that need them, so `import lmsprint.evals.lmeval` works wit
 
 - `run_lm_eval(model_dir, tasks, include_path=, limit=, num_fewshot=, batch_size=, device=, dtype=)` runs
   lm-eval's `hf` model on a folder written by `lmsprint.export.export_hf` and returns lm-eval's results dict
-  (per-sample logs are not kept). Task names may be globs; `include_path` adds a folder of local task YAMLs
-  (when every task is found there, lm-eval's thousands of built-in task files are not even indexed).
+  (per-sample logs are not kept). Task names may be globs (`expand_tasks`: each expanded, in the order given, to
+  the sorted task names it matches, so lm-eval receives names only); `include_path` adds a folder of local task
+  YAMLs (when every task is found there, lm-eval's thousands of built-in task files are not even indexed). A
+  task whose data file is missing is one DataError naming the file.
 - `results_table(results)`: lm-eval's markdown table, for printing.
 - `summary_metrics(results)`: flat {"<task>/<metric>": value} of the numeric metrics (for `compare` columns).
 - `write_results(run_dir, results)` (results.py): writes `<run_dir>/evals/lm_eval-<UTC time>.json` (suffix `-2`, `-3`, ... if
@@ -27,7 +29,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, DataError, UserError
 from ..export.hf import export_hf, hf_architecture
 from ..export.hf_tokenizer import describe_tokenizer
 from .results import list_results, summary_metrics, write_results  # noqa: F401  (re-exported)
@@ -71,6 +73,16 @@ def task_manager(tasks: Sequence[str], include_path: Optional[str] = None):
     return tm
 
 
+def expand_tasks(tm, names: Sequence[str]) -> list[str]:
+    """Task names with each glob ('arc_*', 'tiny_?') replaced by the names it matches (sorted), without repeats."""
+    out: list[str] = []
+    for n in names:
+        for t in tm.match_tasks([n]) if any(c in n for c in "*?[") else [n]:
+            if t not in out:
+                out.append(t)
+    return out
+
+
 def run_lm_eval(model_dir: str, tasks: Union[str, Sequence[str]], include_path: Optional[str] = None,
                 limit: Optional[Union[int, float]] = None, num_fewshot: Optional[int] = None,
                 batch_size: Union[int, str] = 1, device: str = "cpu", dtype: str = "float32",
@@ -79,11 +91,21 @@ def run_lm_eval(model_dir: str, tasks: Union[str, Sequence[str]], include_path: 
     lm_eval, _ = _import_lm_eval()
     names = parse_tasks(tasks)
     tm = task_manager(names, include_path)
-    out = lm_eval.simple_evaluate(
-        model="hf", model_args={"pretrained": os.path.abspath(model_dir), "dtype": dtype},
-        tasks=names, num_fewshot=num_fewshot, batch_size=batch_size, device=device, limit=limit,
-        task_manager=tm, log_samples=False, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-        fewshot_random_seed=seed)
+    names = expand_tasks(tm, names)  # lm-eval's loader takes names, not the globs its own CLI expands
+    try:
+        out = lm_eval.simple_evaluate(
+            model="hf", model_args={"pretrained": os.path.abspath(model_dir), "dtype": dtype},
+            tasks=names, num_fewshot=num_fewshot, batch_size=batch_size, device=device, limit=limit,
+            task_manager=tm, log_samples=False, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+            fewshot_random_seed=seed)
+    except FileNotFoundError as e:  # e.g. datasets' "Unable to find '/data/x.jsonl'" for a task's data_files
+        where = f" (task YAMLs under {include_path})" if include_path else ""
+        raise DataError(f"an lm-eval task's data is missing: {' '.join(str(e).split())}; check the task's "
+                        f"dataset_path / data_files{where}")
+    except ValueError as e:
+        if "Duplicate task" not in str(e):
+            raise
+        raise ConfigError(f"`tasks` {','.join(names)}: {e}; name either a group or its tasks, not both")
     if out is None:  # non-zero ranks under distributed lm-eval
         return {}
     from lm_eval.utils import handle_non_serializable  # lazy: optional dependency (lmsprint[evals])
@@ -121,5 +143,5 @@ def evaluate_model(model_cfg, state_dict: Mapping[str, torch.Tensor], tokenizer_
     return results, results_table(results), path
 
 
-__all__ = ["run_lm_eval", "results_table", "summary_metrics", "write_results", "list_results", "evaluate_model",
-           "parse_tasks", "task_manager"]
+__all__ = ["run_lm_eval", "expand_tasks", "results_table", "summary_metrics", "write_results", "list_results",
+           "evaluate_model", "parse_tasks", "task_manager"]

@@ -227,22 +227,33 @@ def hf_config(cfg: ModelConfig, special_ids: Mapping[str, object], dtype: torch.
 # ---------------------------------------------------------------------------------------------- folder
 
 
+def check_out_dir(out_dir: str, force: bool = False) -> None:
+    """UserError unless `out_dir` is a new or empty folder (with `force`: any folder, not a file or a link)."""
+    path = os.path.abspath(out_dir)
+    if os.path.islink(out_dir.rstrip(os.sep) or out_dir) or (os.path.exists(path) and not os.path.isdir(path)):
+        raise UserError(f"export folder {out_dir} is a file or a symbolic link; choose a new folder")
+    if not force and os.path.isdir(path) and os.listdir(path):
+        raise UserError(f"export folder {path} already exists and is not empty; choose a new folder, or pass "
+                        "--force to replace the export's files in it (its other files stay)")
+
+
 def export_hf(model_cfg: ModelConfig, state_dict: Mapping[str, torch.Tensor], tokenizer_info, out_dir: str,
-              dtype: torch.dtype = torch.float32) -> str:
-    """Write a Hugging Face folder for the model at `out_dir` (which must not exist or be empty); returns the
-    architecture name. The folder is assembled next to out_dir and renamed into place, so a failed export
-    leaves nothing half-written. Raises ConfigError for what HF cannot express."""
+              dtype: torch.dtype = torch.float32, force: bool = False) -> str:
+    """Write a Hugging Face folder for the model at `out_dir` (which must not exist or be empty, unless `force`:
+    then the export's files replace those of the same names and other files stay); returns the architecture
+    name. The files are assembled next to out_dir and renamed into place, so a failed export leaves nothing
+    half-written. Raises ConfigError for what HF cannot express."""
     arch = hf_architecture(model_cfg)
     tok = describe_tokenizer(tokenizer_info)
     n_tok = tokenizer_vocab_size(tok)
     if n_tok > model_cfg.vocab_size:
         raise ConfigError(f"`vocab_size` {model_cfg.vocab_size} is smaller than the {tok['name']} tokenizer's "
                           f"{n_tok} tokens; the model cannot be exported with it")
+    check_out_dir(out_dir, force)
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise UserError(f"export folder {out_dir} already exists and is not empty; choose a new folder")
     tensors = hf_state_dict(model_cfg, state_dict, dtype)
-    parent = os.path.dirname(out_dir)
+    # --force into an existing folder: assembled inside it (its parent may not be writable), then moved up
+    parent = out_dir if force and os.path.isdir(out_dir) else os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
     try:
@@ -254,9 +265,19 @@ def export_hf(model_cfg: ModelConfig, state_dict: Mapping[str, torch.Tensor], to
         gen = {k: v for k, v in special.items() if v is not None}
         with open(os.path.join(tmp, "generation_config.json"), "w") as fh:
             json.dump({"_from_model_config": True, **gen}, fh, indent=2)
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty (checked above)
-        os.rename(tmp, out_dir)
+        if os.path.isdir(out_dir) and os.listdir(out_dir):  # --force: each file replaces its namesake
+            names = sorted(os.listdir(tmp))
+            clash = [n for n in names if os.path.isdir(os.path.join(out_dir, n))
+                     and not os.path.islink(os.path.join(out_dir, n))]
+            if clash:
+                raise UserError(f"export folder {out_dir} holds a folder named {clash[0]}, a file of the export; "
+                                "move it away or choose a new folder")
+            for name in names:  # os.replace replaces a link itself, never what it points to
+                os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+        else:
+            if os.path.isdir(out_dir):
+                os.rmdir(out_dir)  # empty (checked above)
+            os.rename(tmp, out_dir)
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp)

@@ -15,7 +15,9 @@ own `SafetensorError`, so that callers and the CLI treat it like any other faile
 lmsprint writes goes through it.
 
 `load_weights(path) -> (state_dict, metadata)` reads it back (no pickle, no code execution) and re-links
-aliases; `model_config_of(metadata)` returns the ModelConfig. Tensors sharing memory only partly (slices of one
+aliases; `model_config_of(metadata)` returns the ModelConfig. A file that is not what `save_weights` writes is a
+`RunFileError` naming the file and the field: a header safetensors refuses, `aliases` that are not a JSON object of
+stored names, a `model_config` that is not a valid model config. Tensors sharing memory only partly (slices of one
 storage) are stored as copies.
 """
 
@@ -34,7 +36,7 @@ from safetensors.torch import save_file
 
 from ..version import __version__
 from ..config import ModelConfig, RunConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, RunFileError, UserError
 from ..files import atomic_path
 
 WEIGHTS_FILE = "model.safetensors"
@@ -99,18 +101,39 @@ def load_weights(path: str, device: str = "cpu") -> tuple[dict[str, torch.Tensor
     except Exception as e:  # truncated header, not a safetensors file, ...
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"weights file {path} is corrupt or not safetensors ({msg})")
-    for key, target in json.loads(meta.get("aliases", "{}")).items():
+    for key, target in _aliases(meta, sd, path).items():
         sd[key] = sd[target]
     return sd, meta
 
 
-def model_config_of(meta: Mapping[str, str]) -> ModelConfig:
+def _aliases(meta: Mapping[str, str], sd: Mapping[str, torch.Tensor], path: str) -> dict[str, str]:
+    """The metadata's `aliases` ({name: stored name}), checked: a JSON object whose targets are stored tensors."""
+    text = meta.get("aliases", "{}")
+    try:
+        aliases = json.loads(text)
+    except ValueError as e:
+        raise RunFileError(path, "metadata 'aliases'", f"is not JSON ({e})")
+    if not isinstance(aliases, dict):
+        raise RunFileError(path, "metadata 'aliases'", f"holds a {type(aliases).__name__}, not a JSON object of "
+                           "tensor names")
+    for key, target in aliases.items():
+        if not isinstance(target, str) or target not in sd:
+            raise RunFileError(path, "metadata 'aliases'", f"maps {key!r} to {target!r}, which is not a stored tensor")
+    return aliases
+
+
+def model_config_of(meta: Mapping[str, str], path: str = "the weights file") -> ModelConfig:
     """The ModelConfig saved in a weights file's metadata (validated like a run's config)."""
     if "model_config" not in meta:
-        raise CheckpointError("the weights file has no model config in its metadata; it was not written by "
-                              "lmsprint's save_weights with a model config")
-    cfg = RunConfig.from_dict({"model": json.loads(meta["model_config"])})
-    return cfg.validate().model
+        raise CheckpointError(f"{path} has no model config in its metadata; it was not written by lmsprint's "
+                              "save_weights with a model config")
+    try:
+        d = json.loads(meta["model_config"])
+        if not isinstance(d, dict):
+            raise ValueError(f"a {type(d).__name__}, not a JSON object")
+        return RunConfig.from_dict({"model": d}).validate().model
+    except (ValueError, UserError) as e:
+        raise RunFileError(path, "metadata 'model_config'", f"is not a model config ({e})") from None
 
 
 __all__ = ["WEIGHTS_FILE", "save_weights", "load_weights", "model_config_of"]

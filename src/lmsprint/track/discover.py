@@ -2,6 +2,9 @@
 glob patterns, each loaded into a `Run` (flat config, summary, metrics rows, final val metrics) through rundir.
 
 A run whose summary status is not "complete" keeps its last logged val numbers as its `final` ones.
+`load_run` reads every file through rundir's validating readers: a malformed config.yaml, summary.json or
+metrics.jsonl is a `RunFileError` naming the file and the field (compare skips that run with the line); a malformed
+lm-eval results file is skipped alone, its line kept in `Run.problems`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Run:
     rows: list                        # metrics.jsonl rows
     final: dict = field(default_factory=dict)   # one value (or None) per keys.VAL_METRICS key
     lm_eval: dict = field(default_factory=dict)  # {"<task>/<metric>": value} of `lmsprint eval --tasks` results
+    problems: list = field(default_factory=list)  # one line per file of the run that was skipped as malformed
 
     @property
     def complete(self) -> bool:
@@ -66,14 +70,19 @@ def find_runs(specs: list[str]) -> list[str]:
     out: list[str] = []
     for spec in specs:
         matches = [spec] if os.path.exists(spec) else sorted(glob.glob(spec))
-        found = []
+        found, refused = [], None
         for m in matches:
             if rundir.is_run_dir(m):
                 found.append(m)
             elif os.path.isdir(m):
                 found.extend(_walk_runs(m))
             elif rundir.is_latest_pointer(m):  # `exps/*` includes the pointer
-                found.append(rundir.resolve_run_dir(rundir.LATEST_POINTER, os.path.dirname(m) or "."))
+                try:
+                    found.append(rundir.resolve_run_dir(rundir.LATEST_POINTER, os.path.dirname(m) or "."))
+                except UserError as e:  # a pointer leading out of its folder: the runs beside it still count
+                    refused = e
+        if not found and refused is not None:
+            raise refused
         if not found:
             raise UserError(f"no run directories found in '{spec}'; pass run directories (with "
                             f"{rundir.CONFIG_FILE}), a results folder or a glob pattern")
@@ -89,16 +98,18 @@ def _number(v):
 
 
 def load_run(path: str) -> Run:
+    """One run's files (validated: RunFileError / UnsafePathError naming the file for a malformed one)."""
     summary = rundir.read_summary(path) or {}
+    flat = flatten(rundir.read_config_mapping(path))
     run = Run(path=path, name=os.path.basename(os.path.normpath(path)), status=rundir.status(path),
-              flat=flatten(rundir.read_config_dict(path)), summary=summary, rows=rundir.read_metrics(path))
+              flat=flat, summary=summary, rows=rundir.read_metrics(path))
     final = summary.get(K.FINAL) if isinstance(summary.get(K.FINAL), dict) else {}
     for key in K.VAL_KEYS:
         v = final.get(key)
         if v is None and not run.complete:  # an unfinished run: its last logged val numbers
             v = run.get(key)
         run.final[key] = _number(v)
-    run.lm_eval = latest_metrics(path)
+    run.lm_eval = latest_metrics(path, run.problems)
     return run
 
 

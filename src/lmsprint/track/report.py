@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import keys as K
-from ..errors import UserError
+from ..errors import UserError, plural
 from .discover import Run, find_runs, lm_eval_columns, load_run
 from .plots import plot_curves
 from .stats import (AGAINST_BEST, CONFIDENCE, METHOD, MIN_SEEDS, NO_SPREAD, NON_FINITE, RECORD_ALPHA, TOO_FEW, Group,
@@ -333,15 +333,22 @@ def parse_compare_target(text: Optional[str]) -> Optional[tuple[str, float]]:
 def compare(specs: list[str], metric: str = K.VAL_LOSS, only_complete: bool = False,
             reference: Optional[str] = None, target: Optional[str] = None) -> Comparison:
     parsed = parse_compare_target(target)
-    runs = [load_run(p) for p in find_runs(specs)]
-    notes = []
+    runs, notes = [], []
+    for path in find_runs(specs):
+        try:
+            runs.append(load_run(path))
+        except (UserError, OSError) as e:  # a malformed file of one run: that run is skipped, with its line
+            notes.append(f"skipped run {path}: {e}")
+    if not runs:
+        raise UserError("none of the runs could be read: " + "; ".join(notes))
+    notes += [p for r in runs for p in r.problems]
     pending = [r for r in runs if not r.complete]
     if pending and only_complete:
-        notes.append(f"skipped {len(pending)} run(s) not complete: " + ", ".join(
+        notes.append(f"skipped {plural(len(pending), 'run')} not complete: " + ", ".join(
             f"{r.name} ({r.status})" for r in pending))
         runs = [r for r in runs if r.complete]
     elif pending:
-        notes.append(f"* not complete ({len(pending)} run(s)): numbers are the last logged ones, not a final "
+        notes.append(f"* not complete ({plural(len(pending), 'run')}): numbers are the last logged ones, not a final "
                      "evaluation; left out of the arms")
     if not runs:
         raise UserError("none of the runs is complete; drop --only_complete to see unfinished runs")
@@ -476,7 +483,7 @@ def write_report(c: Comparison, out_dir: str, specs: list[str]) -> str:
     write_runs_csv(c, os.path.join(out_dir, "runs.csv"))
     md = ["# Run comparison", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from: "
           + ", ".join(f"`{s}`" for s in specs), "",
-          f"{len(c.runs)} runs. Final metrics are the final evaluation of each run (plain cross-entropy); "
+          f"{plural(len(c.runs), 'run')}. Final metrics are the final evaluation of each run (plain cross-entropy); "
           "only config keys that differ between runs are shown. Runs are ranked only against runs evaluated on "
           "the same val set.", ""]
     for i, t in enumerate(c.tables):

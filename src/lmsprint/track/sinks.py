@@ -29,8 +29,8 @@ from typing import Any, Optional
 from .. import keys as K
 from .. import rundir
 from ..config import flatten, run_name_parts
-from ..errors import UserError
-from ..files import json_text
+from ..errors import RunFileError, UserError
+from ..files import json_text, open_no_follow
 from .stats import seed_group_id
 from .sweep import SWEEP_FILE
 
@@ -156,7 +156,7 @@ class Sinks:
         if not enabled:
             return
         check_available(cfg)
-        self._jsonl = open(rundir.metrics_path(run_dir), "a")
+        self._jsonl = open_no_follow(rundir.metrics_path(run_dir), "a")  # a link there is refused, never followed
         if cfg.log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # lazy: needs the optional tensorboard package
 
@@ -172,11 +172,14 @@ class Sinks:
         os.makedirs(rundir.wandb_dir(self.run_dir), exist_ok=True)
         id_file = rundir.wandb_id_path(self.run_dir)
         if os.path.exists(id_file):  # a resumed run directory continues its wandb run
-            with open(id_file) as fh:
-                run_id = fh.read().strip()
+            with open_no_follow(id_file, "r") as fh:
+                run_id = fh.read(64).strip()
+            if not (run_id.isascii() and run_id.isalnum()):
+                raise RunFileError(id_file, "", f"holds {run_id[:20]!r}, not a wandb run id (letters and digits)",
+                                   "delete the file to start a new wandb run for this run directory")
         else:
             run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-            with open(id_file, "w") as fh:
+            with open_no_follow(id_file, "w") as fh:
                 fh.write(run_id + "\n")
         name = cfg.log.wandb_run_prefix + os.path.basename(os.path.normpath(self.run_dir))
         # WANDB_MODE is read here, per run, rather than once per process by wandb's own settings singleton
@@ -229,7 +232,7 @@ class Sinks:
         """A generated sample: appended to samples.txt; wandb gets the growing table of all samples so far."""
         if not self.enabled:
             return
-        with open(rundir.samples_path(self.run_dir), "a") as fh:
+        with open_no_follow(rundir.samples_path(self.run_dir), "a") as fh:
             fh.write(f"--- iter {step} ---\n{text}\n")
         if self._tb is not None:
             self._tb.add_text(SAMPLES_TABLE, f"**{prompt}**{text[len(prompt):] if text.startswith(prompt) else text}",

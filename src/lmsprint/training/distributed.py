@@ -14,12 +14,15 @@ All helpers (`all_reduce_sum`, `all_reduce_mean`, `all_reduce_max`, `barrier`, `
   outside the compiled graphs). The root keeps its parameters unsharded after its forward, so the loss head
   (which uses the tied embedding as the output matrix outside the model's forward) reads whole tensors.
 - `check_data_parallel(cfg)`: the combinations fsdp cannot run (ConfigError naming the options).
+- `launched_rank()`: this process's rank under torchrun (0 otherwise); `quiet_under_torchrun()`: rank 0 alone
+  speaks, so third-party warnings (DDP's FutureWarning, once per rank) are silenced on every rank under torchrun.
 Device resolution is `hw.resolve_device`.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -119,6 +122,18 @@ def check_data_parallel(cfg) -> None:
     if t.dtype == "float16":
         raise ConfigError("`dtype` float16 is not supported under `data_parallel` fsdp (no sharded gradient scaler); "
                           "use `dtype` bfloat16 or float32")
+
+
+def launched_rank() -> int:
+    """This process's rank under torchrun (its RANK variable), 0 when run alone."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def quiet_under_torchrun() -> None:
+    """Under torchrun (WORLD_SIZE > 1) no Python warnings on any rank: lmsprint's own messages are printed lines
+    (on rank 0 only); what remains are other libraries' warnings, repeated by every rank (DDP's FutureWarning)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        warnings.simplefilter("ignore")
 
 
 def all_reduce_sum(t: torch.Tensor, world: World) -> torch.Tensor:

@@ -34,7 +34,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from .. import rundir
 from ..data.loader import n_val_windows
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, plural
 from ..export import save_weights
 from . import sharded, state
 from .distributed import World, all_reduce_max, barrier, broadcast_object, gather_object
@@ -103,7 +103,7 @@ def adapt_batch(cfg, st: dict, world: World) -> dict:
     if mb.isdigit() and rows % int(mb):
         t.micro_batch = ""
     if world.is_main:
-        print(f"resuming on {n} processes (saved by {old[2]}): batch_size x acc_steps {old[0]} x {old[1]} -> "
+        print(f"resuming on {plural(n, 'process')} (saved by {old[2]}): batch_size x acc_steps {old[0]} x {old[1]} -> "
               f"{bs} x {t.acc_steps} per process, so the global batch stays {global_batch} sequences "
               f"({global_batch * cfg.model.sequence_length:,} tokens) per optimizer step", file=sys.stderr)
     return saved_cfg

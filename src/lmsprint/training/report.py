@@ -23,6 +23,7 @@ from typing import Optional
 from tqdm.auto import tqdm
 
 from .. import keys as K
+from ..errors import plural
 from ..hw import mfu
 from ..rundir import now_iso
 
@@ -145,26 +146,26 @@ def eval_line(step: int, elapsed: float, train_loss: Optional[float], res: dict,
 def banner_rows(tr, n_train: int, n_val: int) -> list[tuple[str, str]]:
     """The start-up banner of Trainer `tr` after setup: what is being trained, on what, for how long, where."""
     cfg, m, t = tr.cfg, tr.cfg.model, tr.cfg.train
-    arch = f"{m.model} ({m.norm_kind}, {m.mlp_kind}, {m.pos_kind}): {m.n_layer} layer{'s' * (m.n_layer != 1)}, d={m.n_embd}, "
-    arch += f"{m.n_head} head{'s' * (m.n_head != 1)}"
+    arch = f"{m.model} ({m.norm_kind}, {m.mlp_kind}, {m.pos_kind}): {plural(m.n_layer, 'layer')}, d={m.n_embd}, "
+    arch += plural(m.n_head, "head")
     if m.attn.attention != "causal":
         arch += f", {m.attn.attention} attention (window {m.attn.attention_window})"
     if m.moe.moe_num_experts > 1:
-        arch += f", MoE {m.moe.moe_num_experts} experts top-{m.moe.moe_num_experts_per_tok}"
+        arch += f", MoE {plural(m.moe.moe_num_experts, 'expert')} top-{m.moe.moe_num_experts_per_tok}"
     total, active = tr.model.num_params(), tr.model.num_active_params()
     params = f"{total:,} total" + (f", {active:,} active per token" if active != total else "")
     ws = tr.world.world_size
-    batch = f"{t.batch_size} x {t.acc_steps} acc" + (f" x {ws} processes" if ws > 1 else "") + \
+    batch = f"{t.batch_size} x {t.acc_steps} acc" + (f" x {plural(ws, 'process')}" if ws > 1 else "") + \
         f" x {m.sequence_length} tokens = {tr.tokens_per_step:,} tokens/step"
     if tr.micro_bs != t.batch_size:
         batch += f" (micro-batch {tr.micro_bs})"
     compile_ = f"compile {t.compile_mode or 'default'}" if t.compile else "no compile"
     dtype = str(tr.step_fn.dtype).replace("torch.", "")
     if cfg.time_budget_s:
-        length = f"{cfg.train.time_budget} of training time (at most {t.iterations:,} steps)"
+        length = f"{cfg.train.time_budget} of training time (at most {plural(t.iterations, 'step')})"
     else:
-        length = f"{t.iterations:,} steps ({t.iterations * tr.tokens_per_step:,} tokens)"
-    evals = f"every {t.eval_freq} steps on {t.eval_tokens:,} val tokens; final: " + \
+        length = f"{plural(t.iterations, 'step')} ({plural(t.iterations * tr.tokens_per_step, 'token')})"
+    evals = f"every {plural(t.eval_freq, 'step')} on {t.eval_tokens:,} val tokens; final: " + \
         {"full": "the full val split", "fixed": "the fixed val set", "none": "none"}[t.final_eval]
     data = f"{cfg.data.dataset} ({getattr(tr.manifest, 'tokenizer', '?')}): {n_train:,} train / {n_val:,} val tokens"
     return [("model", arch), ("params", params), ("batch", batch), ("device", f"{tr.device}, {dtype}, {compile_}"),
@@ -240,7 +241,7 @@ class Console:
         if self.quiet:
             yield from batches
             return
-        self.print(f"{desc}: {n_tokens:,} val tokens in {n_batches} batches")
+        self.print(f"{desc}: {n_tokens:,} val tokens in {plural(n_batches, 'batch')}")
         if self.bar_on:
             yield from tqdm(batches, total=n_batches, desc=desc, unit="batch", dynamic_ncols=True, leave=False,
                             file=self.err)

@@ -9,14 +9,23 @@
 - `check_data(saved, manifest, overrides, run_dir)`: the checkpoint's data identity against the prepared data now;
   a difference is refused unless `overrides` holds `dataset`.
 Both raise ConfigError naming every differing key with its old and new value.
+- `open_resume(spec, base, values, overrides)` -> (run_dir, cfg): what `lmsprint train --resume` and
+  `lmsprint.train(resume=...)` both do before training: find the run (`rundir.resolve_run_dir`), take its lock,
+  refuse a complete run or one without a checkpoint, and build the config (`resume_config`: the run's config.yaml
+  plus the resume-safe values given, or those named in `overrides`; any other change is refused).
+- `check_step(step, cfg, run_dir)`: a checkpoint past the run's end (`step` > `iterations`) is refused: it was not
+  written by this run's config (an edited file, or `iterations` lowered); raising `iterations` above it with
+  `resume_override` iterations continues it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Iterable
 
-from ..config import FLAGS, flags_where, flatten
-from ..errors import ConfigError
+from .. import rundir
+from ..config import FLAGS, coerce, flags_where, flatten, get_value, set_value
+from ..errors import ConfigError, UserError
 
 DATA_KEY = "dataset"  # the --resume_override name that accepts a different dataset identity
 RESUME_SAFE = frozenset(flags_where("resume_safe"))
@@ -83,3 +92,54 @@ def check_data(saved: dict, manifest, overrides: Iterable[str], run_dir: str) ->
     diffs = [(f"{DATA_KEY}.{k}", saved[k], now.get(k)) for k in saved if saved[k] != now.get(k)]
     if diffs:
         _refuse(run_dir, diffs, "the prepared data")
+
+
+def check_step(step: int, cfg, run_dir: str) -> None:
+    """ConfigError if checkpoint step `step` lies past the run's last step (`iterations`)."""
+    if step > cfg.train.iterations:
+        raise ConfigError(f"`resume` of {run_dir} refused: its checkpoint is at step {step:,}, past the run's end "
+                          f"(`iterations` {cfg.train.iterations:,}); the checkpoint is not this run's, or was edited: "
+                          f"continue to a later end with `resume_override` iterations `iterations` N (N >= {step:,})")
+
+
+def resume_config(run_dir: str, values: dict, overrides=frozenset()):
+    """The run's saved config with the harmless given values (and those named in `overrides`) applied; UserError
+    for any other change."""
+    cfg = rundir.read_config(run_dir)
+    changed = []
+    for name, raw in values.items():
+        if name not in FLAGS:
+            continue
+        value = coerce(name, raw)
+        if name in RESUME_SAFE or name in overrides:
+            set_value(cfg, name, value)
+        elif value != get_value(cfg, name):
+            changed.append(f"`{name}`")
+    if changed:
+        safe = ", ".join(sorted(f"`{s}`" for s in RESUME_SAFE if s != "results_base_folder"))
+        raise UserError(f"`resume` continues {run_dir} with its own config; {', '.join(changed)} would change the run "
+                        f"(only {safe} may be given); start a new run instead, or accept the change with "
+                        f"`resume_override` {','.join(c.strip('`') for c in changed)}")
+    return cfg.validate()
+
+
+def open_resume(spec: str, base: str, values: dict, overrides=frozenset(), lock: bool = True):
+    """(run_dir, cfg) of the run `spec` (a run directory or 'latest' in `base`) to continue; see the module doc.
+    `lock=False` (`--print_config`): only read, take no lock."""
+    run_dir = rundir.resolve_run_dir(spec, base)
+    lock = lock and os.environ.get("RANK", "0") == "0"
+    if lock:  # under torchrun rank 0 holds the lock for all ranks
+        rundir.lock_run_dir(run_dir)  # a run another process is training is refused here, in one line
+    try:
+        summary = rundir.read_summary(run_dir) or {}
+        if summary.get("status") == "complete":
+            raise UserError(f"run {run_dir} is already complete; start a new run instead of `resume`")
+        cfg = resume_config(run_dir, values, overrides)
+        if not rundir.has_checkpoint(run_dir):
+            raise UserError(f"checkpoint {rundir.checkpoint_path(run_dir)} is missing or corrupt (no such file); the "
+                            "run stopped before its first checkpoint: start a new run instead of `resume`")
+    except BaseException:
+        if lock:
+            rundir.unlock_run_dir(run_dir)  # a refused resume leaves the run free (a Python session goes on living)
+        raise
+    return run_dir, cfg

@@ -20,11 +20,17 @@ Where checkpoints live in a run directory is `rundir.checkpoint_path`'s business
   moment leaves either the old or the new checkpoint, never a torn one.
   A disk that fills up (ENOSPC, EFBIG, EDQUOT) is a one-line `CheckpointError`; the previous checkpoint is kept.
 - `load_checkpoint(path)`: `weights_only=True`; a missing, unreadable, unsafe or other-version file is a one-line
-  `CheckpointError`.
+  `CheckpointError`. Every field is then checked (`check_checkpoint`): its type, the tensors' shapes where the
+  schema fixes them, finite non-negative times, whole non-negative counters, and `sharded` one plain folder name of
+  the checkpoint's own folder (no path, no symbolic link out of it; its DCP metadata is read through the
+  allow-list of sharded.py right away). A wrong field is a `RunFileError` naming it.
+- `check_resumable(state, path, cfg)`: what a resume needs besides that: every field it restores, and a step not
+  past the run's end (`resume.check_step`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import random
@@ -32,12 +38,12 @@ import random
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, RunFileError, UserError
 from ..files import atomic_open, write_failure
 from ..hw import unwrap
 from ..rundir import checkpoint_path, read_metrics, samples_path
-from .resume import data_identity
-from .sharded import load_shards
+from .resume import check_step, data_identity
+from .sharded import load_shards, read_shard_metadata
 
 FORMAT_VERSION = 2
 _HINT = "resume from another run or start a new one without `resume`"
@@ -91,7 +97,148 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     if version != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {version}, this lmsprint reads version "
                               f"{FORMAT_VERSION}; {_HINT}")
+    return check_checkpoint(state, path)
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+
+_DAMAGED = f"the checkpoint was edited or is damaged; {_HINT}"
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _count(v) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _seconds(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def _scalar_tensor(v) -> bool:
+    return isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point()
+
+
+def _tensor_dict(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
+
+
+def _acc(v) -> bool:
+    return (isinstance(v, dict) and _count(v.get("steps")) and _count(v.get("n")) and _scalar_tensor(v.get("loss"))
+            and _scalar_tensor(v.get("ce")) and _tensor_dict(v.get("aux"))
+            and all(t.is_floating_point() for t in v["aux"].values()))
+
+
+def _rng(v) -> bool:
+    if not isinstance(v, dict):
+        return False
+    py, n, t = v.get("python"), v.get("numpy"), v.get("torch")
+    ok_py = (isinstance(py, (tuple, list)) and len(py) == 3 and _is_int(py[0])
+             and isinstance(py[1], (tuple, list)) and len(py[1]) == 625 and all(_is_int(x) for x in py[1])
+             and (py[2] is None or isinstance(py[2], float)))
+    ok_np = (isinstance(n, dict) and n.get("kind") == "MT19937" and isinstance(n.get("keys"), torch.Tensor)
+             and tuple(n["keys"].shape) == (624,) and n["keys"].dtype == torch.int64 and _count(n.get("pos"))
+             and n["pos"] <= 624 and _is_int(n.get("has_gauss")) and isinstance(n.get("gauss"), float))
+    ok_torch = isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1
+    ok_cuda = "cuda" not in v or (isinstance(v["cuda"], (list, tuple)) and all(
+        isinstance(x, torch.Tensor) and x.dtype == torch.uint8 for x in v["cuda"]))
+    return ok_py and ok_np and ok_torch and ok_cuda
+
+
+def _target(v) -> bool:
+    """A `target.TargetTracker.state_dict()`: {spec, n_evals, record: None or {step, tokens, train_s, wall_s, eval,
+    measured}}, counts whole and >= 0, seconds finite and >= 0 (or None: rows of an older lmsprint had none)."""
+    if not (isinstance(v, dict) and (v.get("spec") is None or isinstance(v["spec"], str)) and _count(v.get("n_evals"))):
+        return False
+    r = v.get("record")
+    return r is None or (isinstance(r, dict) and _count(r.get("step")) and _count(r.get("tokens"))
+                         and _count(r.get("eval")) and all(r.get(k) is None or _seconds(r[k]) for k in
+                                                            ("train_s", "wall_s"))
+                         and isinstance(r.get("measured"), float) and math.isfinite(r["measured"]))
+
+
+def _plain_name(name) -> bool:
+    return (isinstance(name, str) and bool(name) and name not in (".", "..")
+            and not any(c in name for c in ("/", "\\", "\0", os.sep)))
+
+
+# what a resume needs besides the weights (eval, generate and export read only `model` / `sharded` and `step`)
+RESUME_FIELDS = ("rng", "train_time", "config", "metrics_state", "metrics_state.rows", "metrics_state.n_evals",
+                 "metrics_state.acc")
+
+
+def check_checkpoint(state: dict, path: str) -> dict:
+    """`state` (a loaded checkpoint) if every field it holds has the schema's type (module doc); RunFileError
+    naming the first wrong field. `model` (or `sharded`) and `step` are required, the fields a resume needs are
+    required by `check_resumable`. The shapes of the model's tensors are checked against the model where they
+    are loaded."""
+    def need(field: str, ok: bool, what: str) -> None:
+        if not ok:
+            v = state
+            for part in field.split("."):
+                v = v.get(part) if isinstance(v, dict) else None
+            shown = type(v).__name__ if isinstance(v, (dict, list, tuple, torch.Tensor)) else repr(v)[:40]
+            raise RunFileError(path, f"field '{field}'", f"is {shown}, not {what}", _DAMAGED)
+
+
+    sharded = state.get("sharded")
+    need("sharded", sharded is None or _plain_name(sharded), "the name of a shard folder next to it")
+    if sharded is not None:
+        folder = os.path.dirname(os.path.abspath(path))
+        target = os.path.join(folder, sharded)
+        real = os.path.realpath(folder)
+        if os.path.islink(target) or not os.path.realpath(target).startswith(real + os.sep):
+            raise RunFileError(path, "field 'sharded'", f"names {sharded!r}, a symbolic link out of {folder}",
+                               _DAMAGED)
+        read_shard_metadata(target)  # a planted pickle is refused here, before any other work of a resume
+    need("model", (sharded is not None and state["model"] is None) or _tensor_dict(state["model"]),
+         "a mapping of tensor names to tensors")
+    opt = state.get("optimizer")
+    need("optimizer", opt is None or (
+        isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)),
+         "an optimizer state dict")
+    need("step", _count(state["step"]), "a whole number >= 0")
+    for f in ("train_time", "eval_time", "compile_time", "wall_time"):
+        need(f, f not in state or _seconds(state[f]), "a finite number of seconds >= 0")
+    need("target", state.get("target") is None or _target(state["target"]), "the --target record lmsprint saves")
+    need("scaler", state.get("scaler") is None or isinstance(state["scaler"], dict), "a grad scaler state")
+    smp = state.get("sampler")
+    need("sampler", smp is None or (isinstance(smp, dict) and _count(smp.get("step"))), "a sampler state")
+    need("rng", "rng" not in state or _rng(state["rng"]), "the RNG states lmsprint saves")
+    need("config", state.get("config") is None or isinstance(state["config"], dict), "a config mapping")
+    need("data", state.get("data") is None or isinstance(state["data"], dict), "a data identity mapping")
+    ms = state.get("metrics_state", {})
+    need("metrics_state", isinstance(ms, dict), "a mapping")
+    for f in ("rows", "samples_bytes", "n_evals"):
+        need(f"metrics_state.{f}", f not in ms or _count(ms[f]), "a whole number >= 0")
+    lv = ms.get("last_val", {})
+    need("metrics_state.last_val", isinstance(lv, dict) and all(
+        isinstance(k, str) and (x is None or isinstance(x, (int, float))) for k, x in lv.items()),
+         "a mapping of metric names to numbers")
+    need("metrics_state.acc", "acc" not in ms or _acc(ms["acc"]), "the metric accumulators lmsprint saves")
+    if "ranks" in state:
+        ranks = state["ranks"]
+        need("ranks", isinstance(ranks, list) and bool(ranks) and all(
+            isinstance(r, dict) and _rng(r.get("rng")) and _acc(r.get("acc")) for r in ranks),
+             "a list of every rank's RNG states and accumulators")
+    for f in ("world_size", "global_batch"):
+        need(f, state.get(f) is None or (_is_int(state[f]) and state[f] >= 1), "a whole number >= 1")
     return state
+
+
+def check_resumable(state: dict, path: str, cfg) -> None:
+    """A checkpoint a resume can continue: the fields a resume needs are there (RunFileError naming a missing one),
+    the optimizer state is there unless the weights are sharded, and its step is not past the run's end
+    (`resume.check_step`)."""
+    for field in RESUME_FIELDS + (() if state.get("sharded") else ("optimizer",)):
+        v = state
+        for part in field.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        if v is None:
+            raise RunFileError(path, f"field '{field}'", "is missing; a resume needs it", _DAMAGED)
+    check_step(state["step"], cfg, os.path.dirname(os.path.dirname(path)))  # <run>/checkpoints/latest.pt
 
 
 def _first(e: BaseException) -> str:
@@ -170,6 +317,8 @@ def restore(tr, st: dict) -> None:
         if getattr(tr, "resume_override", None):  # accepted changes (e.g. lr): this config's hyperparameters
             for g, hyper in zip(step.optimizer.param_groups, built):
                 g.update(hyper)
+    except UserError:  # e.g. a damaged shard folder, already said in one line (lmsprint's errors are ValueErrors)
+        raise
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint of {tr.resume_dir} does not match this model/optimizer "
                               f"({str(e).splitlines()[0][:120]}); resume with the run's own config")

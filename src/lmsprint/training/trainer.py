@@ -89,6 +89,7 @@ class Trainer:
             if self.is_main:
                 rundir.lock_run_dir(self.resume_dir)
             resume.check_config(resume_state.get("config"), cfg, self.resume_override, self.resume_dir)
+            state.check_resumable(resume_state, rundir.checkpoint_path(self.resume_dir), cfg)  # never past the end
         seed_everything(cfg.train.seed)
         enable_tf32()
         set_cpu_threads(cfg.train.threads)
