@@ -245,3 +245,19 @@ def test_the_record_survives_kill_9_and_resume_and_a_resume_may_add_the_target(d
     at = next(r for r in metrics(run) if r.get(K.ITER) == 30 and K.VAL_LOSS in r)
     assert s["target"]["train_s"] == at[K.TRAIN_TIME] and s["target"]["wall_s"] == at[K.WALL_TIME]
     assert not any(K.TARGET_STEP in r for r in metrics(run))  # reached before this process: no row of its own
+
+
+def test_a_checkpoint_with_a_malformed_target_record_is_refused_naming_it(tmp_path):
+    from lmsprint.errors import RunFileError
+    from lmsprint.training import state
+
+    t = TargetTracker("val/loss=3.0")
+    t.observe({K.VAL_LOSS: 2.9}, 10, 100, 1.0, 2.0)
+    ok = {"model": {}, "step": 10, "wall_time": 2.5, "target": t.state_dict()}
+    assert state.check_checkpoint(ok, str(tmp_path / "latest.pt")) is ok
+    for bad in ({"spec": 3, "n_evals": 1, "record": None}, {"spec": None, "n_evals": -1, "record": None},
+                {**t.state_dict(), "record": {**t.state_dict()["record"], "train_s": float("nan")}}):
+        with pytest.raises(RunFileError, match="field 'target'"):
+            state.check_checkpoint({**ok, "target": bad}, str(tmp_path / "latest.pt"))
+    with pytest.raises(RunFileError, match="field 'wall_time'"):
+        state.check_checkpoint({**ok, "wall_time": -1.0}, str(tmp_path / "latest.pt"))
