@@ -1,5 +1,6 @@
 """Tests of `lmsprint compare` on hand-made run directories that follow the Runs contract: table contents, only
-differing config keys, seed groups (mean, sample sd, noise rule), unfinished runs, plots and report.md."""
+differing config keys, arms (mean, sample sd, tests: test_stats.py checks the numbers), tables by val set, targets
+and time to target, unfinished runs, plots and report.md, one-line errors."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import re
 
 import numpy as np
+import scipy.stats
 import pytest
 import yaml
 
@@ -21,10 +23,14 @@ from lmsprint.track import discover, report, stats
 from lmsprint.track.plots import val_curve
 
 
-def make_run(base, name, *, status="complete", seed=0, val_loss=3.0, val_acc=None, n_evals=3, **flags):
+def make_run(base, name, *, status="complete", seed=0, val_loss=3.0, val_acc=None, n_evals=3, val_set=None,
+             eval_times=False, tps=2560.0, target=None, **flags):
     """A run directory as `lmsprint train` leaves it: config.yaml, metrics.jsonl, summary.json.
 
-    val_acc defaults to 0.6 - val_loss / 10, so that runs differ in accuracy as they do in loss."""
+    val_acc defaults to 0.6 - val_loss / 10, so that runs differ in accuracy as they do in loss. `val_set`: the
+    val-set identity recorded in summary.json (a sha256 string: 4,096 tokens of 32, char), None: none recorded
+    (a run of an older lmsprint). `eval_times`: eval rows carry their own times (as lmsprint writes them now: the
+    eval at iter 10 i happens at 0.5 i + 0.05 s of training). `target`: summary.json's target record."""
     val_acc = 0.6 - val_loss / 10 if val_acc is None else val_acc
     d = os.path.join(base, name)
     os.makedirs(os.path.join(d, "checkpoints"))
@@ -39,18 +45,27 @@ def make_run(base, name, *, status="complete", seed=0, val_loss=3.0, val_acc=Non
         it = 10 * i
         rows.append({"iter": it, "train/loss": val_loss + 1.0 / i, "tokens": it * 128, "time/train_s": 0.5 * i,
                      "perf/tokens_per_s": 256.0})
-        rows.append({"iter": it, "val/loss": val_loss + 0.5 / i, "val/acc": val_acc - 0.1 / i, "val/bpb": 1.5 + 0.2 / i,
-                     "val/perplexity": float(np.exp(val_loss + 0.5 / i)), "tokens": it * 128})
+        ev = {"iter": it, "val/loss": val_loss + 0.5 / i, "val/acc": val_acc - 0.1 / i, "val/bpb": 1.5 + 0.2 / i,
+              "val/perplexity": float(np.exp(val_loss + 0.5 / i)), "tokens": it * 128}
+        if eval_times:
+            ev.update({"time/train_s": 0.5 * i + 0.05, "time/wall_s": 0.7 * i})
+        rows.append(ev)
     with open(os.path.join(d, "metrics.jsonl"), "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
     done = status == "complete"
     summary = {"status": status, "run_dir": d, "name": name, "config_format": "demo", "model": "base",
                "params_total": 12345, "params_active": 12345, "iterations_done": 10 * n_evals,
                "tokens": 1280 * n_evals, "time/train_s": 0.5 * n_evals, "time/eval_s": 0.1, "time/compile_s": 0.0,
-               "perf/tokens_per_s": 2560.0, "perf/mfu": None,
+               "perf/tokens_per_s": tps, "perf/mfu": None,
                "final": {"val/loss": val_loss, "val/perplexity": float(np.exp(val_loss)), "val/acc": val_acc,
                          "val/bpb": val_loss / 2, "eval_tokens": 4096} if done else None,
                "seed": seed, "data_seed": 1337, "finished_at": "2025-01-01T00:00:00" if done else None}
+    if val_set is not None:
+        ident = {"val_sha256": val_set, "tokenizer": "char", "sequence_length": 32, "tokens": 4096,
+                 "covers": "full split"}
+        summary["val_sets"] = {"fixed": {**ident, "tokens": 512, "covers": "fixed set"}, "final": ident}
+    if target is not None:
+        summary["target"] = target
     with open(os.path.join(d, "summary.json"), "w") as fh:
         json.dump(summary, fh)
     return d
@@ -82,66 +97,56 @@ def test_table_has_final_metrics_and_only_differing_keys(runs):
     assert row["tokens"] == "3.84k" and row["train time"] == "1.5s" and row["params"] == "12.3k"
     assert row["status"] == "complete"
     text = c.text()
-    assert "ls01_s1" in text and stats.NOISE_RULE in text
+    assert "ls01_s1" in text and stats.METHOD in text
 
 
-def test_seed_groups_mean_sd_and_within_noise(runs):
+def _cells(header, rows):
+    return {r[0]: dict(zip(header, r)) for r in rows}
+
+
+def test_arms_mean_sd_and_welch_verdicts(runs):
     c = report.compare([runs])
-    assert len(c.groups) == 2
-    by = {g.label: g for g in c.groups}  # named runs (ls0_s0, ...): groups carry the name stem
+    assert len(c.groups) == 2 and len(c.tables) == 1
+    by = {g.label: g for g in c.groups}  # named runs (ls0_s0, ...): arms carry the name stem
     a, b = by["ls0"], by["ls01"]
     m, s = a.mean_sd("val/loss")
     ref = np.array([3.0, 3.1, 3.2])
     assert m == pytest.approx(ref.mean()) and s == pytest.approx(ref.std(ddof=1))  # sample sd
-    assert stats.noise_verdict(a, b, "val/loss") == "within noise"  # |3.1 - 3.15| = 0.05 < 0.1 + 0.1
-    header, rows = report.group_table(c.groups, "val/loss")
-    cells = {r[0]: dict(zip(header, r)) for r in rows}
-    assert cells["ls0"]["val/loss vs best"].startswith("best")
-    assert cells["ls01"]["val/loss vs best"] == "+0.0500: within noise"
-    assert cells["ls0"]["val loss mean ± sd"] == "3.1000 ± 0.1000"
-    assert cells["ls0"]["seeds"] == "0,1,2"
-    # group A is best in both: lowest loss (3.1 < 3.15) and highest accuracy (0.29 > 0.285)
+    t = c.tables[0]
+    arms = _cells(*report.arm_table(t))
+    assert arms["ls0"]["val loss mean ± sd"] == "3.1000 ± 0.1000" and arms["ls0"]["seeds"] == "0,1,2"
+    tests = _cells(*report.verdict_table(t))
+    # ls0 is best by mean (3.1 < 3.15); ls01 vs ls0: Δ +0.05, Welch t = 0.05 / sqrt(2 x 0.01 / 3) = 0.61, df 4
+    assert tests["ls0"]["verdict"] == "best (by mean)" and tests["ls01"]["Δ val/loss"] == "+0.0500"
+    assert tests["ls01"]["test"] == "Welch" and tests["ls01"]["verdict"] == "not significant"
+    assert tests["ls01"]["p"] == "0.57" == tests["ls01"]["p (Holm)"]  # scipy: 0.5734 (one arm: Holm changes nothing)
+    lo, hi = (float(x) for x in tests["ls01"]["95% CI"].strip("[]").split(","))
+    assert lo < 0 < hi and hi - 0.05 == pytest.approx(0.05 - lo, abs=1e-4)
+    assert any("against the best" in n for n in t.notes)  # picked after the runs: say so
+    # accuracy: higher is better (0.29 > 0.285), same best arm
     assert stats.best_group(c.groups, "val/loss") is a and stats.best_group(c.groups, "val/acc") is a
-    header, rows = report.group_table(c.groups, "val/acc")
-    cells = {r[0]: dict(zip(header, r)) for r in rows}
-    assert cells["ls0"]["val/acc vs best"].startswith("best")
-    assert cells["ls01"]["val/acc vs best"] == "-0.0050: within noise"
+    c2 = report.compare([runs], metric="val/acc")
+    assert _cells(*report.verdict_table(c2.tables[0]))["ls01"]["Δ val/acc"] == "-0.0050"
 
 
-def test_beyond_noise_and_single_seed(tmp_path):
+def test_fewer_than_three_seeds_is_too_few_to_call_never_significant(tmp_path):
     base = str(tmp_path)
-    # lr=0.01 has the lowest loss but the lowest accuracy; lr=0.001 the highest loss but the highest accuracy
+    # 2 seeds each, 0.5 apart with a spread of 0.01: the old "sd_a + sd_b" rule said "beyond noise"
     for s, (v, acc) in enumerate([(3.0, 0.45), (3.02, 0.46)]):
         make_run(base, f"a{s}", seed=s, val_loss=v, val_acc=acc, lr=1e-3)
     for s, (v, acc) in enumerate([(2.5, 0.30), (2.51, 0.31)]):
         make_run(base, f"b{s}", seed=s, val_loss=v, val_acc=acc, lr=3e-3)
     make_run(base, "c0", seed=0, val_loss=2.4, val_acc=0.20, lr=1e-2)
     c = report.compare([base])
-    by = {g.label: g for g in c.groups}
-    assert stats.noise_verdict(by["lr=0.001"], by["lr=0.003"], "val/loss") == "beyond noise"
-    assert stats.noise_verdict(by["lr=0.01"], by["lr=0.003"], "val/loss") == stats.SINGLE_SEED
-    # the rule is exactly |mean_a - mean_b| < sd_a + sd_b (strict): sd of (1, 2, 3) is 1, so the bound is 2
-    def grp(vals):
-        return stats.Group("g", [discover.Run("p", f"r{i}", "complete", {"seed": i}, {}, [], {"val/loss": v})
-                                 for i, v in enumerate(vals)], ())
-
-    base_g = grp([1.0, 2.0, 3.0])
-    assert base_g.mean_sd("val/loss") == (2.0, 1.0)
-    assert stats.noise_verdict(base_g, grp([2.5, 3.5, 4.5]), "val/loss") == "within noise"   # 1.5 < 2
-    assert stats.noise_verdict(base_g, grp([3.0, 4.0, 5.0]), "val/loss") == "beyond noise"   # 2 == 2: not within
-    assert stats.noise_verdict(base_g, grp([4.0]), "val/loss") == stats.SINGLE_SEED
-    header, rows = report.group_table(c.groups, "val/loss")
-    best = [r for r in rows if r[-1].startswith("best")]
-    assert best[0][0] == "lr=0.01" and stats.SINGLE_SEED in best[0][-1]
-    assert stats.best_group(c.groups, "val/loss") is by["lr=0.01"]  # lower is better
-    # accuracy: higher is better, so the best group is another one
-    assert stats.best_group(c.groups, "val/acc") is by["lr=0.001"]
-    assert by["lr=0.001"].mean_sd("val/acc")[0] == pytest.approx(0.455)
-    header, rows = report.group_table(c.groups, "val/acc")
-    verdicts = {r[0]: r[-1] for r in rows}
-    assert verdicts["lr=0.001"] == "best"  # two seeds: no single-seed note
-    assert verdicts["lr=0.003"] == "-0.1500: beyond noise"
-    assert verdicts["lr=0.01"] == f"-0.2550: {stats.SINGLE_SEED}"
+    tests = _cells(*report.verdict_table(c.tables[0]))
+    assert tests["lr=0.01"]["verdict"] == f"best (by mean); {stats.TOO_FEW} (n=1)"
+    assert tests["lr=0.001"]["verdict"] == f"{stats.TOO_FEW} (n=2 vs 1; 3 each needed)"
+    assert tests["lr=0.003"]["verdict"].startswith(stats.TOO_FEW)
+    assert "better" not in c.text().split("method:")[0] and "worse" not in c.text().split("method:")[0]
+    c = report.compare([base], reference="lr=0.003", metric="val/acc")
+    tests = _cells(*report.verdict_table(c.tables[0]))
+    assert tests["lr=0.003"]["verdict"] == f"reference; {stats.TOO_FEW} (n=2)"
+    assert all(v["verdict"].startswith(("reference", stats.TOO_FEW)) for v in tests.values())
 
 
 def test_incomplete_runs_are_marked_or_skipped(runs, capsys):
@@ -202,7 +207,7 @@ def test_cli_report_with_plots(runs, tmp_path, capsys, monkeypatch):
     out = tmp_path / "report"
     assert main(["compare", runs, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "ls0_s2" in printed and "within noise" in printed and "report.md" in printed
+    assert "ls0_s2" in printed and "not significant" in printed and "report.md" in printed
     md = (out / "report.md").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["val_acc_vs_time.png", "val_acc_vs_tokens.png", "val_bpb_vs_time.png", "val_bpb_vs_tokens.png",
@@ -211,7 +216,7 @@ def test_cli_report_with_plots(runs, tmp_path, capsys, monkeypatch):
     assert sorted(embedded) == pngs
     for p in pngs:
         assert (out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / p).stat().st_size > 5000
-    assert "| ls01_s2 |" in md and "within noise" in md and "sd_a + sd_b" in md
+    assert "| ls01_s2 |" in md and "not significant" in md and "Welch's t-test (scipy.stats.ttest_ind" in md
     assert (out / "runs.csv").read_text().count("\n") == 7
     # an existing report is never overwritten
     assert main(["compare", runs, "--out", str(out)]) == 2
@@ -229,29 +234,28 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "no run directories" in err[0]
 
 
-def test_non_finite_runs_are_never_best_and_shared_seeds_say_so(tmp_path):
+def test_non_finite_runs_are_never_best_and_shared_seeds_are_not_seeds(tmp_path):
     base = str(tmp_path)
-    # lr=0.01 diverged: NaN final loss in one of its runs; it must not be ranked, whatever its other run says
-    make_run(base, "nan0", seed=0, val_loss=float("nan"), lr=1e-2)
-    make_run(base, "nan1", seed=1, val_loss=1.0, lr=1e-2)
-    make_run(base, "ok0", seed=0, val_loss=3.0, lr=1e-3)
-    make_run(base, "ok1", seed=1, val_loss=3.1, lr=1e-3)
-    # two runs of lr=3e-3 with the same seed (e.g. rerun by hand): their spread is not seed noise
-    make_run(base, "same_a", seed=5, val_loss=3.5, lr=3e-3)
-    make_run(base, "same_b", seed=5, val_loss=3.2, lr=3e-3)
+    # lr=0.01 diverged: NaN final loss in one of its runs; it must not be ranked, whatever its other runs say
+    for s, v in enumerate([float("nan"), 1.0, 1.0]):
+        make_run(base, f"nan{s}", seed=s, val_loss=v, lr=1e-2)
+    for s, v in enumerate([3.0, 3.1, 3.05]):
+        make_run(base, f"ok{s}", seed=s, val_loss=v, lr=1e-3)
+    # three runs of lr=3e-3 with the same seed (e.g. rerun by hand): their spread is not seed noise
+    for x, v in zip("abc", [3.5, 3.2, 3.3]):
+        make_run(base, f"same_{x}", seed=5, val_loss=v, lr=3e-3)
     c = report.compare([base])
     by = {g.label: g for g in c.groups}
     assert stats.best_group(c.groups, "val/loss") is by["lr=0.001"]
     assert by["lr=0.01"].mean_sd("val/loss") == (None, None)
-    assert by["lr=0.003"].mean_sd("val/loss") == (pytest.approx(3.35), None) and by["lr=0.003"].n_seeds == 1
-    assert stats.noise_verdict(by["lr=0.003"], by["lr=0.001"], "val/loss") == stats.SAME_SEED
-    header, rows = report.group_table(c.groups, "val/loss")
-    cells = {r[0]: dict(zip(header, r)) for r in rows}
-    assert cells["lr=0.01"]["val/loss vs best"] == f"not ranked: {stats.NON_FINITE}"
-    assert cells["lr=0.01"]["val loss mean ± sd"] == stats.NON_FINITE
-    assert cells["lr=0.003"]["val/loss vs best"] == f"+0.3000: {stats.SAME_SEED}"
-    assert cells["lr=0.003"]["val loss mean ± sd"] == "3.3500 (one seed)"
-    assert cells["lr=0.001"]["val/loss vs best"] == "best"
+    assert by["lr=0.003"].mean_sd("val/loss") == (pytest.approx(3.3333333), None) and by["lr=0.003"].n_seeds == 1
+    tests = _cells(*report.verdict_table(c.tables[0]))
+    arms = _cells(*report.arm_table(c.tables[0]))
+    assert tests["lr=0.01"]["verdict"] == f"not ranked: {stats.NON_FINITE}"
+    assert arms["lr=0.01"]["val loss mean ± sd"] == stats.NON_FINITE
+    assert tests["lr=0.003"]["verdict"] == f"{stats.TOO_FEW} (n=1 vs 3; 3 each needed)"
+    assert arms["lr=0.003"]["val loss mean ± sd"] == "3.3333 (one seed)"
+    assert tests["lr=0.001"]["verdict"] == "best (by mean)"
 
 
 def test_runs_csv_is_numeric_and_load_differences_are_flagged(tmp_path):
@@ -263,7 +267,7 @@ def test_runs_csv_is_numeric_and_load_differences_are_flagged(tmp_path):
     summary["perf/tokens_per_s"] = 1000.0
     json.dump(summary, open(os.path.join(d, "summary.json"), "w"))
     c = report.compare([base])
-    warn = [n for n in c.notes if "different load" in n]
+    warn = [n for n in c.tables[0].notes if "different load" in n]
     assert len(warn) == 1 and "2.56x" in warn[0] and "r2" in warn[0] and "measured under different load" in c.text()
     out = tmp_path / "rep"
     assert main(["compare", base, "--out", str(out), "--no_report"]) == 0
@@ -328,4 +332,174 @@ def test_diverged_is_computed_for_summaries_without_the_key(tmp_path):
     header, rows = report.run_table(c.runs, c.diff)
     status = {row[0]: row[1] for row in rows}
     assert status == {"calm": "complete", "wild": "diverged", "unfinished*": "interrupted"}
-    assert any(n.startswith("diverged (1 run(s)") and n.endswith(": wild") for n in c.notes)
+    assert any(n.startswith("diverged (1 run:") and n.endswith(": wild") for n in c.notes)
+# ---------------------------------------------------------------------------------------------------- val sets
+
+
+def test_runs_on_another_val_set_get_their_own_table_with_a_one_line_reason(tmp_path, capsys):
+    base = str(tmp_path / "exps")
+    for s in range(3):
+        make_run(base, f"a_s{s}", seed=s, val_loss=3.0 + s / 100, lr=1e-3, val_set="aa" * 32)
+        make_run(base, f"b_s{s}", seed=s, val_loss=2.0 + s / 100, lr=3e-3, val_set="aa" * 32)
+    # the same config on another val token file (e.g. another val_fraction): a far lower loss, never ranked above
+    for s in range(2):
+        make_run(base, f"c_s{s}", seed=s, val_loss=1.0, lr=1e-2, val_set="bb" * 32)
+    # a run of an older lmsprint: no identity recorded
+    make_run(base, "old_s0", seed=0, val_loss=0.5, lr=1e-3)
+    c = report.compare([base])
+    assert len(c.tables) == 3
+    first, other, old = c.tables
+    assert {g.label for g in first.groups} == {"a", "b"} and first.note is None
+    assert stats.best_group(first.groups, "val/loss").label == "b"  # c (1.0) is not in the ranking
+    assert [g.label for g in other.groups] == ["all runs"] and other.note.startswith("ranked apart:")
+    assert "val token file (sha256) bbbbbbbbbbbb... vs aaaaaaaaaaaa..." in other.note and "\n" not in other.note
+    assert "recorded no val-set identity" in old.note
+    text = c.text()
+    assert "== val set 1 of 3: full split, 4,096 tokens (val sha256 aaaaaaaaaaaa..., char, windows of 32)" in text
+    assert text.count("ranked apart:") == 2
+    assert main(["compare", base, "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.count("## Val set") == 3 and "set2_val_loss_vs_time.png" in md
+    rows = list(csv.DictReader(open(tmp_path / "rep" / "runs.csv")))
+    assert {r["run"]: r["val_set"] for r in rows}["c_s0"] == "2"
+
+
+def test_fewer_tokens_or_another_sequence_length_is_another_val_set(tmp_path):
+    base = str(tmp_path)
+    for name, seq in (("x", 32), ("y", 64)):
+        d = make_run(base, name, val_set="cc" * 32)
+        s = json.load(open(os.path.join(d, "summary.json")))
+        s["val_sets"]["final"]["sequence_length"] = seq
+        json.dump(s, open(os.path.join(d, "summary.json"), "w"))
+    c = report.compare([base])
+    assert len(c.tables) == 2 and "sequence length 64 vs 32" in c.tables[1].note
+
+
+def test_the_same_dataset_name_is_one_val_split_under_every_preset():
+    """No preset sets `val_fraction`: the split is the dataset's own (data/sources.py)."""
+    from lmsprint.config.presets import PRESETS
+
+    assert all("val_fraction" not in p for p in PRESETS.values())
+    cfgs = [build_config({"config_format": p, "dataset": "shakespeare"}) for p in PRESETS]
+    assert {c.data.val_fraction for c in cfgs} == {None}
+
+
+# ---------------------------------------------------------------------------------------------------- targets
+
+
+def test_target_p_values_and_time_to_target(tmp_path, capsys):
+    base = str(tmp_path / "exps")
+    # eval losses of a run with final loss v: v + 0.5, v + 0.25, v + 0.1667 at iters 10, 20, 30
+    for s, v in enumerate([3.00, 3.01, 3.02]):
+        make_run(base, f"fast_s{s}", seed=s, val_loss=v, eval_times=True, lr=3e-3)
+    for s, v in enumerate([3.40, 3.35, 3.45]):
+        make_run(base, f"slow_s{s}", seed=s, val_loss=v, eval_times=True, lr=1e-3)
+    c = report.compare([base], target="val/loss=3.28")
+    t = c.tables[0]
+    cells = _cells(*report.target_table(t))
+    # fast: 3.25 at iter 20 for seeds 0 and 1 (3.26 for seed 1), 3.27 for seed 2: all reach 3.28 at iter 20
+    assert cells["fast"]["reached"] == "3/3" and cells["slow"]["reached"] == "0/3"
+    assert cells["fast"]["train time to target: median [min-max]"] == "1.1s [1.1s-1.1s]"  # 0.5 x 2 + 0.05
+    assert cells["fast"]["tokens to target"] == "2.56k [2.56k-2.56k]" and cells["slow"]["tokens to target"] == "-"
+    p = scipy.stats.ttest_1samp([3.00, 3.01, 3.02], 3.28, alternative="less").pvalue
+    assert float(cells["fast"]["p (mean ≤ 3.28)"]) == pytest.approx(p, rel=0.03) and cells["fast"][
+        "record rule (p < 0.01)"] == "met"
+    assert cells["slow"]["record rule (p < 0.01)"] == "not met"
+    assert "ttest_1samp, alternative 'less'" in c.text()
+    runs = _cells(*report.run_table(t.runs, t.diff, t.target, t.times))
+    assert runs["fast_s0"]["reached val/loss=3.28"] == "step 20, 1.1s"
+    assert runs["slow_s0"]["reached val/loss=3.28"] == "no"
+    # accuracy targets count at or above
+    c = report.compare([base], target="val/acc=0.24")  # eval acc 0.6 - v/10 - 0.1/i: fast is at 0.248+ at iter 20
+    cells = _cells(*report.target_table(c.tables[0]))
+    assert cells["fast"]["reached"] == "3/3" and cells["slow"]["reached"] == "0/3"
+    assert cells["fast"]["tokens to target"] == "2.56k [2.56k-2.56k]"
+
+
+def test_a_target_every_run_recorded_is_used_and_its_record_wins(tmp_path):
+    base = str(tmp_path)
+    rec = {"metric": "val/loss", "value": 3.5, "reached": True, "step": 10, "tokens": 1280, "train_s": 9.0,
+           "wall_s": 12.0, "eval": 1, "measured": 3.4}
+    for s in range(3):
+        make_run(base, f"r_s{s}", seed=s, target=rec)
+    c = report.compare([base])
+    assert c.target.text == "val/loss=3.5" and "recorded by every run" in c.target.source
+    cells = _cells(*report.target_table(c.tables[0]))
+    assert cells["all runs"]["train time to target: median [min-max]"] == "9.0s [9.0s-9.0s]"
+    assert cells["all runs"]["wall time to target"] == "12.0s [12.0s-12.0s]"
+
+
+def test_a_reached_eval_row_without_its_own_time_is_placed_by_its_step():
+    from lmsprint.track.plots import val_curve
+
+    rows = [{"iter": 10, "train/loss": 4.0, "time/train_s": 1.0, "tokens": 100},
+            {"iter": 15, "val/loss": 3.0},                                    # between train rows at 10 and 20
+            {"iter": 20, "train/loss": 3.0, "time/train_s": 3.0, "tokens": 200},
+            {"iter": 20, "val/loss": 2.5, "time/train_s": 2.9, "time/wall_s": 4.0, "tokens": 200}]  # its own time
+    c = val_curve(rows, "val/loss", tokens_per_step=10)
+    assert c["time/train_s"] == [2.0, 2.9] and c["time/wall_s"] == [None, 4.0] and c["tokens"] == [150, 200]
+
+
+# ---------------------------------------------------------------------------------------------------- pairs
+
+
+def test_runs_of_one_seed_started_together_by_a_sweep_batch_are_paired(tmp_path):
+    from lmsprint.track import sweep as S
+
+    base = str(tmp_path / "sw")
+    for s, (r, a) in enumerate([(3.00, 3.02), (3.10, 3.13), (3.20, 3.21)]):
+        make_run(base, f"arm=ref_seed={s}", seed=s, val_loss=r, lr=1e-3, exp_name=f"arm=ref_seed={s}")
+        make_run(base, f"arm=new_seed={s}", seed=s, val_loss=a, lr=3e-3, exp_name=f"arm=new_seed={s}")
+    S.write_record(base, {"grid": {}, "seeds": [0, 1, 2]})
+    for s in range(3):  # seed-major batches: both arms of a seed together
+        S.record_launch(base, [f"arm=ref_seed={s}", f"arm=new_seed={s}"])
+    c = report.compare([base], reference="arm=ref")
+    tests = _cells(*report.verdict_table(c.tables[0]))
+    assert tests["arm=new"]["test"] == "paired (3 seeds)"
+    p = scipy.stats.ttest_rel([3.02, 3.13, 3.21], [3.00, 3.10, 3.20]).pvalue
+    assert float(tests["arm=new"]["p"]) == pytest.approx(p, rel=0.03)  # shown to 2 digits
+    # one run of a seed resumed in a later batch without its partner: no longer started together -> Welch
+    S.record_launch(base, ["arm=new_seed=1"])
+    c = report.compare([base], reference="arm=ref")
+    assert _cells(*report.verdict_table(c.tables[0]))["arm=new"]["test"] == "Welch"
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--target", "val/los=3.2"], "--target val/los=3.2: 'val/los' is not a val metric; use one of val/loss"),
+    (["--target", "val/loss=nan"], "not a finite number"),
+    (["--target", "val/loss=inf"], "not a finite number"),
+    (["--target", "val/loss"], "is not METRIC=VALUE"),
+    (["--reference", "nobody*"], "--reference 'nobody*' matches no arm; give one arm's label"),
+    (["--metric", "val/bpb"], "--metric val/bpb: no complete run has a final val/bpb; the runs have val/loss"),
+])
+def test_bad_input_is_one_line(tmp_path, in_process, args, says):
+    base = str(tmp_path / "exps")
+    for s in range(2):
+        d = make_run(base, f"r_s{s}", seed=s)
+        sm = json.load(open(os.path.join(d, "summary.json")))
+        sm["final"].pop("val/bpb")  # a mix whose only metric asked for is missing
+        json.dump(sm, open(os.path.join(d, "summary.json"), "w"))
+    r = in_process("compare", base, "--no_report", *args)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------------------- plots
+
+
+def test_plot_legend_says_what_the_final_eval_covered_and_bands_are_confidence_intervals(tmp_path):
+    from lmsprint.track import plots
+
+    base = str(tmp_path)
+    for s in range(3):
+        make_run(base, f"r_s{s}", seed=s, val_loss=3.0 + s / 10, val_set="dd" * 32)
+    c = report.compare([base])
+    assert report.final_label(c.tables[0]) == "final eval (full split, 4,096 tokens)"
+    make_run(str(tmp_path / "old"), "o", final_eval="fixed")
+    c = report.compare([str(tmp_path / "old")])
+    assert report.final_label(c.tables[0]) == "final eval (fixed set, 4,096 tokens)"
+    mx, my, lo, hi = plots._band([([1, 2], [3.0, 2.0]), ([1, 2], [3.2, 2.2]), ([1, 2], [3.4, 2.4])])
+    assert my == pytest.approx([3.2, 2.2]) and (lo[0], hi[0]) == pytest.approx(stats.t_interval([3.0, 3.2, 3.4]))

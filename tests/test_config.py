@@ -158,14 +158,14 @@ def test_resume_safe_flags():
     assert set(flags_where("resume_safe")) == {
         "device", "progress", "data_dir", "data_in_ram", "num_proc", "compile", "compile_mode", "ckpt_interval",
         "save_checkpoint_freq", "wandb", "wandb_project", "wandb_run_prefix", "wandb_entity", "tensorboard",
-        "distributed_backend", "results_base_folder", "attn_backend", "quiet", "threads"}
+        "distributed_backend", "results_base_folder", "attn_backend", "quiet", "threads", "target"}
 
 
 def test_bookkeeping_flags():
     assert set(flags_where("bookkeeping")) == {
         "exp_name", "run_prefix", "results_base_folder", "resume", "wandb", "wandb_project", "wandb_run_prefix",
         "wandb_entity", "tensorboard", "progress", "data_dir", "num_proc", "log_interval", "ckpt_interval",
-        "save_checkpoint_freq", "quiet", "threads"}
+        "save_checkpoint_freq", "quiet", "threads", "target"}
 
 
 def test_sweep_reserved_flags_and_reasons():

@@ -1,10 +1,9 @@
-"""The tools an equal-time race uses: `train --threads N`, `compare --reference` (every group judged against a
-chosen group with the noise rule), seed groups named after the runs' `--exp_name` stem, and `sweep --parallel N`
-(the points started together). Real CLI subprocesses and real run directories."""
+"""The tools an equal-time race uses: `train --threads N`, `compare --reference` (every arm judged against a chosen
+arm), arms named after the runs' `--exp_name` stem, and `sweep --parallel N` (the points started together). Real CLI
+subprocesses and real run directories."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 
@@ -12,8 +11,8 @@ import pytest
 import torch
 
 import lmsprint
-from lmsprint.track.report import compare, group_table
-from lmsprint.track.stats import exp_stem
+from lmsprint.track.report import compare, verdict_table
+from lmsprint.track.stats import TOO_FEW, exp_stem
 
 SHAPE = {"n_layer": "1", "n_embd": "16", "n_head": "2", "sequence_length": "16", "batch_size": "4", "acc_steps": "1",
          "iterations": "4", "eval_freq": "4", "eval_tokens": "64", "sample_tokens": "0", "final_eval": "fixed",
@@ -78,22 +77,21 @@ def test_compare_reference_judges_every_group_against_it(arms):
     for spec in ("base", "base_s*", str(arms / "base_s1")):
         c = compare([str(arms)], metric="val/loss", reference=spec)
         assert c.reference.label == "base"
-        header, rows = group_table(c.groups, "val/loss", c.reference)
-        assert header[-1] == "val/loss vs reference"
-        verdicts = {r[0]: r[-1] for r in rows}
-        assert verdicts["base"] == "reference"
-        assert re.fullmatch(r"[+-]\d\.\d{4} \([+-]\d+\.\d%\): (within noise|(better|worse), beyond noise)",
-                            verdicts["lr"]), verdicts
+        header, rows = verdict_table(c.tables[0])
+        assert header[-1] == "verdict" and header[2] == "Δ val/loss"
+        cells = {r[0]: dict(zip(header, r)) for r in rows}
+        assert cells["base"]["verdict"] == f"reference; {TOO_FEW} (n=2)"
+        assert cells["lr"]["verdict"] == f"{TOO_FEW} (n=2 vs 2; 3 each needed)"  # 2 seeds: never called
     p = lmsprint_cli("compare", str(arms), "--reference", "lr_s*", "--no_report", cwd=arms)
     assert p.returncode == 0, p.stderr
-    assert "against the reference group lr" in p.stdout and "vs reference" in p.stdout
+    assert "val/loss against the reference arm lr:" in p.stdout
 
 
 def test_compare_reference_that_names_no_single_group_is_one_line(arms):
     one_error_line(lmsprint_cli("compare", str(arms), "--reference", "nope*", "--no_report", cwd=arms),
-                   "--reference 'nope*' matches no seed group")
+                   "--reference 'nope*' matches no arm")
     one_error_line(lmsprint_cli("compare", str(arms), "--reference", "*_s0", "--no_report", cwd=arms),
-                   "matches 2 seed groups")
+                   "matches 2 arms")
 
 
 # ---------------------------------------------------------------------------------------------------- sweep
@@ -104,7 +102,7 @@ def test_sweep_parallel_starts_every_run_together_and_logs_each(corpus):
                      *TINY, "--results_base_folder", "exps_sweep", cwd=corpus)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
-    assert "4 at a time" in lines[0]
+    assert "in batches started together of 4" in lines[0]
     started = [i for i, line in enumerate(lines) if line.endswith(": starting")]
     finished = [i for i, line in enumerate(lines) if ": complete after " in line]
     assert len(started) == len(finished) == 4 and max(started) < min(finished)  # all running at once

@@ -138,9 +138,10 @@ def test_every_preset_default_is_shown(in_process):
                 assert f"--config_format {preset}: {v}" in entries[f"--{name}"], (preset, name)
                 shown += 1
     assert shown > 20
-    # a default the help words itself keeps its words and still shows each preset's value
+    # a default the help words itself keeps its words; the val split is the dataset's own under every preset, so
+    # no preset value follows it
     assert entries["--val_fraction"].endswith(
-        "(default: 0.1 for shakespeare, 0.005 for other sources; --config_format demo: 0.05)")
+        "(default: the dataset's own, under every preset: 0.05 for shakespeare, 0.005 for other sources)")
 
 
 def test_short_help_lists_the_most_used_flags_and_the_groups(in_process):
@@ -298,7 +299,7 @@ def test_compare_shows_diverged_runs(diverged_run, logged, corpus, in_process, t
     assert p.returncode == 0, p.stderr
     table = {line.split()[0]: line.split()[1] for line in p.stdout.splitlines() if line.startswith(("hot", "base_"))}
     assert table["hot"] == "diverged" and table[healthy.name] == "complete", p.stdout
-    assert "diverged (1 run(s): a complete run whose final val loss is above ln(vocab_size)" in p.stdout
+    assert "diverged (1 run: a complete run whose final val loss is above ln(vocab_size)" in p.stdout
     with open(tmp_path / "rep" / "runs.csv") as fh:
         rows = {r["run"]: r for r in csv.DictReader(fh)}
     assert rows["hot"]["diverged"] == "true" and rows["hot"]["status"] == "complete"

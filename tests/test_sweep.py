@@ -44,6 +44,17 @@ def test_grid_parsing_and_validation():
     assert len(points) == 8
     assert points[0].name == "label_smoothing=0_moe_num_experts=0_seed=0"
     assert len({p.name for p in points}) == 8
+    assert [p.seed for p in points] == [0, 0, 0, 0, 1, 1, 1, 1]  # seed-major
+
+
+def test_batches_start_whole_seeds_together():
+    points = S.plan({"lr": ["1e-3", "3e-3", "1e-2"]}, [0, 1, 2])
+    by = lambda bs: [[(p.values["lr"], p.seed) for p in b] for b in bs]  # noqa: E731
+    assert by(S.batches(points, 1)) == [[(p.values["lr"], p.seed)] for p in points]  # one at a time
+    three = by(S.batches(points, 3))
+    assert three == [[(lr, s) for lr in ("1e-3", "3e-3", "1e-2")] for s in (0, 1, 2)]  # every arm of a seed
+    assert by(S.batches(points, 7)) == [three[0] + three[1], three[2]]  # whole seeds only: 2 of them per batch
+    assert by(S.batches(points, 2))[0] == [("1e-3", 0), ("3e-3", 0)]  # fewer than the arms: warned by the CLI
 
 
 def test_sweep_cli_errors_are_one_line(tmp_path, capsys):
@@ -65,9 +76,20 @@ def test_dry_run_plans_commands(tmp_path, capsys):
     assert main(["sweep", "--grid", "label_smoothing=0,0.1", "--seeds", "0,1", "--dry_run", "--",
                  "--config_format", "demo", "--results_base_folder", base]) == 0
     out = capsys.readouterr().out
-    assert "4 runs (2 grid points x 2 seeds)" in out
+    assert "4 runs (2 grid points x 2 seeds)" in out and "seed-major" in out
+    # seed-major: every arm's seed 0, then every arm's seed 1 (no arm runs all its seeds first)
+    assert re.findall(r"--exp_name (\S+)", out) == ["label_smoothing=0_seed=0", "label_smoothing=0.1_seed=0",
+                                                    "label_smoothing=0_seed=1", "label_smoothing=0.1_seed=1"]
     assert "--exp_name label_smoothing=0.1_seed=1" in out and f"--results_base_folder {base}/sweep-label_smoothing" in out
     assert not os.path.exists(base)
+
+
+def test_parallel_below_the_number_of_arms_warns_in_one_line(tmp_path, capsys):
+    base = str(tmp_path / "exps")
+    assert main(["sweep", "--grid", "lr=1e-3,3e-3,1e-2", "--parallel", "2", "--dry_run", "--",
+                 "--config_format", "demo", "--results_base_folder", base]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--parallel 2 is fewer than the 3 arms" in err[0] and "use --parallel 3" in err[0]
 
 
 # ---------------------------------------------------------------------------------------------------- real runs
@@ -118,7 +140,9 @@ def test_compare_real_runs_table_and_report(sweep, tmp_path):
         assert cells["val loss"] == f"{s['final']['val/loss']:.4f}" and cells["val bpb"] == f"{s['final']['val/bpb']:.4f}"
         assert cells["status"] == "complete" and cells["tokens"] == "1.54k"  # 6 steps x 8 x 32
     assert [g.n for g in c.groups] == [1, 1]
-    assert stats.SINGLE_SEED in report.text_table(*report.group_table(c.groups, "val/loss"))
+    assert stats.TOO_FEW in report.text_table(*report.verdict_table(c.tables[0]))
+    # real runs record the val sets they were scored on: both on the same one, so one table
+    assert len(c.tables) == 1 and c.tables[0].valset.recorded and c.tables[0].valset.covers == "fixed set"
     out = tmp_path / "rep"
     report.write_report(c, str(out), [sweep["dir"]])
     md = (out / "report.md").read_text()
@@ -168,7 +192,7 @@ def test_sweep_restart_skips_finished_and_resumes_interrupted(sweep, capfd):
     assert _summary(cut)["status"] == "complete"
     names = sorted(d for d in os.listdir(sweep["dir"]) if os.path.isdir(os.path.join(sweep["dir"], d)))
     assert names == ["label_smoothing=0.1_seed=0", "label_smoothing=0_seed=0"]  # no run started over
-    assert "single seed: noise unknown" in out  # the compare table at the end
+    assert stats.TOO_FEW in out  # the compare table at the end
 
 
 def test_a_failing_run_does_not_stop_the_sweep(tmp_path, capfd):
@@ -200,3 +224,28 @@ def test_values_that_normalise_alike_get_their_own_runs(tmp_path):
     assert len(planned) == 2 and len(set(planned)) == 2 and set(planned) == set(names[:2])
     # and a nanoGPT name works as a grid key
     assert S.parse_grid(["learning_rate=1e-3,3e-3"]) == {"lr": ["1e-3", "3e-3"]}
+
+
+@pytest.mark.slow
+def test_parallel_sweep_starts_each_seeds_arms_together_and_records_it(tmp_path, capfd):
+    base = str(tmp_path / "exps")
+    argv = ["sweep", "--grid", "label_smoothing=0,0.1", "--seeds", "0,1", "--name", "par", "--parallel", "2", "--",
+            *TINY, "--sample_tokens", "0", "--threads", "1", "--data_dir", str(tmp_path / "data"),
+            "--results_base_folder", base]
+    assert main(argv) == 0
+    out = capfd.readouterr().out
+    d = os.path.join(base, "par")
+    launches = json.load(open(os.path.join(d, "sweep.json")))["launches"]
+    assert [b["runs"] for b in launches] == [["label_smoothing=0_seed=0", "label_smoothing=0.1_seed=0"],
+                                             ["label_smoothing=0_seed=1", "label_smoothing=0.1_seed=1"]]
+    assert "in batches started together of 2" in out
+    for name in launches[0]["runs"] + launches[1]["runs"]:
+        assert os.path.isfile(os.path.join(d, name + ".log"))
+    c = report.compare([d])
+    together = S.started_together_fn()
+    by = {r.name: r for r in c.runs}
+    assert together(by["label_smoothing=0_seed=0"], by["label_smoothing=0.1_seed=0"])
+    assert not together(by["label_smoothing=0_seed=0"], by["label_smoothing=0.1_seed=1"])
+    # the record survives a rerun of the same command (all runs complete: nothing is launched)
+    assert main(argv) == 0
+    assert json.load(open(os.path.join(d, "sweep.json")))["launches"] == launches

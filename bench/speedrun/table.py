@@ -1,10 +1,12 @@
 """Ablation rows of one race batch: arm, seeds, mean ± sd of val bpb and acc, tokens/s, steps, and the verdict of
-`lmsprint compare`'s noise rule (|mean_a - mean_b| < sd_a + sd_b = within noise) against a reference arm.
+the screen docs/recipes.md's batch tables were made with (|mean_a - mean_b| < sd_a + sd_b = within noise) against
+a reference arm.
 
     python bench/speedrun/table.py BATCH_DIR [--ref ARM] [--order a,b,c]
 
-`lmsprint compare BATCH_DIR --metric val/bpb --reference ARM` gives the same verdicts (groups named after the
-arms); this script adds the per-arm tokens/s and steps columns and the `prev` chain of an ablation ladder.
+This script adds the per-arm tokens/s and steps columns and the `prev` chain of an ablation ladder. The verdicts
+that count are `lmsprint compare BATCH_DIR --metric val/bpb --reference ARM`'s: Welch's t-test (or the paired test)
+with Holm's correction; docs/recipes.md lists them for every batch.
 """
 
 import argparse

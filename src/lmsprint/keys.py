@@ -25,6 +25,8 @@ VAL_BPB = "val/bpb"                # bits per byte
 LR = "lr"
 TOKENS = "tokens"                  # training tokens seen (all processes)
 TRAIN_TIME = "time/train_s"        # training time, excluding compile and eval
+WALL_TIME = "time/wall_s"          # wall time since training started (compile, eval, checkpoints included; summed
+                                   # over the processes of a resumed run, never the time in between)
 EVAL_TIME = "time/eval_s"
 COMPILE_TIME = "time/compile_s"
 TOKENS_PER_S = "perf/tokens_per_s"
@@ -66,6 +68,15 @@ def diverged(val_loss, vocab_size) -> bool:
     if not isinstance(val_loss, (int, float)) or isinstance(val_loss, bool) or not vocab_size:
         return False
     return not math.isfinite(val_loss) or val_loss > uniform_loss(vocab_size)
+# summary.json: the identity of the val sets a run was evaluated on ({"fixed": ..., "final": ...})
+VAL_SETS = "val_sets"
+# summary.json: the `--target` record; metrics.jsonl: one row with these keys at the first eval reaching it
+TARGET = "target"
+TARGET_STEP = "target/step"
+TARGET_TOKENS = "target/tokens"
+TARGET_TRAIN_TIME = "target/train_s"
+TARGET_WALL_TIME = "target/wall_s"
+TARGET_VALUE = "target/value"      # the metric's value at that eval
 
 
 @dataclass(frozen=True)
@@ -91,3 +102,34 @@ VAL_METRICS = (
 )
 VAL_KEYS = tuple(m.key for m in VAL_METRICS)
 VAL_BY_KEY = {m.key: m for m in VAL_METRICS}
+
+
+def parse_target(text) -> tuple[str, float]:
+    """'val/loss=3.28' -> ('val/loss', 3.28): a target on a val metric. ValueError saying what is wrong: a metric
+    that is not in VAL_METRICS, a value that is not a finite number, or one no run can reach (an accuracy outside
+    [0, 1], a negative loss, bpb or a perplexity below 1)."""
+    metric, sep, raw = str(text).partition("=")
+    metric, raw = metric.strip(), raw.strip()
+    if not sep or not metric or not raw:
+        raise ValueError(f"'{text}' is not METRIC=VALUE; e.g. {VAL_LOSS}=3.28 or {VAL_ACC}=0.4361")
+    if metric not in VAL_BY_KEY:
+        raise ValueError(f"'{metric}' is not a val metric; use one of {', '.join(VAL_KEYS)} (e.g. {VAL_LOSS}=3.28)")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"'{raw}' is not a number; e.g. {metric}=3.28") from None
+    if not math.isfinite(value):
+        raise ValueError(f"'{raw}' is not a finite number; give the value to reach, e.g. {VAL_LOSS}=3.28")
+    lowest = {VAL_ACC: 0.0, VAL_PPL: 1.0}.get(metric, 0.0)
+    if value < lowest or (metric == VAL_ACC and value > 1.0):
+        bounds = "[0, 1]" if metric == VAL_ACC else f">= {lowest:g}"
+        raise ValueError(f"{raw} can never be reached: {metric} is {bounds}")
+    return metric, value
+
+
+def target_reached(metric: str, target: float, value) -> bool:
+    """`value` of `metric` is at or past `target` in the metric's good direction (at or below a loss, at or above an
+    accuracy); False for a missing or non-finite value."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    return value <= target if VAL_BY_KEY[metric].lower_is_better else value >= target

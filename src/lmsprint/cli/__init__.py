@@ -37,7 +37,7 @@ COMMANDS = {
                A.add_export_arguments, "lmsprint.cli.export:run_export"),
     "bench": ("time training steps on synthetic tokens (tokens/s, MFU, memory)",
               A.add_bench_arguments, "lmsprint.cli.bench:run_bench"),
-    "compare": ("compare runs: table, seed groups, plots, report", A.add_compare_arguments,
+    "compare": ("compare runs: tables by val set, arms, tests, targets, plots, report", A.add_compare_arguments,
                 "lmsprint.cli.compare:run_compare"),
     "sweep": ("run a grid of flag values x seeds, resumable", A.add_sweep_arguments, "lmsprint.cli.sweep:run_sweep"),
 }

@@ -5,7 +5,7 @@ tree's train flags (config/options.py). `add_<command>_arguments(parser)` builds
 flags follow (type, finiteness, range, ASCII digits) and a bad one is one line, exit 2, before any work.
 
 To add a flag to a subcommand, add a field to its dataclass, e.g. in `CompareOptions`:
-    target: Optional[float] = option(None, "the val loss to reach", check=positive)
+    alpha: Optional[float] = option(None, "the significance level", check=positive)
 It then parses, checks, shows in --help and is fed bad numbers by the tests (tests/test_cli_values.py) with no
 other edit. A new subcommand: a dataclass, an `add_<name>_arguments` here and an entry in `cli.COMMANDS`.
 
@@ -46,6 +46,14 @@ def _lm_batch_size(v: str) -> Optional[str]:
     n = (m.group(1) or m.group(2)) if m else None
     if not m or (n is not None and not 0 < int(n) <= INT_MAX):
         return "must be a positive integer, 'auto', or 'auto:N' (lm-eval re-picks the largest batch N times)"
+    return None
+
+
+def _target(v: str) -> Optional[str]:
+    try:
+        K.parse_target(v)
+    except ValueError as e:
+        return str(e)
     return None
 
 
@@ -124,11 +132,16 @@ class ExportOptions:
 class CompareOptions:
     out: Optional[str] = option(None, "report folder (default: ./reports/compare-<timestamp>; an existing non-empty "
                                 "folder is refused, never overwritten)", metavar="DIR")
-    metric: str = option(K.VAL_LOSS, "final metric whose group differences get a noise verdict",
-                         choices=list(K.VAL_KEYS))
-    reference: Optional[str] = option(None, "judge every seed group against this one (its label as shown, or a glob "
-                                      "matching the names or paths of its runs, e.g. 'base_s*') instead of against "
-                                      "the best group", metavar="GROUP_OR_RUN_GLOB")
+    metric: str = option(K.VAL_LOSS, "final metric the arms are tested on", choices=list(K.VAL_KEYS))
+    reference: Optional[str] = option(None, "test every arm against this one (its label as shown, or a glob matching "
+                                      "the names or paths of its runs, e.g. 'base_s*') instead of against the best "
+                                      "arm by mean", metavar="ARM_OR_RUN_GLOB")
+    target: Optional[str] = option(None, "e.g. val/loss=3.28: each arm's one-sided p that its mean final METRIC is "
+                                   "at or below VALUE (at or above for val/acc; scipy.stats.ttest_1samp, "
+                                   "modded-nanogpt's record rule: p < 0.01) and its time to target (the first "
+                                   "periodic eval reaching it: median [min-max], runs that reached it); default: the "
+                                   "target every run recorded with `train --target`, if they share one",
+                                   check=_target, metavar="METRIC=VALUE")
     only_complete: bool = option(False, "skip runs whose status is not complete")
     no_report: bool = option(False, "print the table only; write no report folder")
 
@@ -141,9 +154,11 @@ class SweepOptions:
                         metavar="S1,S2,...")
     name: Optional[str] = option(None, "sweep folder under --results_base_folder (default: sweep-<grid flags>); "
                                  "rerun with the same name to resume")
-    parallel: int = option(1, "run N points at a time, started together, each one's output in <sweep "
-                           "folder>/<run>.log (an equal-time race: N = all runs, with -- --threads 1; 1 = one after "
-                           "another)", check=positive, metavar="N")
+    parallel: int = option(1, "start runs in batches of N, all runs of a batch together, the next batch when the "
+                           "whole batch has ended; runs are seed-major (every arm's seed 0, then every arm's seed "
+                           "1, ...), and with N >= the number of arms every batch holds whole seeds, so the arms of "
+                           "a seed share the machine's load (give each run -- --threads 1); each run's output in "
+                           "<sweep folder>/<run>.log (1 = one after another)", check=positive, metavar="N")
     dry_run: bool = option(False, "print the plan and the commands, run nothing")
 
 
@@ -223,8 +238,12 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
-    # the noise rule itself (track/stats.py) is printed under every table: the parse path stays free of track/
-    p.epilog = "Runs differing only by seed/data_seed are grouped (mean ± sample sd over seeds)."
+    # the method itself (track/stats.py METHOD) is printed under the tables: the parse path stays free of track/
+    p.epilog = ("Runs are ranked only against runs whose final eval scored the same val set (val token file hash, "
+                "tokens evaluated, sequence length, tokenizer); others get tables of their own. Runs differing only "
+                "by seed/data_seed form an arm (mean ± sample sd over seeds); each arm is tested against the "
+                "reference (or the best arm) with Welch's or the paired t-test and Holm's correction; fewer than 3 "
+                "seeds: too few to call.")
     p.add_argument("runs", nargs="+", metavar="RUN",
                    help="run directories, folders holding runs (searched recursively) or glob patterns")
     add_options(p, CompareOptions)

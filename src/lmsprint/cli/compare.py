@@ -1,6 +1,6 @@
-"""`lmsprint compare RUN...`: the command-line part (arguments, printing, the report folder); the work is in
-track/discover.py (finding and loading runs), track/stats.py (seed groups, noise rule) and track/report.py.
-The flags are `arguments.CompareOptions`."""
+"""`lmsprint compare RUN...`: the command-line part (printing, the report folder); the work is in
+track/discover.py (finding and loading runs), track/valsets.py (which runs share a val set), track/stats.py (arms,
+tests), track/target.py (time to target) and track/report.py. The flags are `arguments.CompareOptions`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from ..track.report import compare, unique_out_dir, write_report
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    c = compare(args.runs, metric=args.metric, only_complete=args.only_complete, reference=args.reference)
+    c = compare(args.runs, metric=args.metric, only_complete=args.only_complete, reference=args.reference,
+                target=args.target)
     print(c.text())
     if not args.no_report:
         out = unique_out_dir(args.out)

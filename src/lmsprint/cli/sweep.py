@@ -42,9 +42,15 @@ def run_sweep(args: argparse.Namespace) -> int:
     if not args.dry_run:
         S.write_record(sweep_dir, {"grid": grid, "seeds": seeds, "train_args": train_args,
                                    "points": [p.name for p in points]})
-    print(f"sweep {name}: {plural(len(points), 'run')} ({plural(len(points) // len(seeds), 'grid point')} x "
-          f"{plural(len(seeds), 'seed')}) in "
-          f"{sweep_dir}" + (f", {args.parallel} at a time" if args.parallel > 1 else ""), flush=True)
+    arms = len(points) // len(seeds)
+    batch = len(S.batches(points, args.parallel)[0])
+    print(f"sweep {name}: {plural(len(points), 'run')} ({plural(arms, 'grid point')} x {plural(len(seeds), 'seed')}) "
+          f"in {sweep_dir}, seed-major" + (f", in batches started together of {batch}" if args.parallel > 1 else ""),
+          flush=True)
+    if 1 < args.parallel < arms:
+        print(f"lmsprint: warning: --parallel {args.parallel} is fewer than the {arms} arms: the arms of one seed "
+              f"cannot all start together, so they may run under different load; use --parallel {arms}",
+              file=sys.stderr)
     if args.parallel > 1 and not args.dry_run:
         S.prepare_data(points, train_values, config_file)
     results = S.run_sweep_points(points, train_values, config_file, sweep_dir, dry_run=args.dry_run,

@@ -64,6 +64,8 @@ def _cross_field_rules(cfg) -> None:
     if a.attention == "global_local" and not (a.attention_pattern or a.local_heads):
         raise ConfigError("`attention` global_local needs `attention_pattern` (e.g. SSSL) and/or `local_heads` k")
     t = cfg.train
+    if t.stop_at_target and not t.target:
+        raise ConfigError("`stop_at_target` needs `target` METRIC=VALUE, e.g. --target val/loss=3.28")
     if t.micro_batch not in ("", "auto") and t.batch_size * t.acc_steps % int(t.micro_batch):
         raise ConfigError(f"`micro_batch` {t.micro_batch} must divide batch_size*acc_steps = "
                           f"{t.batch_size * t.acc_steps}")

@@ -1,14 +1,26 @@
-"""What `lmsprint compare` shows: the run table, the seed-group table, as text or markdown, and the report folder
-(report.md embedding the PNG plots, plus runs.csv), and `compare(specs)` which ties discovery, statistics and
-formatting together.
+"""What `lmsprint compare` shows, and `compare(specs)` which ties discovery, val sets, statistics and formatting
+together; the report folder (report.md embedding the PNG plots, plus runs.csv).
 
-Run table: final val metrics (columns from keys.VAL_METRICS), training tokens, training time, tokens/s, total and
-active parameters, and only the config keys whose values differ between the runs. A run that is not complete is marked
-`*` (its numbers are the last logged ones) and left out of the seed statistics. A complete run that diverged (summary
-`diverged`, or for older summaries keys.diverged on its final val loss and vocab_size) shows `diverged` as its status
-and is named in a note; it stays in its seed group, whose numbers it makes worse, as it should. Seed groups are judged
-with the noise rule against the best group, or against the group chosen by `--reference` (its label, or a glob
-matching the name or path of one of its runs: `reference_group`). The report folder (--out, default
+Runs are first split by the val set of their final eval (track/valsets.py): only runs evaluated on the same tokens
+are ranked and tested together; runs on another val set get a table of their own, headed by one line saying why.
+Per table:
+- the run table: final val metrics (columns from keys.VAL_METRICS), training tokens, training time, tokens/s, total
+  and active parameters, the config keys whose values differ; a run that is not complete is marked `*` (its
+  numbers are the last logged ones) and left out of the statistics; a complete run that diverged (summary
+  `diverged`, or for older summaries keys.diverged on its final val loss and vocab_size) shows `diverged` as its
+  status and is named in a note; it stays in its arm, whose numbers it makes worse, as it should;
+- the arm table: runs differing only by seed/data_seed (`stats.group_runs`), n, seeds, mean ± sample sd per metric;
+- the test table on `--metric`: each arm against the reference arm (`--reference`: its label, or a glob matching
+  the name or path of its runs: `reference_group`) or else the best arm by mean: Δ, its 95% confidence interval,
+  the test (Welch, or paired for runs of the same seeds started together by one sweep batch), p and Holm's p, the
+  verdict (`stats.judge`, method named in `stats.METHOD`);
+- with a target (`--target METRIC=VALUE`, or the one every run recorded with `train --target`): each arm's
+  one-sided p that its mean is at or past the target (modded-nanogpt's record rule: p < 0.01) and its time to
+  target (track/target.py: median [min-max] over the runs that reached it, and how many did);
+- notes: tokens/s of an arm off by more than the seed spread (the load may explain it), runs of one config
+  measured under different load, fixed val sets that differ inside the table.
+Bad input is one line (UserError): a `--metric` or target metric no complete run has, a target that is not
+METRIC=VALUE with a finite value, a reference that matches no arm. The report folder (--out, default
 ./reports/compare-<timestamp>) is never overwritten.
 """
 
@@ -19,15 +31,19 @@ import fnmatch
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import keys as K
 from ..errors import UserError, plural
 from .discover import Run, find_runs, lm_eval_columns, load_run
 from .plots import plot_curves
-from .stats import (NOISE_RULE, NON_FINITE, Group, best_group, differing_keys, fmt_val, group_runs, load_warnings,
-                    lower_is_better, noise_verdict, norm)
+from .stats import (AGAINST_BEST, CONFIDENCE, METHOD, MIN_SEEDS, NO_SPREAD, NON_FINITE, RECORD_ALPHA, TOO_FEW, Group,
+                    differing_keys, finite, fmt_val, group_runs, judge, load_warnings, lower_is_better, norm,
+                    target_test, throughput_flags)
+from .sweep import started_together_fn
+from .target import arm_time_to_target, common_target
+from .valsets import ValSet, final_val_set, fixed_val_set, split_by_val_set, why_apart
 
 # ---------------------------------------------------------------------------------------------------- formatting
 
@@ -55,6 +71,23 @@ def _num(v, fmt: str) -> str:
     return K.format_number(v, fmt)
 
 
+def _p(p) -> str:
+    if p is None:
+        return "-"
+    if not math.isfinite(p):
+        return "nan"
+    return f"{p:.2g}"  # two significant digits: 0.57, 0.031, 0.00023
+
+
+def _signed(fmt: str) -> str:
+    return fmt.replace("{:", "{:+", 1)
+
+
+def _spread(t: Optional[tuple], fmt) -> str:
+    """'median [min-max]' of a (median, min, max) tuple."""
+    return "-" if not t else f"{fmt(t[0])} [{fmt(t[1])}-{fmt(t[2])}]"
+
+
 def _pm(g: Group, metric: str, fmt: str) -> str:
     m, s = g.mean_sd(metric)
     if m is None:
@@ -65,61 +98,11 @@ def _pm(g: Group, metric: str, fmt: str) -> str:
     return f"{_num(m, fmt)} (n=1)" if g.n < 2 else f"{_num(m, fmt)} (one seed)"
 
 
-def run_table(runs: list[Run], diff: list[str]) -> tuple[list[str], list[list[str]]]:
-    lm = lm_eval_columns(runs)  # downstream benchmarks (lmsprint eval --tasks), when any run has them
-    header = ["run", "status"] + [m.label for m in K.VAL_METRICS] + lm + [
-        "tokens", "train time", "tokens/s", "params", "active"] + diff
-    rows = []
-    for r in runs:
-        mark = "" if r.complete else "*"
-        status = K.DIVERGED if r.diverged else r.status
-        rows.append([r.name + mark, status] + [_num(r.final.get(m.key), m.fmt) for m in K.VAL_METRICS] +
-                    [_num(r.lm_eval.get(k), "{:.4f}") for k in lm] + [
-            _si(r.get(K.TOKENS)), _secs(r.get(K.TRAIN_TIME)), _si(r.get(K.TOKENS_PER_S)),
-            _si(r.summary.get("params_total")), _si(r.summary.get("params_active"))] + [
-            fmt_val(r.flat.get(k)) for k in diff])
-    return header, rows
-
-
-def reference_verdict(g: Group, ref: Group, metric: str) -> str:
-    """'-0.0123 (-1.2%): better, beyond noise' | '... within noise' | the reason noise is unknown, for g vs ref."""
-    if g is ref:
-        return "reference" + (f" ({g.noise_note()})" if g.noise_note() else "")
-    m, r = g.mean_sd(metric)[0], ref.mean_sd(metric)[0]
-    if m is None:
-        return f"not ranked: {NON_FINITE}" if g.runs else "-"
-    if r is None:
-        return "-"
-    d = m - r
-    verdict = noise_verdict(g, ref, metric)
-    if verdict == "beyond noise":
-        verdict = ("better" if (d < 0) == lower_is_better(metric) else "worse") + ", beyond noise"
-    return f"{d:+.4f}" + (f" ({100 * d / abs(r):+.1f}%)" if r else "") + f": {verdict}"
-
-
-def group_table(groups: list[Group], metric: str, reference: Optional[Group] = None
-                ) -> tuple[list[str], list[list[str]]]:
-    best = best_group(groups, metric)
-    header = ["group", "n", "seeds"] + [f"{m.label} mean ± sd" for m in K.VAL_METRICS] + [
-        f"{metric} vs {'reference' if reference is not None else 'best'}"]
-    rows = []
-    for g in groups:
-        seeds = ",".join(fmt_val(r.flat.get("seed")) for r in g.runs)
-        if len({norm(r.flat.get("data_seed")) for r in g.runs}) > 1:
-            seeds += " data_seed " + ",".join(fmt_val(r.flat.get("data_seed")) for r in g.runs)
-        if reference is not None:
-            verdict = reference_verdict(g, reference, metric)
-        elif g.mean_sd(metric)[0] is None:
-            verdict = f"not ranked: {NON_FINITE}" if g.runs else "-"
-        elif best is None:
-            verdict = "-"
-        elif g is best:
-            verdict = "best" + (f" ({g.noise_note()})" if g.noise_note() else "")
-        else:
-            d = g.mean_sd(metric)[0] - best.mean_sd(metric)[0]
-            verdict = f"{d:+.4f}: {noise_verdict(g, best, metric)}"
-        rows.append([g.label, str(g.n), seeds] + [_pm(g, m.key, m.fmt) for m in K.VAL_METRICS] + [verdict])
-    return header, rows
+def _seeds(g: Group) -> str:
+    seeds = ",".join(fmt_val(r.flat.get("seed")) for r in g.runs)
+    if len({norm(r.flat.get("data_seed")) for r in g.runs}) > 1:
+        seeds += " data_seed " + ",".join(fmt_val(r.flat.get("data_seed")) for r in g.runs)
+    return seeds
 
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
@@ -139,41 +122,220 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 @dataclass
-class Comparison:
+class Target:
+    metric: str
+    value: float
+    source: str                      # "--target" | "the runs' train --target"
+
+    @property
+    def text(self) -> str:
+        return f"{self.metric}={self.value:g}"
+
+
+@dataclass
+class Table:
+    """The runs of one val set, their arms and verdicts."""
+    valset: ValSet
     runs: list
     diff: list
     groups: list
     metric: str
-    notes: list
-    reference: Optional[Group] = None
+    reference: Optional[Group] = None     # --reference's arm in this table
+    against: Optional[Group] = None       # the arm every other one is judged against (reference or best)
+    verdicts: dict = field(default_factory=dict)     # id(group) -> stats.Verdict
+    note: Optional[str] = None            # why this table is apart from the first
+    notes: list = field(default_factory=list)
+    target: Optional[Target] = None
+    times: dict = field(default_factory=dict)        # id(group) -> target.ArmTime
+    target_tests: dict = field(default_factory=dict)  # id(group) -> stats.TargetTest
 
     @property
-    def against(self) -> str:
-        return f"the reference group {self.reference.label}" if self.reference is not None else "the best group"
+    def against_text(self) -> str:
+        if self.against is None:
+            return "-"
+        return f"the reference arm {self.against.label}" if self.reference is not None else \
+            f"the best arm by mean ({self.against.label})"
+
+
+def run_table(runs: list[Run], diff: list[str], target: Optional[Target] = None, times: Optional[dict] = None
+              ) -> tuple[list[str], list[list[str]]]:
+    lm = lm_eval_columns(runs)  # downstream benchmarks (lmsprint eval --tasks), when any run has them
+    header = ["run", "status"] + [m.label for m in K.VAL_METRICS] + lm + [
+        "tokens", "train time", "tokens/s", "params", "active"]
+    if target is not None:
+        header.append(f"reached {target.text}")
+    header += diff
+    per_run = {p: rec for t in (times or {}).values() for p, rec in t.per_run.items()}
+    rows = []
+    for r in runs:
+        mark = "" if r.complete else "*"
+        row = [r.name + mark, K.DIVERGED if r.diverged else r.status] + \
+            [_num(r.final.get(m.key), m.fmt) for m in K.VAL_METRICS] + \
+            [_num(r.lm_eval.get(k), "{:.4f}") for k in lm] + [
+            _si(r.get(K.TOKENS)), _secs(r.get(K.TRAIN_TIME)), _si(r.get(K.TOKENS_PER_S)),
+            _si(r.summary.get("params_total")), _si(r.summary.get("params_active"))]
+        if target is not None:
+            rec = per_run.get(r.path)
+            row.append("-" if r.path not in per_run else "no" if rec is None else
+                       f"step {rec['step']}, {_secs(rec['train_s'])}")
+        rows.append(row + [fmt_val(r.flat.get(k)) for k in diff])
+    return header, rows
+
+
+def arm_table(t: Table) -> tuple[list[str], list[list[str]]]:
+    header = ["arm", "n", "seeds"] + [f"{m.label} mean ± sd" for m in K.VAL_METRICS] + ["tokens/s"]
+    rows = []
+    for g in t.groups:
+        tps = [r.get(K.TOKENS_PER_S) for r in g.runs if finite(r.get(K.TOKENS_PER_S))]
+        rows.append([g.label, str(g.n), _seeds(g)] + [_pm(g, m.key, m.fmt) for m in K.VAL_METRICS] +
+                    [_si(sum(tps) / len(tps)) if tps else "-"])
+    return header, rows
+
+
+def verdict_table(t: Table) -> tuple[list[str], list[list[str]]]:
+    fmt = K.VAL_BY_KEY[t.metric].fmt if t.metric in K.VAL_BY_KEY else "{:.4f}"
+    header = ["arm", "n", f"Δ {t.metric}", f"{CONFIDENCE:.0%} CI", "test", "p", "p (Holm)", "verdict"]
+    rows = []
+    for g in t.groups:
+        v = t.verdicts.get(id(g))
+        x = v.test if v is not None else None
+        if x is None:
+            rows.append([g.label, str(g.n_seeds), "-", "-", "-", "-", "-", v.text if v else "-"])
+            continue
+        rows.append([g.label, str(x.n), _signed(fmt).format(x.diff),
+                     f"[{_signed(fmt).format(x.ci[0])}, {_signed(fmt).format(x.ci[1])}]",
+                     x.method + ("" if x.method == "Welch" else f" ({x.n} seeds)"), _p(x.p), _p(x.p_holm), v.text])
+    return header, rows
+
+
+def target_table(t: Table) -> tuple[list[str], list[list[str]]]:
+    tg = t.target
+    fmt = K.VAL_BY_KEY[tg.metric].fmt
+    sign = "≤" if lower_is_better(tg.metric) else "≥"
+    header = ["arm", "n", f"{tg.metric} mean", f"p (mean {sign} {tg.value:g})", f"record rule (p < {RECORD_ALPHA:g})",
+              "reached", "train time to target: median [min-max]", "tokens to target", "wall time to target"]
+    rows = []
+    for g in t.groups:
+        tt = t.target_tests.get(id(g))
+        at = t.times.get(id(g))
+        if tt is None:
+            rule = NON_FINITE
+        elif tt.p is None:
+            rule = f"{TOO_FEW} (n={tt.n})" if tt.n < MIN_SEEDS else NO_SPREAD
+        else:
+            rule = "met" if tt.p < RECORD_ALPHA else "not met"
+        rows.append([g.label, str(g.n), fmt.format(tt.mean) if tt else "-", _p(tt.p) if tt else "-", rule,
+                     f"{at.reached}/{at.n}" if at else "-", _spread(at.train_s, _secs) if at else "-",
+                     _spread(at.tokens, _si) if at else "-", _spread(at.wall_s, _secs) if at else "-"])
+    return header, rows
+
+
+def target_method(tg: Target) -> str:
+    alt = "less" if lower_is_better(tg.metric) else "greater"
+    return (f"target {tg.text} ({tg.source}): p = one-sided one-sample t-test (scipy.stats.ttest_1samp, alternative "
+            f"'{alt}') that the arm's mean final {tg.metric} is at or {'below' if alt == 'less' else 'above'} "
+            f"{tg.value:g}; modded-nanogpt accepts a record at p < {RECORD_ALPHA:g} ('met'; {MIN_SEEDS}+ seeds); "
+            "time to target: the first periodic eval on the fixed val set reaching it, median [min-max] over the "
+            "runs that reached it")
+
+
+@dataclass
+class Comparison:
+    tables: list
+    metric: str
+    notes: list
+    target: Optional[Target] = None
+
+    # the whole comparison as one list (every table)
+    @property
+    def runs(self) -> list:
+        return [r for t in self.tables for r in t.runs]
+
+    @property
+    def groups(self) -> list:
+        return [g for t in self.tables for g in t.groups]
+
+    @property
+    def diff(self) -> list:
+        return differing_keys(self.runs)
+
+    @property
+    def reference(self) -> Optional[Group]:
+        return next((t.reference for t in self.tables if t.reference is not None), None)
+
+    def table_of(self, g: Group) -> Table:
+        return next(t for t in self.tables if any(h is g for h in t.groups))
+
+    def verdict(self, g: Group):
+        return self.table_of(g).verdicts.get(id(g))
+
+    def _heading(self, i: int, t: Table) -> list[str]:
+        if len(self.tables) == 1:
+            return []
+        return [f"== val set {i + 1} of {len(self.tables)}: {t.valset.text}"] + ([t.note] if t.note else [])
 
     def text(self) -> str:
-        parts = [text_table(*run_table(self.runs, self.diff))]
-        if self.groups:
-            parts += ["", f"seed groups (complete runs; verdicts on {self.metric} against {self.against}):",
-                      text_table(*group_table(self.groups, self.metric, self.reference)), NOISE_RULE]
+        parts: list[str] = []
+        for i, t in enumerate(self.tables):
+            parts += self._heading(i, t)
+            parts.append(text_table(*run_table(t.runs, t.diff, t.target, t.times)))
+            if t.groups:
+                parts += ["", "arms (complete runs; mean ± sample sd over seeds):", text_table(*arm_table(t))]
+            if len(t.groups) > 1:
+                parts += ["", f"{t.metric} against {t.against_text}:", text_table(*verdict_table(t))]
+            if t.groups:
+                if t.target is not None:
+                    parts += ["", f"target {t.target.text}:", text_table(*target_table(t))]
+            parts += t.notes + [""]
         parts += self.notes
-        return "\n".join(parts)
+        if self.groups:
+            parts.append("method: " + METHOD)
+            if self.target is not None:
+                parts.append(target_method(self.target))
+        return "\n".join(parts).rstrip()
+
+
+def _matches(g: Group, spec: str) -> bool:
+    return g.label == spec or any(fnmatch.fnmatchcase(r.name, spec) or fnmatch.fnmatchcase(r.path, spec)
+                                  or fnmatch.fnmatchcase(os.path.relpath(r.path), spec) for r in g.runs)
 
 
 def reference_group(groups: list[Group], spec: str) -> Group:
-    """The one seed group `spec` names: a group label, or a glob matching the name or path of its runs."""
-    hits = [g for g in groups if g.label == spec] or [
-        g for g in groups if any(fnmatch.fnmatchcase(r.name, spec) or fnmatch.fnmatchcase(r.path, spec)
-                                 or fnmatch.fnmatchcase(os.path.relpath(r.path), spec) for r in g.runs)]
+    """The one arm `spec` names: an arm label, or a glob matching the name or path of its runs."""
+    hits = [g for g in groups if g.label == spec] or [g for g in groups if _matches(g, spec)]
     if len(hits) != 1:
-        found = "matches no seed group" if not hits else f"matches {len(hits)} seed groups"
-        raise UserError(f"--reference '{spec}' {found}; give one group's label or a glob of its run names: "
+        found = "matches no arm" if not hits else f"matches {len(hits)} arms"
+        raise UserError(f"--reference '{spec}' {found}; give one arm's label or a glob of its run names: "
                         + "; ".join(g.label for g in groups))
     return hits[0]
 
 
+def _available(runs: list[Run]) -> list[str]:
+    return [k for k in K.VAL_KEYS if any(r.complete and finite(r.final.get(k)) for r in runs)]
+
+
+def _check_metric(runs: list[Run], metric: str, flag: str) -> None:
+    """UserError when complete runs exist but none has a finite final `metric`."""
+    if not any(r.complete for r in runs) or any(r.complete and finite(r.final.get(metric)) for r in runs):
+        return
+    have = _available(runs)
+    raise UserError(f"{flag} {metric}: no complete run has a final {metric}; " +
+                    (f"the runs have {', '.join(have)}: choose one of them" if have else
+                     "the runs have no final val metric at all (evaluate them with `lmsprint eval RUN`)"))
+
+
+def parse_compare_target(text: Optional[str]) -> Optional[tuple[str, float]]:
+    if text is None:
+        return None
+    try:
+        return K.parse_target(text)
+    except ValueError as e:
+        raise UserError(f"--target {text}: {e}") from None
+
+
 def compare(specs: list[str], metric: str = K.VAL_LOSS, only_complete: bool = False,
-            reference: Optional[str] = None) -> Comparison:
+            reference: Optional[str] = None, target: Optional[str] = None) -> Comparison:
+    parsed = parse_compare_target(target)
     runs, notes = [], []
     for path in find_runs(specs):
         try:
@@ -190,18 +352,55 @@ def compare(specs: list[str], metric: str = K.VAL_LOSS, only_complete: bool = Fa
         runs = [r for r in runs if r.complete]
     elif pending:
         notes.append(f"* not complete ({plural(len(pending), 'run')}): numbers are the last logged ones, not a final "
-                     "evaluation; left out of the seed groups")
+                     "evaluation; left out of the arms")
     if not runs:
         raise UserError("none of the runs is complete; drop --only_complete to see unfinished runs")
     bad = [r for r in runs if r.diverged]
     if bad:
-        notes.append(f"diverged ({len(bad)} run(s): a complete run whose final val loss is above ln(vocab_size), the "
-                     "loss of a uniform guess): " + ", ".join(r.name for r in bad))
-    diff = differing_keys(runs)
-    groups = group_runs(runs, diff)
-    notes += load_warnings(groups)
-    ref = reference_group(groups, reference) if reference else None
-    return Comparison(runs=runs, diff=diff, groups=groups, metric=metric, notes=notes, reference=ref)
+        notes.append(f"diverged ({plural(len(bad), 'run')}: a complete run whose final val loss is above "
+                     "ln(vocab_size), the loss of a uniform guess): " + ", ".join(r.name for r in bad))
+    _check_metric(runs, metric, "--metric")
+    tg = None
+    if parsed is not None:
+        _check_metric(runs, parsed[0], "--target")
+        tg = Target(parsed[0], parsed[1], "--target")
+    elif common_target(runs) is not None:
+        tg = Target(*common_target(runs), "recorded by every run's train --target")
+    together = started_together_fn()
+    tables: list[Table] = []
+    parts = split_by_val_set(runs)
+    for vs, truns in parts:
+        diff = differing_keys(truns)
+        tables.append(Table(vs, truns, diff, group_runs(truns, diff), metric, target=tg))
+    if reference:
+        hits = [[g for g in t.groups if g.label == reference] or [g for g in t.groups if _matches(g, reference)]
+                for t in tables]
+        if not any(hits):
+            reference_group([g for t in tables for g in t.groups], reference)  # raises: matches no arm
+        for t, h in zip(tables, hits):
+            if len(h) > 1:
+                reference_group(t.groups, reference)  # raises: matches several arms
+            t.reference = h[0] if h else None
+    for i, t in enumerate(tables):
+        t.against, t.verdicts = judge(t.groups, t.reference, metric, together)
+        if i:
+            t.note = why_apart(t.valset, tables[0].valset)
+        if reference and t.reference is None and t.groups:
+            t.notes.append(f"the reference '{reference}' is not on this val set: arms here are judged against the "
+                           "best arm by mean")
+        if t.reference is None and any(v.test for v in t.verdicts.values()):
+            t.notes.append("against the best: " + AGAINST_BEST)
+        t.notes += load_warnings(t.groups) + throughput_flags(t.groups)
+        fixed = {fixed_val_set(r).key: fixed_val_set(r) for g in t.groups for r in g.runs}
+        if len(fixed) > 1:
+            t.notes.append("the runs' fixed val sets differ (" + "; ".join(v.text for v in fixed.values()) +
+                           "): their curves and times to target are on different tokens")
+        if tg is not None:
+            for g in t.groups:
+                t.times[id(g)] = arm_time_to_target(g, tg.metric, tg.value)
+                t.target_tests[id(g)] = target_test(g.values(tg.metric), tg.value, tg.metric) \
+                    if g.mean_sd(tg.metric)[0] is not None else None
+    return Comparison(tables=tables, metric=metric, notes=notes, target=tg)
 
 
 # ---------------------------------------------------------------------------------------------------- report folder
@@ -237,61 +436,97 @@ def _raw(v):
 
 
 def write_runs_csv(c: Comparison, path: str) -> None:
-    """runs.csv: one row per run, every number as a plain number (seconds, tokens, tokens/s, parameters)."""
+    """runs.csv: one row per run, every number as a plain number (seconds, tokens, tokens/s, parameters), with its
+    arm and val set (the table's number)."""
     lm = lm_eval_columns(c.runs)
     cols = [m.key for m in K.VAL_METRICS] + lm + [K.TOKENS, K.TRAIN_TIME, K.TOKENS_PER_S, "params_total",
                                                   "params_active"]
+    tcols = ["target_step", "target_tokens", "target_train_s", "target_wall_s"] if c.target else []
+    diff = c.diff
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "run", "status", K.DIVERGED, "seed_group"] + cols + c.diff)
-        label = {r.path: g.label for g in c.groups for r in g.runs}
-        for r in c.runs:
-            nums = [r.final.get(m.key) for m in K.VAL_METRICS] + [r.lm_eval.get(k) for k in lm] + [
-                r.get(K.TOKENS), r.get(K.TRAIN_TIME), r.get(K.TOKENS_PER_S), r.summary.get("params_total"),
-                r.summary.get("params_active")]
-            w.writerow([r.path, r.name, r.status, str(r.diverged).lower(), label.get(r.path, "")] +
-                       [_raw(v) for v in nums] +
-                       [_raw(r.flat.get(k)) for k in c.diff])
+        w.writerow(["path", "run", "status", K.DIVERGED, "seed_group", "val_set"] + cols + tcols + diff)
+        for i, t in enumerate(c.tables, 1):
+            label = {r.path: g.label for g in t.groups for r in g.runs}
+            recs = {p: rec for at in t.times.values() for p, rec in at.per_run.items()}
+            for r in t.runs:
+                nums = [r.final.get(m.key) for m in K.VAL_METRICS] + [r.lm_eval.get(k) for k in lm] + [
+                    r.get(K.TOKENS), r.get(K.TRAIN_TIME), r.get(K.TOKENS_PER_S), r.summary.get("params_total"),
+                    r.summary.get("params_active")]
+                if tcols:
+                    rec = recs.get(r.path) or {}
+                    nums += [rec.get("step"), rec.get("tokens"), rec.get("train_s"), rec.get("wall_s")]
+                w.writerow([r.path, r.name, r.status, str(r.diverged).lower(), label.get(r.path, ""), i] +
+                           [_raw(v) for v in nums] +
+                           [_raw(r.flat.get(k)) for k in diff])
+
+
+def final_label(t: Table) -> str:
+    """The legend entry of the final-eval stars: what the final evals of this table covered."""
+    vs = t.valset
+    what = vs.covers or "final eval"
+    return "final eval (" + what + (f", {vs.tokens:,} tokens" if vs.tokens else "") + ")"
+
+
+def _plots(t: Table, out_dir: str, prefix: str) -> list[tuple[str, str]]:
+    gindex = {}
+    for i, g in enumerate(t.groups):
+        for j, r in enumerate(g.runs):
+            gindex[r.path] = (i, j)
+    series = []
+    for n, r in enumerate(t.runs):
+        gi, si = gindex.get(r.path, (len(t.groups) + n, 1))
+        series.append({"label": r.name + ("" if r.complete else " *"), "rows": r.rows, "color_index": gi,
+                       "style_index": si, "tokens_per_step": r.tokens_per_step, "path": r.path,
+                       "final": dict(r.final) if r.complete else {},
+                       "final_x": {K.TRAIN_TIME: r.get(K.TRAIN_TIME), K.TOKENS: r.get(K.TOKENS)}})
+    bands = [{"label": f"{g.label} (n={g.n}: mean, {CONFIDENCE:.0%} CI of the mean)", "color_index": i,
+              "paths": [r.path for r in g.runs]} for i, g in enumerate(t.groups) if g.n > 1]
+    return plot_curves(series, out_dir, bands, final_label=final_label(t), prefix=prefix)
 
 
 def write_report(c: Comparison, out_dir: str, specs: list[str]) -> str:
     """Plots + runs.csv + report.md into out_dir; returns the path of report.md."""
     os.makedirs(out_dir, exist_ok=True)
-    gindex = {}
-    for i, g in enumerate(c.groups):
-        for j, r in enumerate(g.runs):
-            gindex[r.path] = (i, j)
-    series = []
-    for n, r in enumerate(c.runs):
-        gi, si = gindex.get(r.path, (len(c.groups) + n, 1))
-        series.append({"label": r.name + ("" if r.complete else " *"), "rows": r.rows, "color_index": gi,
-                       "style_index": si, "tokens_per_step": r.tokens_per_step, "path": r.path,
-                       "final": dict(r.final) if r.complete else {},
-                       "final_x": {K.TRAIN_TIME: r.get(K.TRAIN_TIME), K.TOKENS: r.get(K.TOKENS)}})
-    bands = [{"label": f"{g.label} (n={g.n}, mean ± sd)", "color_index": i,
-              "paths": [r.path for r in g.runs]} for i, g in enumerate(c.groups) if g.n > 1]
-    plots = plot_curves(series, out_dir, bands)
     write_runs_csv(c, os.path.join(out_dir, "runs.csv"))
-    header, rows = run_table(c.runs, c.diff)
-
     md = ["# Run comparison", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from: "
           + ", ".join(f"`{s}`" for s in specs), "",
           f"{plural(len(c.runs), 'run')}. Final metrics are the final evaluation of each run (plain cross-entropy); "
-          "only config keys that differ between runs are shown.", "", "## Runs", "", md_table(header, rows), ""]
+          "only config keys that differ between runs are shown. Runs are ranked only against runs evaluated on "
+          "the same val set.", ""]
+    for i, t in enumerate(c.tables):
+        if len(c.tables) > 1:
+            md += [f"## Val set {i + 1} of {len(c.tables)}", "", t.valset.text, ""] + ([t.note, ""] if t.note else [])
+        else:
+            md += [f"Val set: {t.valset.text}.", ""]
+        md += ["### Runs", "", md_table(*run_table(t.runs, t.diff, t.target, t.times)), ""]
+        if t.groups:
+            md += ["### Arms", "", "Complete runs that differ only by seed/data_seed; mean ± sample sd over seeds.",
+                   "", md_table(*arm_table(t)), ""]
+            if len(t.groups) > 1:
+                md += [f"### `{t.metric}` against {t.against_text}", "", md_table(*verdict_table(t)), ""]
+            if t.target is not None:
+                md += [f"### Target `{t.target.text}`", "", md_table(*target_table(t)), ""]
+        for note in t.notes:
+            md += [note, ""]
+        plots = _plots(t, out_dir, "" if i == 0 else f"set{i + 1}_")
+        md += ["### Curves", "", "Each point is one periodic evaluation on the fixed val set, drawn at its own "
+               "training time and tokens; a star is a run's final evaluation (the number in the tables; the "
+               f"legend says what it covered); a shaded band is an arm's {CONFIDENCE:.0%} confidence interval of "
+               "the mean (Student's t) over its runs' k-th evaluations; the y axis spans at least 1% of the "
+               "values.", ""]
+        if plots:
+            for title, name in plots:
+                md += [f"#### {title}", "", f"![{title}]({name})", ""]
+        else:
+            md += ["No validation points were logged, so there is nothing to plot.", ""]
     for note in c.notes:
         md += [note, ""]
     if c.groups:
-        md += ["## Seed groups", "", f"Runs that differ only by seed/data_seed, verdicts on `{c.metric}` "
-               f"against {c.against}.", "", md_table(*group_table(c.groups, c.metric, c.reference)), "",
-               NOISE_RULE[0].upper() + NOISE_RULE[1:] + ".", ""]
-    md += ["## Curves", "", "Curves are the periodic evaluations on the fixed val set; a star is a run's final evaluation "
-           "(the full val split unless the run said otherwise: the number in the tables); a shaded band is a seed "
-           "group's mean ± sd over its runs' k-th evaluations; the y axis spans at least 1% of the values.", ""]
-    if plots:
-        for title, name in plots:
-            md += [f"### {title}", "", f"![{title}]({name})", ""]
-    else:
-        md += ["No validation points were logged, so there is nothing to plot.", ""]
+        md += ["## Method", "", METHOD[0].upper() + METHOD[1:] + "."]
+        if c.target is not None:
+            md += ["", target_method(c.target)[0].upper() + target_method(c.target)[1:] + "."]
+        md.append("")
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as fh:
         fh.write("\n".join(md))

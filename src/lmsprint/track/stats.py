@@ -1,16 +1,26 @@
-"""Statistics over loaded runs: which config keys differ, seed groups with mean and sample sd, the noise verdict
-between two groups and the best group for a metric (its direction from keys.VAL_METRICS).
+"""Statistics over loaded runs: which config keys differ, arms (seed groups) with mean and sample sd, and the tests
+that judge arms against a reference, all from scipy.stats; the method of each is named where it is reported.
 
-Runs whose configs differ only by `seed` / `data_seed` form a group. NOISE RULE: two groups differ "within noise"
-when |mean_a - mean_b| < sd_a + sd_b; with one seed in a group the verdict is "single seed: noise unknown", and a
-group whose runs all share one seed says so (their spread is not seed noise). A group with a run whose metric is
-missing or not finite (a NaN run) has no mean for it and is never the best group.
-`load_warnings(groups)`: runs of one config whose tokens/s differ by more than LOAD_RATIO were measured under
-different machine load. `seed_group_id(flat)`: a stable name of a run's seed group (wandb's `group`).
-Bookkeeping options (config metadata `bookkeeping=True`: names, folders, sinks, cadence) are never "differing".
-A group is labelled by its runs' `--exp_name` stem (the name less its seed: `relu2_s1` -> relu2, sweep's
-`lr=0.01_seed=1` -> lr=0.01) when every group's runs share one stem and no two groups share it; otherwise by the
-config keys that differ (`model=llama2 opt=muon`).
+- `group_runs(runs)` (public: `compare` and `forecast` use it): complete runs whose configs differ only by `seed` /
+  `data_seed` form one arm (`Group`). Bookkeeping options (config metadata `bookkeeping=True`: names, folders,
+  sinks, cadence, `--target`) are never "differing". An arm is labelled by its runs' `--exp_name` stem (the name
+  less its seed: `relu2_s1` -> relu2, sweep's `lr=0.01_seed=1` -> lr=0.01) when every arm's runs share one stem and
+  no two arms share it; otherwise by the config keys that differ (`model=llama2 opt=muon`).
+- `judge(groups, reference, metric, started_together)`: every arm against the reference arm (or the best by mean):
+  the difference of means with its 95% confidence interval and a two-sided p-value, from Welch's t-test
+  (`scipy.stats.ttest_ind(equal_var=False)`), or from the paired t-test (`scipy.stats.ttest_rel`) when the two arms
+  ran the same seeds started together (`pair_runs`); the p-values of the arms judged against one reference are
+  adjusted by Holm's step-down method (`holm`, written here: scipy has no Holm correction). An arm is
+  significantly better or worse when its Holm p < ALPHA; an arm or reference with fewer than MIN_SEEDS seeds is
+  "too few seeds to call", never significant. A group with a run whose metric is missing or not finite (a NaN
+  run) has no mean and is never ranked.
+- `target_test(values, target, metric)`: the one-sided one-sample t-test that an arm's mean is at or below the
+  target (at or above for accuracy; `scipy.stats.ttest_1samp`, alternative 'less'/'greater'): modded-nanogpt's
+  record rule accepts a record at p < RECORD_ALPHA.
+- `throughput_flags(groups)`: arms whose mean tokens/s differs from the median arm's by more than the seed spread
+  of tokens/s (pooled sd within arms): the machine's load, not the idea, may explain their time-based numbers.
+  `load_warnings(groups)`: runs of one arm whose tokens/s differ by more than LOAD_RATIO.
+- `seed_group_id(flat)`: a stable name of a run's seed group (wandb's `group`).
 """
 
 from __future__ import annotations
@@ -20,23 +30,34 @@ import json
 import math
 import re
 import statistics
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import scipy.stats
 
 from .. import keys as K
 from ..config import FLAGS, flags_where
 from .discover import Run
 
-NOISE_RULE = ("noise rule: a difference between two seed groups is 'within noise' when |mean_a - mean_b| < "
-              "sd_a + sd_b (sample sd over seeds); a group with one seed, or whose runs share one seed, has "
-              "'noise unknown'; a group with a non-finite metric is not ranked")
-SINGLE_SEED = "single seed: noise unknown"
-SAME_SEED = "runs share one seed: noise unknown"
+MIN_SEEDS = 3         # fewer seeds in an arm or its reference: too few to call
+ALPHA = 0.05          # an arm differs significantly when its Holm-adjusted p is below this
+RECORD_ALPHA = 0.01   # modded-nanogpt's record rule: mean at or below the target with one-sided p below this
+CONFIDENCE = 0.95
+TOO_FEW = "too few seeds to call"
+NO_SPREAD = "no spread between seeds: no t-test"
 NON_FINITE = "non-finite or missing"
 LOAD_RATIO = 1.5
 SEED_KEYS = ("seed", "data_seed")
 # options that differ between runs without changing what was trained (config metadata `bookkeeping=True`)
 IGNORED_KEYS = frozenset(flags_where("bookkeeping"))
+METHOD = (f"Δ = arm mean - reference mean, with its {CONFIDENCE:.0%} confidence interval and two-sided p from "
+          "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), or from the paired t-test "
+          "(scipy.stats.ttest_rel) when both arms ran the same seeds started together (one `lmsprint sweep "
+          "--parallel` batch); p adjusted by Holm's step-down method over the arms judged against one reference; "
+          f"'better'/'worse' when the Holm p < {ALPHA:g}, else 'not significant' (no difference shown, which is not "
+          f"proof of none); an arm or reference with fewer than {MIN_SEEDS} seeds: '{TOO_FEW}'")
+AGAINST_BEST = ("the best arm was picked by its mean after the runs, so p-values against it are optimistic; name the "
+                "reference before running (--reference) for a clean test")
 
 
 def norm(v):
@@ -86,11 +107,15 @@ class Group:
             return None, None
         return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 and self.n_seeds > 1 else None)
 
-    def noise_note(self) -> Optional[str]:
-        """Why this group's sd says nothing about seed noise (None when it does)."""
-        if self.n < 2:
-            return SINGLE_SEED
-        return SAME_SEED if self.n_seeds < 2 else None
+    def seed_values(self, metric: str) -> dict:
+        """{(seed, data_seed): value} of the runs (None if two runs share a seed pair or a value is not finite)."""
+        out = {}
+        for r in self.runs:
+            key = tuple(norm(r.flat.get(k)) for k in SEED_KEYS)
+            if key in out or not finite(r.final.get(metric)):
+                return None
+            out[key] = r.final[metric]
+        return out
 
 
 def finite(v) -> bool:
@@ -124,17 +149,6 @@ def exp_stem(name, seed) -> str:
     name = str(name or "")
     m = re.fullmatch(r"(.+?)[_\-.](?:s|seed=?)(\d+)", name)
     return m.group(1) if m and str(seed) == m.group(2) else name
-
-
-def noise_verdict(a: Group, b: Group, metric: str) -> str:
-    """'within noise' | 'beyond noise' | 'single seed: noise unknown' for the difference of two groups' means."""
-    ma, sa = a.mean_sd(metric)
-    mb, sb = b.mean_sd(metric)
-    if ma is None or mb is None:
-        return "no value"
-    if sa is None or sb is None:
-        return (a.noise_note() if sa is None else b.noise_note()) or SINGLE_SEED
-    return "within noise" if abs(ma - mb) < sa + sb else "beyond noise"
 
 
 def lower_is_better(metric: str) -> bool:
@@ -171,3 +185,173 @@ def seed_group_id(flat: dict) -> str:
     """A short stable id of a config without seeds and bookkeeping options: runs of one seed group share it."""
     items = sorted((k, norm(v)) for k, v in flat.items() if k not in IGNORED_KEYS and k not in SEED_KEYS)
     return hashlib.sha1(json.dumps(items, default=str).encode()).hexdigest()[:8]
+
+
+# ---------------------------------------------------------------------------------------------------- tests
+
+
+def holm(pvalues: list) -> list:
+    """Holm's step-down adjustment of `pvalues` (None entries are left out and stay None): the i-th smallest of the
+    m p-values becomes max over j <= i of min(1, (m - j + 1) p_(j)); reject at level a where the adjusted p < a."""
+    idx = sorted((i for i, p in enumerate(pvalues) if p is not None), key=lambda i: pvalues[i])
+    m = len(idx)
+    out: list = [None] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+@dataclass
+class ArmTest:
+    """One arm against the reference on one metric."""
+    method: str                    # "Welch" | "paired"
+    n: int                         # runs (or pairs) of the arm
+    n_ref: int
+    diff: float                    # arm mean - reference mean (paired: mean of the per-seed differences)
+    ci: tuple                      # CONFIDENCE interval of diff
+    p: float                       # two-sided p
+    p_holm: Optional[float] = None
+
+
+def welch_test(arm: list, ref: list) -> ArmTest:
+    """Welch's t-test of two independent samples (scipy.stats.ttest_ind, equal_var=False) and its CI."""
+    r = scipy.stats.ttest_ind(arm, ref, equal_var=False)
+    ci = r.confidence_interval(CONFIDENCE)
+    return ArmTest("Welch", len(arm), len(ref), statistics.fmean(arm) - statistics.fmean(ref),
+                   (float(ci.low), float(ci.high)), float(r.pvalue))
+
+
+def paired_test(arm: list, ref: list) -> ArmTest:
+    """The paired t-test (scipy.stats.ttest_rel) of per-seed values in the same order, and its CI."""
+    r = scipy.stats.ttest_rel(arm, ref)
+    ci = r.confidence_interval(CONFIDENCE)
+    return ArmTest("paired", len(arm), len(ref), statistics.fmean(a - b for a, b in zip(arm, ref)),
+                   (float(ci.low), float(ci.high)), float(r.pvalue))
+
+
+def pair_runs(g: Group, ref: Group, metric: str, started_together: Callable[[Run, Run], bool]
+              ) -> Optional[tuple[list, list]]:
+    """(arm values, reference values) in seed order when the two arms ran the same seeds started together: each arm
+    has exactly one run per (seed, data_seed), the two sets of seed pairs are equal, and every pair of runs of one
+    seed was started together (`started_together(a, b)`); else None."""
+    a, b = g.seed_values(metric), ref.seed_values(metric)
+    if not a or not b or set(a) != set(b):
+        return None
+    run_of = {tuple(norm(r.flat.get(k)) for k in SEED_KEYS): r for r in g.runs}
+    ref_of = {tuple(norm(r.flat.get(k)) for k in SEED_KEYS): r for r in ref.runs}
+    if not all(started_together(run_of[s], ref_of[s]) for s in a):
+        return None
+    seeds = sorted(a, key=lambda s: tuple(str(x) for x in s))
+    return [a[s] for s in seeds], [b[s] for s in seeds]
+
+
+@dataclass
+class Verdict:
+    """An arm's line against the reference: `text` for the table, `test` when one was run."""
+    text: str
+    test: Optional[ArmTest] = None
+    notes: list = field(default_factory=list)
+
+
+def judge(groups: list[Group], reference: Optional[Group], metric: str,
+          started_together: Callable[[Run, Run], bool] = lambda a, b: False) -> tuple[Optional[Group], dict]:
+    """-> (the arm judged against: `reference` or the best by mean, {id(group): Verdict}). See the module doc."""
+    ref = reference if reference is not None else best_group(groups, metric)
+    out: dict = {}
+    if ref is None:
+        for g in groups:
+            out[id(g)] = Verdict(f"not ranked: {NON_FINITE}" if g.runs else "-")
+        return None, out
+    tested = []
+    for g in groups:
+        if g is ref:
+            role = "reference" if reference is not None else "best (by mean)"
+            out[id(g)] = Verdict(role + (f"; {TOO_FEW} (n={g.n_seeds})" if g.n_seeds < MIN_SEEDS else ""))
+            continue
+        if g.mean_sd(metric)[0] is None:
+            out[id(g)] = Verdict(f"not ranked: {NON_FINITE}" if g.runs else "-")
+            continue
+        if ref.mean_sd(metric)[0] is None:
+            out[id(g)] = Verdict("-")
+            continue
+        if g.n_seeds < MIN_SEEDS or ref.n_seeds < MIN_SEEDS:
+            out[id(g)] = Verdict(f"{TOO_FEW} (n={g.n_seeds} vs {ref.n_seeds}; {MIN_SEEDS} each needed)")
+            continue
+        paired = pair_runs(g, ref, metric, started_together)
+        if paired:
+            no_spread = len({a - b for a, b in zip(*paired)}) == 1
+        else:
+            no_spread = len(set(g.values(metric))) == 1 and len(set(ref.values(metric))) == 1
+        if no_spread:  # every difference (or every value of both arms) equal: no t statistic
+            out[id(g)] = Verdict(NO_SPREAD)
+            continue
+        test = paired_test(*paired) if paired else welch_test(g.values(metric), ref.values(metric))
+        out[id(g)] = Verdict("", test)
+        tested.append(g)
+    for g, p in zip(tested, holm([out[id(g)].test.p for g in tested])):
+        v = out[id(g)]
+        v.test.p_holm = p
+        if p < ALPHA:
+            v.text = "better" if (v.test.diff < 0) == lower_is_better(metric) else "worse"
+        else:
+            v.text = "not significant"
+    return ref, out
+
+
+@dataclass
+class TargetTest:
+    n: int
+    mean: float
+    p: Optional[float]             # one-sided; None with too few seeds
+    alternative: str               # "less" | "greater"
+
+
+def target_test(values: list, target: float, metric: str) -> Optional[TargetTest]:
+    """One-sided one-sample t-test (scipy.stats.ttest_1samp) that the mean of `values` is at or below `target` (at
+    or above it for a higher-is-better metric): p small = the mean reaches the target. p None below MIN_SEEDS."""
+    if not values:
+        return None
+    alt = "less" if lower_is_better(metric) else "greater"
+    p = None
+    if len(values) >= MIN_SEEDS and max(values) > min(values):  # equal values: no t statistic (p stays None)
+        p = float(scipy.stats.ttest_1samp(values, target, alternative=alt).pvalue)
+    return TargetTest(len(values), statistics.fmean(values), p, alt)
+
+
+def t_interval(values: list) -> Optional[tuple[float, float]]:
+    """The CONFIDENCE interval of the mean of `values` (Student's t, n - 1 degrees of freedom; scipy.stats.t);
+    None with fewer than 2 values."""
+    if len(values) < 2:
+        return None
+    m, sd = statistics.fmean(values), statistics.stdev(values)
+    half = float(scipy.stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1)) * sd / math.sqrt(len(values))
+    return m - half, m + half
+
+
+def throughput_flags(groups: list[Group], key: str = K.TOKENS_PER_S) -> list[str]:
+    """One line per arm whose mean tokens/s differs from the median arm's by more than the seed spread (the pooled
+    sample sd of tokens/s within arms; arms of 2+ runs), saying the load may explain it."""
+    per = []
+    for g in groups:
+        v = [r.get(key) for r in g.runs if finite(r.get(key)) and r.get(key) > 0]
+        if v:
+            per.append((g, v))
+    spreads = [statistics.variance(v) for _g, v in per if len(v) > 1]
+    if len(per) < 2 or not spreads:
+        return []
+    spread = math.sqrt(statistics.fmean(spreads))
+    mid = statistics.median(statistics.fmean(v) for _g, v in per)
+    out = []
+    for g, v in per:
+        m = statistics.fmean(v)
+        if abs(m - mid) > spread:
+            cost = {r.summary.get("params_active") for r in g.runs} != {
+                r.summary.get("params_active") for h, _v in per if h is not g for r in h.runs}
+            out.append(f"throughput: {g.label} ran at {m:,.0f} tokens/s, the median arm at {mid:,.0f}: a difference of "
+                       f"{abs(m - mid):,.0f}, more than the seed spread ({spread:,.0f}); the machine's load, not the "
+                       "idea, may explain its time-based numbers (time to target, metrics at a time budget)"
+                       + ("; its active parameters differ, so part of it may be the idea's own cost" if cost else
+                          "; arms started together (`sweep --parallel`) share the load"))
+    return out

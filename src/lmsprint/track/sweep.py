@@ -12,9 +12,16 @@
   resume-safe flags), and only runs never started (or stopped before their first checkpoint) start over.
 - Each training is `sys.executable -m lmsprint train ...` in its own process, so one failure (or a crash) does
   not stop the sweep; a Ctrl-C stops the sweep (rerun to resume).
-- `--parallel N`: N runs at a time, started together (an equal-time race needs every arm under the same load:
-  give N = number of runs and `--threads 1` per run); each run's output goes to `<sweep folder>/<run>.log`, and
-  the data is prepared once beforehand (`prepare_data`) so that concurrent runs never prepare it side by side.
+- Seed-major order (`plan`): every arm's seed 0, then every arm's seed 1, ...: no arm runs all its seeds before
+  another arm starts, so a machine whose load drifts does not favour one arm.
+- `--parallel N` (`batches`): runs start in batches, all runs of a batch together, the next batch when the whole
+  batch has ended. With N >= the number of arms a batch is N // arms whole seeds (every arm of a seed starts with
+  the others: they share the machine's load); with fewer, N runs in seed-major order (a warning says the arms of
+  a seed cannot all start together). Each run's output goes to `<sweep folder>/<run>.log`, and the data is
+  prepared once beforehand (`prepare_data`) so that concurrent runs never prepare it side by side.
+- Every batch started is recorded in sweep.json (`launches`: time and run names). `started_together(a, b)`: two
+  runs of one sweep folder were started together when every launch (start or resume) of one was a launch of the
+  other, in the same batch; `compare` pairs such runs of the same seed (the paired t-test).
 The command line (argument parsing, the final comparison, the exit status) is in cli/sweep.py.
 """
 
@@ -22,13 +29,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from .. import rundir
 from ..config import FLAGS, build_config, coerce, flags_where, flatten, unknown_flag_error
@@ -125,10 +133,18 @@ def check_name(name: str) -> str:
 
 
 def plan(grid: dict[str, list[str]], seeds: list[int]) -> list[Point]:
+    """Every grid point x seed, seed-major: all arms of the first seed, then all arms of the next one, ..."""
     keys = list(grid)
     labels = {k: value_labels(grid[k]) for k in keys}
     return [Point(dict(zip(keys, combo)), seed, {k: labels[k][v] for k, v in zip(keys, combo)})
-            for combo in itertools.product(*(grid[k] for k in keys)) for seed in seeds]
+            for seed in seeds for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def batches(points: list[Point], parallel: int) -> list[list[Point]]:
+    """The points in start-together batches (see the module doc); `parallel` 1: one run per batch."""
+    arms = len({tuple(p.values.items()) for p in points}) or 1
+    size = max(1, parallel) if parallel < arms else parallel // arms * arms
+    return [points[i:i + size] for i in range(0, len(points), size)]
 
 
 def default_name(grid: dict) -> str:
@@ -157,9 +173,59 @@ def prepare_data(points: list[Point], train_values: dict, config_file: Optional[
             prepare(data, progress=False)
 
 
+def read_record(sweep_dir: str) -> dict:
+    """sweep.json of a sweep folder ({} if there is none or it is not a JSON object)."""
+    try:
+        with open(os.path.join(sweep_dir, SWEEP_FILE)) as fh:
+            d = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
 def write_record(sweep_dir: str, record: dict) -> None:
+    """sweep.json: `record` plus the launches recorded by earlier runs of the same sweep command."""
     os.makedirs(sweep_dir, exist_ok=True)
+    launches = read_record(sweep_dir).get("launches")
+    record = {**record, "launches": launches if isinstance(launches, list) else []}
     atomic_write_text(os.path.join(sweep_dir, SWEEP_FILE), json_text(record, indent=2))
+
+
+def record_launch(sweep_dir: str, names: list[str]) -> None:
+    """Append one batch started together (its time and run names) to sweep.json's `launches`."""
+    record = read_record(sweep_dir)
+    launches = record.get("launches") if isinstance(record.get("launches"), list) else []
+    record["launches"] = launches + [{"started": rundir.now_iso(), "runs": list(names)}]
+    atomic_write_text(os.path.join(sweep_dir, SWEEP_FILE), json_text(record, indent=2))
+
+
+def launch_ids(run_path: str, _cache: Optional[dict] = None) -> frozenset:
+    """Indexes of the launches in its sweep folder's sweep.json that started (or resumed) run `run_path` (by its
+    `exp_name`); empty for a run outside a sweep folder."""
+    folder = os.path.dirname(os.path.normpath(run_path))
+    cache = {} if _cache is None else _cache
+    if folder not in cache:
+        cache[folder] = read_record(folder).get("launches") or []
+    name = flatten(rundir.read_config_dict(run_path)).get("exp_name")
+    return frozenset(i for i, b in enumerate(cache[folder])
+                     if isinstance(b, dict) and isinstance(b.get("runs"), list) and name in b["runs"])
+
+
+def started_together_fn() -> Callable:
+    """`started_together(a, b)` for two loaded runs (discover.Run): both in one sweep folder, and every launch of one
+    was a launch of the other (module doc). sweep.json files are read once per folder."""
+    cache: dict = {}
+    ids: dict = {}
+
+    def launches(run) -> frozenset:
+        if run.path not in ids:
+            ids[run.path] = launch_ids(run.path, cache)
+        return ids[run.path]
+
+    def started_together(a, b) -> bool:
+        same_folder = os.path.dirname(os.path.normpath(a.path)) == os.path.dirname(os.path.normpath(b.path))
+        return same_folder and bool(launches(a)) and launches(a) == launches(b)
+    return started_together
 
 
 def existing_runs(sweep_dir: str) -> dict[str, list[str]]:
@@ -211,36 +277,50 @@ def train_command(point: Point, train_values: dict, config_file: Optional[str], 
 
 def run_sweep_points(points: list[Point], train_values: dict, config_file: Optional[str], sweep_dir: str,
                      dry_run: bool = False, parallel: int = 1) -> dict[str, tuple[str, Optional[str]]]:
-    """Run every point, `parallel` at a time (in order); returns name -> (outcome, run dir). Outcomes: skipped,
-    complete, failed, planned."""
+    """Run every point, in start-together batches (`batches`); returns name -> (outcome, run dir). Outcomes:
+    skipped, complete, failed, planned."""
     results: dict[str, tuple[str, Optional[str]]] = {}
-    todo = []
-    for i, point in enumerate(points, 1):
-        action, run_dir = decide(point, existing_runs(sweep_dir))
-        tag = f"[sweep {i}/{len(points)}] {point.name}"
-        if action == "skip":
-            print(f"{tag}: complete in {run_dir}, skipped", flush=True)
-            results[point.name] = ("skipped", run_dir)
-            continue
-        resume_dir = run_dir if action == "resume" else None
-        cmd = train_command(point, train_values, config_file, sweep_dir, resume_dir)
-        if dry_run:
-            _announce(tag, resume_dir, cmd)
-            results[point.name] = ("planned", run_dir)
-            continue
-        todo.append((tag, point, resume_dir, cmd))
+    plan_ = []  # per batch: [(tag, point, resume_dir, cmd)]
+    i = 0
+    for batch in batches(points, parallel):
+        todo = []
+        for point in batch:
+            i += 1
+            action, run_dir = decide(point, existing_runs(sweep_dir))
+            tag = f"[sweep {i}/{len(points)}] {point.name}"
+            if action == "skip":
+                print(f"{tag}: complete in {run_dir}, skipped", flush=True)
+                results[point.name] = ("skipped", run_dir)
+                continue
+            resume_dir = run_dir if action == "resume" else None
+            cmd = train_command(point, train_values, config_file, sweep_dir, resume_dir)
+            if dry_run:
+                _announce(tag, resume_dir, cmd)
+                results[point.name] = ("planned", run_dir)
+                continue
+            todo.append((tag, point, resume_dir, cmd))
+        if todo:
+            plan_.append(todo)
+    for todo in plan_:
+        results.update(_run_batch(todo, sweep_dir, parallel > 1))
+    return results
+
+
+def _run_batch(todo: list, sweep_dir: str, to_logs: bool) -> dict[str, tuple[str, Optional[str]]]:
+    """Start every run of one batch together, wait for all of them; output to <run>.log files when `to_logs`."""
+    results: dict[str, tuple[str, Optional[str]]] = {}
+    record_launch(sweep_dir, [point.name for _tag, point, _d, _cmd in todo])
     running: list = []  # (tag, point, resume_dir, proc, t0, log file)
     try:
-        while todo or running:
-            while todo and len(running) < max(parallel, 1):
-                tag, point, resume_dir, cmd = todo.pop(0)
-                _announce(tag, resume_dir, cmd)
-                log = open(os.path.join(sweep_dir, point.name + ".log"), "a") if parallel > 1 else None
-                if log is not None:
-                    print(f"  output: {log.name}", flush=True)
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None)
-                running.append((tag, point, resume_dir, proc, time.time(), log))
-            done = [r for r in running if r[3].poll() is not None] if parallel > 1 else [running[0]]
+        for tag, point, resume_dir, cmd in todo:
+            _announce(tag, resume_dir, cmd)
+            log = open(os.path.join(sweep_dir, point.name + ".log"), "a") if to_logs else None
+            if log is not None:
+                print(f"  output: {log.name}", flush=True)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None)
+            running.append((tag, point, resume_dir, proc, time.time(), log))
+        while running:
+            done = [r for r in running if r[3].poll() is not None]
             if not done:
                 time.sleep(0.2)
                 continue

@@ -1,5 +1,6 @@
 """The run's clock: elapsed training / eval / compile time, the time budget, and when to stop.
 
+- `wall_time`: wall seconds since training started (what `--target` records next to training time).
 - Progress is step/iterations or, with --time_budget, elapsed *training* time / budget (eval, checkpoints and
   compilation are kept out of the budget, in `eval_time` and `compile_time`); the run is done at 1.
 - Under torchrun with a time budget every rank must stop at the same step and use the same learning rate, so the
@@ -29,6 +30,8 @@ class Clock:
         self.compile_time = 0.0
         self._agreed = world.distributed and bool(self.budget)
         self._sec_per_step, self._agreed_time, self._agreed_step = 0.0, 0.0, 0
+        self.wall_base = 0.0  # wall seconds of this run's earlier processes (from the checkpoint, `wall_time`)
+        self._wall_t0: Optional[float] = None
 
     def progress(self, step: int) -> float:
         if self.budget:
@@ -41,8 +44,15 @@ class Clock:
         return bool(self.budget) and self.train_time >= self.budget
 
     def start(self, step: int) -> None:
-        """Begin agreeing from here (after setup or a resume)."""
+        """Begin agreeing (and counting wall time) from here (after setup or a resume)."""
         self._sec_per_step, self._agreed_time, self._agreed_step = 0.0, self.train_time, step
+        self._wall_t0 = time.perf_counter()
+
+    @property
+    def wall_time(self) -> float:
+        """Wall seconds since training started (compile, evals, checkpoints included), summed over the processes of
+        a resumed run up to each one's last checkpoint; setup and the time between processes are not counted."""
+        return self.wall_base + (time.perf_counter() - self._wall_t0 if self._wall_t0 is not None else 0.0)
 
     def agree(self, step: int, is_log: bool) -> None:
         """Distributed + time budget: all-reduce the training time at log steps, extrapolate it in between."""

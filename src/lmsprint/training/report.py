@@ -78,10 +78,13 @@ def run_summary(tr, status: str, error: Optional[str] = None) -> dict:
         K.TRAIN_TIME: clock.train_time,
         K.EVAL_TIME: clock.eval_time,
         K.COMPILE_TIME: clock.compile_time,
+        K.WALL_TIME: clock.wall_time,
         K.TOKENS_PER_S: tps,
         K.MFU: mfu(tr.flops_per_token, tps or None, tr.peak, tr.world.world_size) if model is not None else None,
         K.FINAL: {k: tr.final.get(k) for k in (K.VAL_LOSS, K.VAL_PPL, K.VAL_ACC, K.VAL_BPB, "eval_tokens")}
         if tr.final else None,
+        K.VAL_SETS: getattr(tr, "val_sets", None),      # training/valsets.py
+        K.TARGET: tr.target.summary() if getattr(tr, "target", None) else None,  # training/target.py
         "seed": cfg.train.seed,
         "data_seed": cfg.data.data_seed,
         "world_size": tr.world.world_size,

@@ -2,7 +2,8 @@
 
 A checkpoint is one `torch.save`d dict, format `FORMAT_VERSION`:
   format, model, optimizer, scaler (float16 only), step, sampler, rng (python, numpy, torch cpu, cuda),
-  train_time, eval_time, compile_time, config, data (the dataset identity, `resume.data_identity`),
+  train_time, eval_time, compile_time, wall_time, target (`target.TargetTracker.state_dict`), config,
+  data (the dataset identity, `resume.data_identity`),
   metrics_state {rows, samples_bytes, n_evals, last_val, acc}
   and from `ranks.gather_states`: ranks (every rank's RNG and accumulators), world_size, global_batch. Under
   `data_parallel` fsdp, model and optimizer are None and `sharded` names their DCP folder (training/sharded.py).
@@ -40,7 +41,7 @@ import torch
 from ..errors import CheckpointError, RunFileError, UserError
 from ..files import atomic_open, write_failure
 from ..hw import unwrap
-from ..rundir import checkpoint_path, samples_path
+from ..rundir import checkpoint_path, read_metrics, samples_path
 from .resume import check_step, data_identity
 from .sharded import load_shards, read_shard_metadata
 
@@ -146,6 +147,18 @@ def _rng(v) -> bool:
     return ok_py and ok_np and ok_torch and ok_cuda
 
 
+def _target(v) -> bool:
+    """A `target.TargetTracker.state_dict()`: {spec, n_evals, record: None or {step, tokens, train_s, wall_s, eval,
+    measured}}, counts whole and >= 0, seconds finite and >= 0 (or None: rows of an older lmsprint had none)."""
+    if not (isinstance(v, dict) and (v.get("spec") is None or isinstance(v["spec"], str)) and _count(v.get("n_evals"))):
+        return False
+    r = v.get("record")
+    return r is None or (isinstance(r, dict) and _count(r.get("step")) and _count(r.get("tokens"))
+                         and _count(r.get("eval")) and all(r.get(k) is None or _seconds(r[k]) for k in
+                                                            ("train_s", "wall_s"))
+                         and isinstance(r.get("measured"), float) and math.isfinite(r["measured"]))
+
+
 def _plain_name(name) -> bool:
     return (isinstance(name, str) and bool(name) and name not in (".", "..")
             and not any(c in name for c in ("/", "\\", "\0", os.sep)))
@@ -187,8 +200,9 @@ def check_checkpoint(state: dict, path: str) -> dict:
         isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)),
          "an optimizer state dict")
     need("step", _count(state["step"]), "a whole number >= 0")
-    for f in ("train_time", "eval_time", "compile_time"):
+    for f in ("train_time", "eval_time", "compile_time", "wall_time"):
         need(f, f not in state or _seconds(state[f]), "a finite number of seconds >= 0")
+    need("target", state.get("target") is None or _target(state["target"]), "the --target record lmsprint saves")
     need("scaler", state.get("scaler") is None or isinstance(state["scaler"], dict), "a grad scaler state")
     smp = state.get("sampler")
     need("sampler", smp is None or (isinstance(smp, dict) and _count(smp.get("step"))), "a sampler state")
@@ -274,6 +288,8 @@ def capture(tr) -> dict:
         "train_time": clock.train_time,
         "eval_time": clock.eval_time,
         "compile_time": clock.compile_time,
+        "wall_time": clock.wall_time,
+        "target": tr.target.state_dict(),
         "config": tr.cfg.to_dict(),
         "data": data_identity(tr.manifest),
         "metrics_state": {
@@ -314,6 +330,8 @@ def restore(tr, st: dict) -> None:
     tr.clock.train_time = float(st["train_time"])
     tr.clock.eval_time = float(st.get("eval_time", 0.0))
     tr.clock.compile_time = float(st.get("compile_time", 0.0))
+    tr.clock.wall_base = float(st.get("wall_time", 0.0))
+    tr.target.load_state_dict(st.get("target"), lambda: read_metrics(tr.resume_dir)[:st["metrics_state"]["rows"]])
     ms = st["metrics_state"]
     tr.rows, tr.n_evals, tr.last_val = ms["rows"], ms["n_evals"], ms.get("last_val", {})
     a = ms["acc"]

@@ -42,6 +42,8 @@ from .guard import Guard, end_status, peer_lost
 from . import resume
 from .report import Console, print_report, run_summary
 from .step import build_train_step, oom_as_user_error
+from .target import TargetTracker
+from .valsets import val_set_identities
 
 
 # eval batch on a GPU = this x the training micro-batch: no activations are kept for a backward pass, and a larger
@@ -66,6 +68,7 @@ class Trainer:
         self.device = world.device
         self.is_main = world.is_main
         self.clock = Clock(cfg.time_budget_s, cfg.train.iterations, world)
+        self.target = TargetTracker(cfg.train.target, cfg.train.stop_at_target)  # --target: time to target
         self.run_dir: Optional[str] = None
         self.sinks = None
         self.model = None
@@ -93,6 +96,7 @@ class Trainer:
         self.manifest, self.tok, train_tokens, self.val_tokens = load_data(cfg, world,
                                                                            progress=world.is_main and Console(cfg, True).bar_on)
         self.token_bytes = self.tok.token_bytes()
+        self.val_sets = val_set_identities(cfg, self.manifest, len(self.val_tokens))  # summary.json: what evals score
         if resume_state is not None:
             resume.check_data(resume_state.get("data"), self.manifest, self.resume_override, self.resume_dir)
 
@@ -253,7 +257,12 @@ class Trainer:
         self.guard.check_eval(res.get(K.VAL_LOSS), self.step)  # NaN weights: stop before logging or sampling
         self.n_evals += 1
         self.last_val = {k: v for k, v in res.items() if k != "eval_tokens"}
-        self.log({**self.last_val, K.TOKENS: self.step * self.tokens_per_step, K.EVAL_TIME: self.clock.eval_time})
+        tokens, train_s, wall_s = self.step * self.tokens_per_step, self.clock.train_time, self.clock.wall_time
+        self.log({**self.last_val, K.TOKENS: tokens, K.EVAL_TIME: self.clock.eval_time, K.TRAIN_TIME: train_s,
+                  K.WALL_TIME: wall_s})  # every eval row carries its own step, tokens and times
+        if self.target.observe(res, self.step, tokens, train_s, wall_s):  # the first eval reaching --target
+            self.log(self.target.row())
+            self.console.print(self.target.describe())
         if self.n_evals % 5 == 1:
             self.sample()
         return res
@@ -267,7 +276,7 @@ class Trainer:
         log_tokens, log_time = 0, 0.0
         first_step = True
         clock.start(self.step)
-        while not clock.done(self.step):
+        while not clock.done(self.step) and not self.target.stop():  # --stop_at_target
             t0 = time.perf_counter()
             self.train_step()
             is_log = self.step % cfg.log.log_interval == 0
