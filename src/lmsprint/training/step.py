@@ -24,7 +24,6 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..hw import OOM_ERRORS, autocast_context, resolve_dtype, sync, unwrap
-from ..model.attention import prepare_block_masks
 from ..model.loss import lm_loss
 from ..optim import optimizer_state_bytes
 from ..optim.optimizers import build_optimizer
@@ -147,8 +146,6 @@ def build_train_step(cfg, model: nn.Module, device, world: Optional[World] = Non
     scaler = torch.amp.GradScaler("cuda", enabled=True) if dtype == torch.float16 else None
     head: nn.Module = LossHead(model, t.label_smoothing, t.loss_chunk)
     eval_model: nn.Module = model
-    if t.compile:  # block masks built once, outside the compiled graph
-        prepare_block_masks(model, cfg.model.sequence_length, dev)
     if t.compile and not sharded:
         head = torch.compile(head, **kw)
         eval_model = torch.compile(model, **kw)  # compiled on its first call: never, in bench
