@@ -9,7 +9,7 @@
   `--tasks a,b` it runs lm-evaluation-harness instead (cli/lmeval.py).
 - generate: `lmsprint generate RUN_DIR|latest --prompt "..." --max_new_tokens 200 --temperature 0.8
   --top_k 200 --seed 0 --num_samples 1` prints samples from the run's latest weights, with the tokenizer rebuilt
-  from the run directory (train/artifacts.py): no data cache, no network.
+  from the run directory (training/artifacts.py): no data cache, no network.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 
 from .. import keys as K
 from .. import rundir
-from ..config import FLAGS, add_flags, build_config, coerce, config_yaml, flags_where, get_value, set_value
+from ..config import FLAGS, RESUME_SAFE, add_flags, build_config, coerce, config_yaml, get_value, set_value
 from ..data.loader import val_batches
 from ..errors import UserError
 from ..hw import autocast_context, resolve_device, resolve_dtype
@@ -34,9 +34,6 @@ from ..training.resume import parse_overrides
 from ..training.artifacts import load_run_model, run_tokenizer
 from ..training.trainer import train
 from .lmeval import add_lm_eval_arguments, run_lm_eval_command
-
-# flags that may accompany --resume: they change where/how a run executes or is reported, never its numbers
-RESUME_SAFE = frozenset(flags_where("resume_safe"))
 
 _NOT_CONFIG = ("command", "_run", "config", "resume", "print_config", "resume_override")
 
@@ -171,7 +168,7 @@ def run_eval(args) -> int:
            **res, "device": device, "evaluated_at": rundir.now_iso()}
     rundir.write_eval(run_dir, out)
     print(f"{run_dir} @ step {out['step']}: " + "  ".join(
-        f"{k} {res[k]:.4f}" for k in (K.VAL_LOSS, K.VAL_PPL, K.VAL_ACC, K.VAL_BPB)) + f"  ({res['eval_tokens']:,} tokens)")
+        f"{m.key} {m.fmt.format(res[m.key])}" for m in K.VAL_METRICS) + f"  ({res[K.EVAL_TOKENS]:,} tokens)")
     return 0
 
 

@@ -64,7 +64,7 @@ def _cross_field_rules(cfg) -> None:
     if a.attention == "global_local" and not (a.attention_pattern or a.local_heads):
         raise ConfigError("`attention` global_local needs `attention_pattern` (e.g. SSSL) and/or `local_heads` k")
     t = cfg.train
-    if t.micro_batch not in ("", "auto") and t.batch_size * t.acc_steps % int(t.micro_batch):
+    if isinstance(t.micro_batch, int) and t.batch_size * t.acc_steps % t.micro_batch:
         raise ConfigError(f"`micro_batch` {t.micro_batch} must divide batch_size*acc_steps = "
                           f"{t.batch_size * t.acc_steps}")
 

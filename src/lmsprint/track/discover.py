@@ -13,7 +13,7 @@ from typing import Optional
 
 from .. import keys as K
 from .. import rundir
-from ..config import flatten
+from ..config import flatten, typed
 from ..errors import UserError
 from ..evals.results import latest_metrics
 
@@ -91,7 +91,7 @@ def _number(v):
 def load_run(path: str) -> Run:
     summary = rundir.read_summary(path) or {}
     run = Run(path=path, name=os.path.basename(os.path.normpath(path)), status=rundir.status(path),
-              flat=flatten(rundir.read_config_dict(path)), summary=summary, rows=rundir.read_metrics(path))
+              flat=typed(flatten(rundir.read_config_dict(path))), summary=summary, rows=rundir.read_metrics(path))
     final = summary.get(K.FINAL) if isinstance(summary.get(K.FINAL), dict) else {}
     for key in K.VAL_KEYS:
         v = final.get(key)

@@ -99,9 +99,8 @@ def adapt_batch(cfg, st: dict, world: World) -> dict:
     bs = max(d for d in range(1, min(t.batch_size, rows) + 1) if rows % d == 0)
     old = (t.batch_size, t.acc_steps, st.get("world_size", "?"))
     t.batch_size, t.acc_steps = bs, rows // bs
-    mb = str(t.micro_batch or "").strip()
-    if mb.isdigit() and rows % int(mb):
-        t.micro_batch = ""
+    if isinstance(t.micro_batch, int) and rows % t.micro_batch:
+        t.micro_batch = None
     if world.is_main:
         print(f"resuming on {n} processes (saved by {old[2]}): batch_size x acc_steps {old[0]} x {old[1]} -> "
               f"{bs} x {t.acc_steps} per process, so the global batch stays {global_batch} sequences "
@@ -155,11 +154,6 @@ def finite_view(tr) -> SimpleNamespace:
     weights = [nan] if bad[1] else []
     return SimpleNamespace(acc={"loss": nan[0] if bad[0] else tr.acc["loss"]}, step=tr.step,
                            model=SimpleNamespace(parameters=lambda: weights))
-
-
-def shard_path(ckpt_path: str, st: dict) -> str:
-    """The shard folder a sharded checkpoint file names."""
-    return os.path.join(os.path.dirname(ckpt_path), st["sharded"])
 
 
 # ---------------------------------------------------------------------------------------------------- collectives

@@ -55,11 +55,16 @@ class ProgressBar:
         self.bar.close()
 
 
+def final_metrics(res: dict) -> dict:
+    """The final evaluation's numbers as summary.json keeps them: every `keys.VAL_METRICS` key and the token count."""
+    return {k: res.get(k) for k in K.VAL_KEYS + (K.EVAL_TOKENS,)}
+
+
 def run_summary(tr, status: str, error: Optional[str] = None) -> dict:
     """summary.json of Trainer `tr` (works at any point of setup: parts not built yet are None)."""
     cfg, clock = tr.cfg, tr.clock
     model = getattr(tr, "model", None)
-    tokens = tr.step * getattr(tr, "tokens_per_step", cfg.tokens_per_step)
+    tokens = tr.step * tr.tokens_per_step
     tps = tokens / clock.train_time if clock.train_time > 0 else None
     s = {
         "status": status,
@@ -76,8 +81,7 @@ def run_summary(tr, status: str, error: Optional[str] = None) -> dict:
         K.COMPILE_TIME: clock.compile_time,
         K.TOKENS_PER_S: tps,
         K.MFU: mfu(tr.flops_per_token, tps or None, tr.peak, tr.world.world_size) if model is not None else None,
-        K.FINAL: {k: tr.final.get(k) for k in (K.VAL_LOSS, K.VAL_PPL, K.VAL_ACC, K.VAL_BPB, "eval_tokens")}
-        if tr.final else None,
+        K.FINAL: final_metrics(tr.final) if tr.final else None,
         "seed": cfg.train.seed,
         "data_seed": cfg.data.data_seed,
         "world_size": tr.world.world_size,
@@ -101,11 +105,11 @@ def print_report(summary: dict, run_dir: Optional[str], final_sample: str = "") 
             ("train time", f"{summary[K.TRAIN_TIME]:.1f}s")]
     if summary.get(K.TOKENS_PER_S):
         rows.append(("tokens/s", f"{summary[K.TOKENS_PER_S]:,.0f}"))
-    for k in (K.VAL_LOSS, K.VAL_PPL, K.VAL_ACC, K.VAL_BPB):
-        if f.get(k) is not None:
-            rows.append((k, f"{f[k]:.4f}"))
-    if f.get("eval_tokens"):
-        rows.append(("eval tokens", f"{f['eval_tokens']:,}"))
+    for m in K.VAL_METRICS:
+        if f.get(m.key) is not None:
+            rows.append((m.key, m.fmt.format(f[m.key])))
+    if f.get(K.EVAL_TOKENS):
+        rows.append(("eval tokens", f"{f[K.EVAL_TOKENS]:,}"))
     print("final metrics:")
     print(format_rows(rows))
     if final_sample:
@@ -130,8 +134,8 @@ def eval_line(step: int, elapsed: float, train_loss: Optional[float], res: dict,
     parts = [f"eval step {step}", f"{elapsed:.1f}s"]
     if train_loss is not None:
         parts.append(f"train loss {train_loss:.4f}")
-    parts.append(f"val loss {res.get(K.VAL_LOSS, float('nan')):.4f} acc {res.get(K.VAL_ACC, float('nan')):.4f} "
-                 f"bpb {res.get(K.VAL_BPB, float('nan')):.4f}")
+    parts.append("val " + " ".join(f"{m.console} {m.fmt.format(res.get(m.key, float('nan')))}"
+                                   for m in K.VAL_METRICS if m.console))
     if tps:
         parts.append(f"{tps:,.0f} tok/s")
     if mfu_ is not None:

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ..config import FLAGS, flags_where, flatten
+from ..config import FLAGS, RESUME_SAFE, flatten, typed
 from ..errors import ConfigError
 
 DATA_KEY = "dataset"  # the --resume_override name that accepts a different dataset identity
-RESUME_SAFE = frozenset(flags_where("resume_safe"))
 _MISSING = object()
 
 
@@ -60,7 +59,7 @@ def check_config(saved: dict, cfg, overrides: Iterable[str], run_dir: str) -> No
     """Refuse a resume whose config differs from the checkpoint's in an option neither resume-safe nor overridden."""
     if not saved:
         return
-    old, new = flatten(saved), flatten(cfg.to_dict())
+    old, new = typed(flatten(saved)), flatten(cfg.to_dict())  # a checkpoint of an older lmsprint, typed as now
     overrides = frozenset(overrides)
     diffs = []
     for name in FLAGS:

@@ -8,9 +8,10 @@
 - `LossHead(model, label_smoothing, loss_chunk)`: model + chunked head/cross-entropy as one module
   `(x, y) -> (objective, ce_sum, correct, aux)`, so `torch.compile` compiles the whole forward and DDP can wrap it.
 - `accumulate_gradients(...)`, `apply_update(...)`: the two halves of a step, usable on their own.
-- `resolve_micro_batch(cfg, model, device) -> (micro_bs, n_micro)`: `--micro_batch ''` keeps
-  (batch_size, acc_steps); `N` runs N sequences at a time; `auto` probes, on CUDA, the largest divisor of
-  batch_size*acc_steps whose forward+backward fits in memory. The sequences per optimizer step never change.
+- `resolve_micro_batch(cfg, model, device) -> (micro_bs, n_micro)`: `micro_batch` unset keeps
+  (batch_size, acc_steps); `N` runs N sequences at a time (the config's rules checked it divides
+  batch_size*acc_steps); `auto` probes, on CUDA, the largest divisor of batch_size*acc_steps whose
+  forward+backward fits in memory. The sequences per optimizer step never change.
 - `oom_user_error(err, cfg)`: the one translation of out-of-memory into a message saying what to change.
 """
 
@@ -22,6 +23,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..config import AUTO
 from ..errors import ConfigError
 from ..hw import OOM_ERRORS, autocast_context, resolve_dtype, sync, unwrap
 from ..model.loss import lm_loss
@@ -195,14 +197,10 @@ def resolve_micro_batch(cfg, model: nn.Module, device) -> tuple[int, int]:
     """(micro-batch size, number of micro-batches) per optimizer step for this process; see module doc."""
     t = cfg.train
     total = t.batch_size * t.acc_steps
-    mb = str(t.micro_batch or "").strip()
-    if mb == "":
+    if t.micro_batch is None:
         return t.batch_size, t.acc_steps
-    if mb != "auto":
-        n = int(mb)
-        if n <= 0 or total % n:
-            raise ConfigError(f"`micro_batch` {mb} must be a positive divisor of batch_size*acc_steps = {total}")
-        return n, total // n
+    if t.micro_batch != AUTO:
+        return t.micro_batch, total // t.micro_batch
     device = torch.device(device)
     if device.type != "cuda":
         return t.batch_size, t.acc_steps
