@@ -95,7 +95,7 @@ def test_training_loop_step_has_no_host_sync(shakespeare_manifest, tmp_path):
     with count_host_syncs(exempt=exempt) as counts:
         tr.train_step()
         tr.train_step()
-    assert tr.step == 3
+    assert tr.clock.step == 3
     assert sum(counts.values()) == 0, counts
     with count_host_syncs(exempt=exempt) as counts:  # a log step does read the accumulators
         tr.flush_train_log(1, 1.0)

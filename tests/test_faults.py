@@ -424,7 +424,8 @@ def test_a_pickled_checkpoint_is_not_loaded_and_gets_a_hint(data, reference, tmp
     shutil.copytree(reference, run_dir)
     st = torch.load(ckpt(reference), weights_only=True)
     st["format"] = 1
-    st["rng"]["numpy"] = ("MT19937", st["rng"]["numpy"]["keys"].numpy().astype("uint32"), 0, 0, 0.0)  # format 1
+    rng = st["ranks"][0]["rng"]
+    rng["numpy"] = ("MT19937", rng["numpy"]["keys"].numpy().astype("uint32"), 0, 0, 0.0)  # format 1: a numpy object
     torch.save(st, ckpt(run_dir))
     os.remove(rundir.weights_path(run_dir))  # runs of that format had no model.safetensors: eval reads the checkpoint
     s = summary(run_dir)

@@ -142,9 +142,9 @@ import time
 from lmsprint.config import build_config
 from lmsprint.training.report import Console
 class Clock:
-    budget, iterations, train_time = None, 3, 0.0
+    budget, iterations, train_time, step = None, 3, 0.0, 0
 c = Console(build_config({}), True)
-c.start(Clock(), 0)
+c.start(Clock())
 for i in range(3):
     time.sleep(0.05)
     c.advance()

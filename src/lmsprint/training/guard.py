@@ -10,9 +10,10 @@
   -> `NonFiniteLoss` naming the steps. The run stops, the summary says `failed` with the reason.
 - `Guard.check_eval(val_loss, step)`: the same for the val loss of a periodic eval (before it is logged or a sample
   is drawn from non-finite weights).
-- `Guard.check_before_save(tr)`: a checkpoint is never written after a non-finite loss or with non-finite weights
-  (one device reduction, read while saving, which waits for the device anyway), so the checkpoint kept is the last
-  finite one.
+- `Guard.check_before_save(loss, model, step)`: a checkpoint is never written after a non-finite loss (`loss`: the
+  accumulated device sum since the last log step) or with non-finite weights (one device reduction, read while
+  saving, which waits for the device anyway), so the checkpoint kept is the last finite one. Under fsdp every rank
+  checks its own shards and the ranks agree (a collective: every rank calls it); otherwise rank 0 alone checks.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 
 from ..errors import UserError
 from ..hw import unwrap
-from .distributed import World, all_reduce_mean
+from .distributed import World, all_reduce_max, all_reduce_mean
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
@@ -106,14 +107,23 @@ class Guard:
         if val_loss is not None and not math.isfinite(val_loss):
             raise self._stopped("the val loss", val_loss, step)
 
-    def check_before_save(self, tr) -> None:
-        acc = tr.acc
-        flags = [torch.isfinite(acc["loss"]).reshape(1)]
-        flags += [torch.isfinite(p).all().reshape(1) for p in unwrap(tr.model).parameters()]
-        if not bool(torch.cat(flags).all()):
-            loss_ok = bool(torch.isfinite(acc["loss"]))
-            raise self._stopped("the training loss" if not loss_ok else "a model weight",
-                                float(acc["loss"]) if not loss_ok else "not finite", tr.step)
+    def check_before_save(self, loss: torch.Tensor, model: torch.nn.Module, step: int) -> None:
+        loss_ok = torch.isfinite(loss).reshape(1)
+        if self.world.sharded:  # a reduction over a sharded DTensor is a collective: each rank's shards, agreed
+            w_ok = torch.stack([torch.isfinite(getattr(p, "_local_tensor", p)).all() for p in model.parameters()])
+            bad = all_reduce_max((~torch.cat([loss_ok, w_ok.all().reshape(1)])).float(), self.world).tolist()
+            loss_bad, weights_bad = bool(bad[0]), bool(bad[1])
+        else:
+            flags = [loss_ok] + [torch.isfinite(p).all().reshape(1) for p in unwrap(model).parameters()]
+            if bool(torch.cat(flags).all()):
+                return
+            loss_bad = not bool(loss_ok)
+            weights_bad = not loss_bad
+        if loss_bad:
+            value = float(loss) if not torch.isfinite(loss) else float("nan")  # another rank's loss
+            raise self._stopped("the training loss", value, step)
+        if weights_bad:
+            raise self._stopped("a model weight", "not finite", step)
 
     def saved(self, step: int) -> None:
         self.ckpt_step = step

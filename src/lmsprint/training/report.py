@@ -6,9 +6,13 @@ the final console table.
   notebook) there are no carriage-return redraws: one plain line every log interval and one per eval. `--quiet`
   prints nothing but errors and the final table; `--progress false` drops the bar / the per-interval lines but
   keeps the banner and the eval lines.
-- `ProgressBar(clock, step, show)`: tqdm over seconds of the time budget, or over iterations.
-- `run_summary(tr, status, error)`: the summary dict written to summary.json (status running/complete/failed,
-  sizes, tokens, times, tokens/s, MFU, final metrics).
+- `ProgressBar(clock, show)`: tqdm over seconds of the time budget, or over iterations.
+- `RunInfo`: what the banner and the summary say about a run besides its clock and metrics (config, run dir,
+  processes, device, tokens per step, parameters, FLOPs, micro-batch, dtype, tokenizer, split sizes), filled in by
+  the Trainer as its setup builds each part.
+- `run_summary(info, clock, final, status, error)`: the summary dict written to summary.json (status
+  running/complete/failed/interrupted, sizes, tokens, times, tokens/s, MFU, final metrics of `keys.VAL_METRICS`).
+- `banner_rows(info)`: the start-up banner.
 - `print_report(summary, run_dir, final_sample)`: the "final metrics:" table on stdout.
 """
 
@@ -18,7 +22,8 @@ import math
 import os
 import sys
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from tqdm.auto import tqdm
 
@@ -30,8 +35,9 @@ from ..rundir import now_iso
 class ProgressBar:
     """The training progress bar (disabled unless `show`): seconds of the budget, or iterations."""
 
-    def __init__(self, clock, step: int, show: bool):
+    def __init__(self, clock, show: bool):
         self.clock = clock
+        step = clock.step
         self.postfix: dict = {}
         if clock.budget:
             self.bar = tqdm(total=int(math.ceil(clock.budget)), initial=min(int(clock.train_time), int(clock.budget)),
@@ -55,37 +61,58 @@ class ProgressBar:
         self.bar.close()
 
 
+@dataclass
+class RunInfo:
+    """What the banner and summary.json say about a run besides its clock and metrics (see the module doc); parts
+    not built yet keep their defaults."""
+
+    cfg: Any
+    world_size: int
+    device: str
+    run_dir: Optional[str] = None
+    tokens_per_step: int = 0           # all processes
+    params_total: Optional[int] = None
+    params_active: Optional[int] = None
+    flops_per_token: float = 0.0
+    peak_flops: Optional[float] = None
+    micro_batch: int = 0
+    dtype: str = ""
+    tokenizer: str = "?"
+    train_tokens: int = 0
+    val_tokens: int = 0
+
+
 def final_metrics(res: dict) -> dict:
     """The final evaluation's numbers as summary.json keeps them: every `keys.VAL_METRICS` key and the token count."""
     return {k: res.get(k) for k in K.VAL_KEYS + (K.EVAL_TOKENS,)}
 
 
-def run_summary(tr, status: str, error: Optional[str] = None) -> dict:
-    """summary.json of Trainer `tr` (works at any point of setup: parts not built yet are None)."""
-    cfg, clock = tr.cfg, tr.clock
-    model = getattr(tr, "model", None)
-    tokens = tr.step * tr.tokens_per_step
+def run_summary(info: RunInfo, clock, final: Optional[dict], status: str, error: Optional[str] = None) -> dict:
+    """summary.json of a run (at any point of its setup: parts not built yet are None)."""
+    cfg = info.cfg
+    tokens = clock.step * info.tokens_per_step
     tps = tokens / clock.train_time if clock.train_time > 0 else None
+    built = info.params_total is not None
     s = {
         "status": status,
-        "run_dir": tr.run_dir,
-        "name": os.path.basename(os.path.normpath(tr.run_dir)) if tr.run_dir else None,
+        "run_dir": info.run_dir,
+        "name": os.path.basename(os.path.normpath(info.run_dir)) if info.run_dir else None,
         "config_format": cfg.config_format,
         "model": cfg.model.model,
-        "params_total": model.num_params() if model is not None else None,
-        "params_active": model.num_active_params() if model is not None else None,
-        "iterations_done": tr.step,
+        "params_total": info.params_total,
+        "params_active": info.params_active,
+        "iterations_done": clock.step,
         "tokens": tokens,
         K.TRAIN_TIME: clock.train_time,
         K.EVAL_TIME: clock.eval_time,
         K.COMPILE_TIME: clock.compile_time,
         K.TOKENS_PER_S: tps,
-        K.MFU: mfu(tr.flops_per_token, tps or None, tr.peak, tr.world.world_size) if model is not None else None,
-        K.FINAL: final_metrics(tr.final) if tr.final else None,
+        K.MFU: mfu(info.flops_per_token, tps or None, info.peak_flops, info.world_size) if built else None,
+        K.FINAL: final_metrics(final) if final else None,
         "seed": cfg.train.seed,
         "data_seed": cfg.data.data_seed,
-        "world_size": tr.world.world_size,
-        "device": tr.device,
+        "world_size": info.world_size,
+        "device": info.device,
         "finished_at": now_iso() if status != "running" else None,
     }
     if error:
@@ -143,33 +170,32 @@ def eval_line(step: int, elapsed: float, train_loss: Optional[float], res: dict,
     return " | ".join(parts)
 
 
-def banner_rows(tr, n_train: int, n_val: int) -> list[tuple[str, str]]:
-    """The start-up banner of Trainer `tr` after setup: what is being trained, on what, for how long, where."""
-    cfg, m, t = tr.cfg, tr.cfg.model, tr.cfg.train
+def banner_rows(info: RunInfo) -> list[tuple[str, str]]:
+    """The start-up banner of a run after setup: what is being trained, on what, for how long, where."""
+    cfg, m, t = info.cfg, info.cfg.model, info.cfg.train
     arch = f"{m.model} ({m.norm_kind}, {m.mlp_kind}, {m.pos_kind}): {m.n_layer} layer{'s' * (m.n_layer != 1)}, d={m.n_embd}, "
     arch += f"{m.n_head} head{'s' * (m.n_head != 1)}"
     if m.attn.attention != "causal":
         arch += f", {m.attn.attention} attention (window {m.attn.attention_window})"
     if m.moe.moe_num_experts > 1:
         arch += f", MoE {m.moe.moe_num_experts} experts top-{m.moe.moe_num_experts_per_tok}"
-    total, active = tr.model.num_params(), tr.model.num_active_params()
+    total, active = info.params_total, info.params_active
     params = f"{total:,} total" + (f", {active:,} active per token" if active != total else "")
-    ws = tr.world.world_size
+    ws = info.world_size
     batch = f"{t.batch_size} x {t.acc_steps} acc" + (f" x {ws} processes" if ws > 1 else "") + \
-        f" x {m.sequence_length} tokens = {tr.tokens_per_step:,} tokens/step"
-    if tr.micro_bs != t.batch_size:
-        batch += f" (micro-batch {tr.micro_bs})"
+        f" x {m.sequence_length} tokens = {info.tokens_per_step:,} tokens/step"
+    if info.micro_batch != t.batch_size:
+        batch += f" (micro-batch {info.micro_batch})"
     compile_ = f"compile {t.compile_mode or 'default'}" if t.compile else "no compile"
-    dtype = str(tr.step_fn.dtype).replace("torch.", "")
     if cfg.time_budget_s:
         length = f"{cfg.train.time_budget} of training time (at most {t.iterations:,} steps)"
     else:
-        length = f"{t.iterations:,} steps ({t.iterations * tr.tokens_per_step:,} tokens)"
+        length = f"{t.iterations:,} steps ({t.iterations * info.tokens_per_step:,} tokens)"
     evals = f"every {t.eval_freq} steps on {t.eval_tokens:,} val tokens; final: " + \
         {"full": "the full val split", "fixed": "the fixed val set", "none": "none"}[t.final_eval]
-    data = f"{cfg.data.dataset} ({getattr(tr.manifest, 'tokenizer', '?')}): {n_train:,} train / {n_val:,} val tokens"
-    return [("model", arch), ("params", params), ("batch", batch), ("device", f"{tr.device}, {dtype}, {compile_}"),
-            ("length", length), ("eval", evals), ("data", data), ("run dir", str(tr.run_dir))]
+    data = f"{cfg.data.dataset} ({info.tokenizer}): {info.train_tokens:,} train / {info.val_tokens:,} val tokens"
+    return [("model", arch), ("params", params), ("batch", batch), ("device", f"{info.device}, {info.dtype}, {compile_}"),
+            ("length", length), ("eval", evals), ("data", data), ("run dir", str(info.run_dir))]
 
 
 class Console:
@@ -197,15 +223,15 @@ class Console:
             print(text, file=self.out)
         self.out.flush()
 
-    def banner(self, tr, n_train: int, n_val: int, resumed_at: Optional[int] = None) -> None:
-        head = f"lmsprint train: {os.path.basename(os.path.normpath(tr.run_dir))}"
+    def banner(self, info: RunInfo, resumed_at: Optional[int] = None) -> None:
+        head = f"lmsprint train: {os.path.basename(os.path.normpath(info.run_dir))}"
         if resumed_at is not None:
             head += f" (resumed at step {resumed_at})"
-        self.print(head + "\n" + format_rows(banner_rows(tr, n_train, n_val)))
+        self.print(head + "\n" + format_rows(banner_rows(info)))
 
-    def start(self, clock, step: int) -> None:
+    def start(self, clock) -> None:
         self.clock = clock
-        self.bar = ProgressBar(clock, step, show=self.bar_on)
+        self.bar = ProgressBar(clock, show=self.bar_on)
 
     def train_log(self, step: int, m: dict) -> None:
         """A training log row: the bar's postfix on a terminal, else one plain line (every log interval)."""

@@ -1,25 +1,30 @@
-"""Checkpoints: their schema (what a run saves so a resume is exact), atomic save, and checked load.
+"""Checkpoints on disk: their format (what a run saves so a resume is exact), atomic save, checked load, and the RNG
+as a state.
 
-A checkpoint is one `torch.save`d dict, format `FORMAT_VERSION`:
-  format, model, optimizer, scaler (float16 only), step, sampler, rng (python, numpy, torch cpu, cuda),
-  train_time, eval_time, compile_time, config, data (the dataset identity, `resume.data_identity`),
-  metrics_state {rows, samples_bytes, n_evals, last_val, acc}
-  and from `ranks.gather_states`: ranks (every rank's RNG and accumulators), world_size, global_batch. Under
-  `data_parallel` fsdp, model and optimizer are None and `sharded` names their DCP folder (training/sharded.py).
-where `acc` holds the metric accumulators between log steps, so that a resumed run (same run dir, metrics.jsonl
-and samples.txt cut back to the checkpoint) logs exactly what an uninterrupted run would.
+A checkpoint is one `torch.save`d dict, format `FORMAT_VERSION` (3), written by `checkpoint.Checkpointer`:
+  format, step (the step it was written at, for readers that load no clock: eval, generate, export),
+  config (the run's config), data (the dataset identity, `resume.data_identity`), world_size and global_batch
+  (the processes and sequences per optimizer step that saved it),
+  model, optimizer (None under `data_parallel` fsdp: then `sharded` names their DCP folder, training/sharded.py),
+  one entry per state saved once: clock {step, train_time, eval_time, compile_time}, sampler {seed, step},
+  record {rows, samples_bytes, n_evals, last_val}, scaler (float16 only),
+  ranks: one dict per process, by rank, of the states every process has: rng, metrics (the loss accumulators
+  between log steps).
+A resumed run (same run dir, metrics.jsonl and samples.txt cut back to the record) logs exactly what an
+uninterrupted run would.
 Everything in it is a tensor or a plain container (dict, list, tuple, str, int, float, bool, None): the numpy RNG
 state is stored as {kind, keys (int64 tensor), pos, has_gauss, gauss}, the python one as its tuple of ints. So a
 checkpoint loads with `torch.load(weights_only=True)`, which cannot run code hidden in a downloaded file.
-Format 1 (older lmsprint) pickled numpy objects; it is refused with a one-line hint.
+Format 2 (the same states in another layout) is read and `upgrade`d; format 1 (older lmsprint) pickled numpy
+objects and is refused with a one-line hint.
 
-- `capture(trainer)` / `restore(trainer, state)`: the Trainer's side of that schema.
 Where checkpoints live in a run directory is `rundir.checkpoint_path`'s business.
 - `save_checkpoint(path, state)`: `files.atomic_open` (temporary file, fsync, `os.replace`), so a kill at any
   moment leaves either the old or the new checkpoint, never a torn one.
   A disk that fills up (ENOSPC, EFBIG, EDQUOT) is a one-line `CheckpointError`; the previous checkpoint is kept.
 - `load_checkpoint(path)`: `weights_only=True`; a missing, unreadable, unsafe or other-version file is a one-line
-  `CheckpointError`.
+  `CheckpointError`. `upgrade(state)`: a format-2 checkpoint in this format's layout.
+- `RNGState`: every RNG of this process as a checkpoint state (`rng_state` / `set_rng_state`).
 """
 
 from __future__ import annotations
@@ -33,12 +38,9 @@ import torch
 
 from ..errors import CheckpointError
 from ..files import atomic_open, write_failure
-from ..hw import unwrap
-from ..rundir import checkpoint_path, samples_path
-from .resume import data_identity
-from .sharded import load_shards
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, FORMAT_VERSION)  # format 2 is read through `upgrade`
 _HINT = "resume from another run or start a new one without `resume`"
 
 
@@ -87,9 +89,9 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CheckpointError(f"checkpoint {path} is missing or corrupt (not an lmsprint checkpoint); {_HINT}")
     version = state.get("format")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(f"checkpoint {path} has format version {version}, this lmsprint reads version "
-                              f"{FORMAT_VERSION}; {_HINT}")
+                              f"{FORMAT_VERSION} (and {READABLE_VERSIONS[0]}); {_HINT}")
     return state
 
 
@@ -123,65 +125,41 @@ def set_rng_state(st: dict) -> None:
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
-# ---------------------------------------------------------------------------------------------------- schema
+class RNGState:
+    """Every RNG of this process (python, numpy, torch, CUDA) as a checkpoint state (saved by every process)."""
+
+    def state_dict(self) -> dict:
+        return rng_state()
+
+    def load_state_dict(self, st: dict) -> None:
+        set_rng_state(st)
+
+    @staticmethod
+    def respread(states: list[dict], world_size: int) -> dict:
+        """On another number of processes every process takes rank 0's RNG."""
+        return states[0]
 
 
-def capture(tr) -> dict:
-    """The checkpoint of a Trainer `tr` (see the module doc for the keys)."""
-    acc, clock, step = tr.acc, tr.clock, tr.step_fn
-    samples = samples_path(tr.run_dir)
-    return {
-        "model": unwrap(tr.model).state_dict(),
-        "optimizer": step.optimizer.state_dict(),
-        "scaler": step.scaler.state_dict() if step.scaler is not None else None,
-        "step": tr.step,
-        "sampler": tr.sampler.state_dict(),
-        "rng": rng_state(),
-        "train_time": clock.train_time,
-        "eval_time": clock.eval_time,
-        "compile_time": clock.compile_time,
-        "config": tr.cfg.to_dict(),
-        "data": data_identity(tr.manifest),
-        "metrics_state": {
-            "rows": tr.rows,
-            "samples_bytes": os.path.getsize(samples) if os.path.exists(samples) else 0,
-            "n_evals": tr.n_evals,
-            "last_val": tr.last_val,
-            "acc": {"steps": acc["steps"], "n": acc["n"], "loss": acc["loss"].cpu(), "ce": acc["ce"].cpu(),
-                    "aux": {k: v.cpu() for k, v in acc["aux"].items()}},
-        },
-    }
+# ---------------------------------------------------------------------------------------------------- format 2
 
 
-def restore(tr, st: dict) -> None:
-    """Load checkpoint `st` into Trainer `tr` (model, optimizer, scaler, counters, clock, accumulators, RNG)."""
-    step = tr.step_fn
-    built = [{k: v for k, v in g.items() if k != "params"} for g in step.optimizer.param_groups]
-    try:
-        if st.get("sharded"):  # data_parallel fsdp: weights and optimizer state in a DCP folder (sharded.py)
-            load_shards(tr.model, step.optimizer, os.path.join(os.path.dirname(checkpoint_path(tr.resume_dir)),
-                                                               st["sharded"]))
-        else:
-            unwrap(tr.model).load_state_dict(st["model"])
-            step.optimizer.load_state_dict(st["optimizer"])
-        if getattr(tr, "resume_override", None):  # accepted changes (e.g. lr): this config's hyperparameters
-            for g, hyper in zip(step.optimizer.param_groups, built):
-                g.update(hyper)
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint of {tr.resume_dir} does not match this model/optimizer "
-                              f"({str(e).splitlines()[0][:120]}); resume with the run's own config")
-    if step.scaler is not None and st.get("scaler"):
-        step.scaler.load_state_dict(st["scaler"])
-    tr.step = int(st["step"])
-    if st.get("sampler") is not None:
-        tr.sampler.load_state_dict(st["sampler"])
-    tr.clock.train_time = float(st["train_time"])
-    tr.clock.eval_time = float(st.get("eval_time", 0.0))
-    tr.clock.compile_time = float(st.get("compile_time", 0.0))
+def upgrade(st: dict) -> dict:
+    """A checkpoint of format 2 in the layout of this format (a format-3 checkpoint as it is)."""
+    if st.get("format") == FORMAT_VERSION:
+        return st
     ms = st["metrics_state"]
-    tr.rows, tr.n_evals, tr.last_val = ms["rows"], ms["n_evals"], ms.get("last_val", {})
-    a = ms["acc"]
-    dev = tr.device
-    tr.acc = {"steps": a["steps"], "n": a["n"], "loss": a["loss"].to(dev), "ce": a["ce"].to(dev),
-              "aux": {k: v.to(dev) for k, v in a["aux"].items()}}
-    set_rng_state(st["rng"])
+    out = {k: st[k] for k in ("step", "config", "data", "world_size", "global_batch", "model", "optimizer", "sharded")
+           if k in st}
+    out["format"] = FORMAT_VERSION
+    if st.get("scaler") is not None:
+        out["scaler"] = st["scaler"]
+    out["clock"] = {"step": st["step"], "train_time": st["train_time"], "eval_time": st.get("eval_time", 0.0),
+                    "compile_time": st.get("compile_time", 0.0)}
+    # format 2 saved the sampler one step ahead of the checkpoint (the batch it had prefetched); the next batch to
+    # train on is the checkpoint's step
+    out["sampler"] = {"seed": (st.get("sampler") or {}).get("seed"), "step": st["step"]}
+    out["record"] = {"rows": ms["rows"], "samples_bytes": ms.get("samples_bytes", 0), "n_evals": ms["n_evals"],
+                     "last_val": ms.get("last_val", {})}
+    every = st.get("ranks") or [{"rng": st["rng"], "acc": ms["acc"]}]
+    out["ranks"] = [{"rng": r["rng"], "metrics": r["acc"]} for r in every]
+    return out

@@ -2,9 +2,9 @@
 
 - `TrainStep`: model + optimizer (+ GradScaler for float16) + the loss head (compiled with --compile, wrapped
   in DDP under torchrun; or the model sharded with FSDP2 per block under `data_parallel` fsdp) + the micro-batch
-  split. `forward_backward(x, y)` accumulates the gradients of one optimizer step's batch, `update()` clips,
-  steps and zeroes them; `step(x, y)` does both. Neither syncs host and device (no .item(), no data-dependent
-  Python branch): statistics come back as device tensors.
+  split. `step(x, y, during_backward)` accumulates the gradients of one optimizer step's batch, runs
+  `during_backward()` (the trainer prefetches the next batch there), then clips, steps and zeroes them. It never
+  syncs host and device (no .item(), no data-dependent Python branch): statistics come back as device tensors.
 - `LossHead(model, label_smoothing, loss_chunk)`: model + chunked head/cross-entropy as one module
   `(x, y) -> (objective, ce_sum, correct, aux)`, so `torch.compile` compiles the whole forward and DDP can wrap it.
 - `accumulate_gradients(...)`, `apply_update(...)`: the two halves of a step, usable on their own.
@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -112,15 +112,13 @@ class TrainStep:
         self.rows = micro_bs * n_micro  # sequences per optimizer step on this process
         self.tokens_per_step = self.rows * cfg.model.sequence_length
 
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        return accumulate_gradients(self.step_module, x, y, self.n_micro, self.dtype, self.scaler)
-
-    def update(self) -> None:
+    def step(self, x: torch.Tensor, y: torch.Tensor, during_backward: Optional[Callable[[], None]] = None) -> dict:
+        """One optimizer step on the batch (x, y). `during_backward()` runs once the forward and backward passes are
+        queued, before the update: host work (the next batch) that overlaps the device's backward pass."""
+        stats = accumulate_gradients(self.step_module, x, y, self.n_micro, self.dtype, self.scaler)
+        if during_backward is not None:
+            during_backward()
         apply_update(self.model, self.optimizer, self.cfg.optim.grad_clip, self.scaler)
-
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        stats = self.forward_backward(x, y)
-        self.update()
         return stats
 
     __call__ = step
