@@ -257,6 +257,7 @@ def test_shuffle_only_while_training():
 # ------------------------------------------------------------------ orthonormal Q/K/V
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt", ["adamw", "muon", "lion"])
 def test_orthogonal_qkv_stays_orthonormal_while_training(opt):
     torch.manual_seed(9)
@@ -291,6 +292,7 @@ def test_orthogonal_projection_is_one_matmul_over_heads():
 # ------------------------------------------------------------------ compile, MoE, both models
 
 
+@pytest.mark.slow
 def test_fullgraph_compile_with_local_shuffle_orthogonal():
     """One graph (no breaks) for a block with per-head local windows (SDPA mask path), query shuffle and the
     orthogonal Q/K/V parametrization; forward and backward run and match eager."""
@@ -312,6 +314,7 @@ def test_fullgraph_compile_with_local_shuffle_orthogonal():
     torch.testing.assert_close(h_comp, h_eager, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["base", "llama2"])
 def test_all_options_with_moe(model):
     torch.manual_seed(12)
@@ -354,6 +357,7 @@ def test_check_model_config_refuses_impossible_combinations():
         check(flex)
 
 
+@pytest.mark.slow
 def test_compiled_flex_with_rope_equals_sdpa():
     """Inductor-compiled FlexAttention after RoPE, with v a strided view of the fused QKV output, equals SDPA with the
     window mask (inference: flex has no CPU backward). Without the layer's .contiguous(), torch 2.13's CPU flex
@@ -375,6 +379,7 @@ def test_compiled_flex_with_rope_equals_sdpa():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_model_builds_its_block_masks_in_the_graph_and_eager_calls_do_not_recompile_it(monkeypatch):
     """Under torch.compile the model's forward builds its FlexAttention block masks inside the graph (one graph, no
     break, no Python-side cache touched while tracing), and eager calls at other lengths afterwards (generation) do

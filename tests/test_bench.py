@@ -43,6 +43,7 @@ def _bench_cli(argv, timeout=240):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 def test_bench_cli_runs_with_only_torch_numpy_tiktoken():
     proc = _bench_cli([*TINY, "--model", "llama2", "--moe_num_experts", "4", "--warmup", "1", "--steps", "2",
                        "--json", "--check_sync", "--peak_flops", "1e12"])
@@ -55,6 +56,7 @@ def test_bench_cli_runs_with_only_torch_numpy_tiktoken():
     assert row["host_syncs"] == 0 and row["peak_mem_bytes"] > 10 * 2**20
 
 
+@pytest.mark.slow
 def test_bench_bad_input_is_one_line_exit_2():
     proc = _bench_cli([*TINY, "--steps", "0"])
     assert proc.returncode == 2 and proc.stderr.strip().startswith("lmsprint: error: --warmup")
@@ -98,6 +100,7 @@ def test_suite_configs_cover_the_issues():
     assert tokens_per_step(hack) == 65536 and hack.train.batch_size == 32 and hack.train.acc_steps == 4
 
 
+@pytest.mark.slow
 def test_cpu_suite_table_and_files(tmp_path):
     res = run_suite("cpu", warmup=1, steps=1, per_config_s=120, budget_s=150,
                     only=["gpt2-124m-eager", "moe4top2-eager", "dense2x", "llmb-gpt2"],
@@ -184,6 +187,7 @@ def test_bench_step_uses_the_training_optimizer(opt, cls):
     assert any(not torch.equal(a, p) for a, p in zip(before, step.model.parameters()))
 
 
+@pytest.mark.slow
 def test_prewarm_compiles_in_parallel_and_the_suite_reports_cold_compiles():
     """Two compiled configs compiled side by side (subprocesses), then the timed pass; eager configs are not
     prewarmed; a prewarm that runs out of time is a row, not an abort."""

@@ -324,6 +324,7 @@ def test_coerce_refuses_bools_for_numbers():
     assert coerce("lr", 1) == 1.0 and coerce("bias", "no") is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv,needle", [
     (["--micro_batch", "\u00b2"], "lmsprint: error: --micro_batch \u00b2: must be empty, 'auto' or a positive integer"),
     (["--weight_decay", "inf"], "lmsprint: error: --weight_decay inf: must be a finite number"),

@@ -19,6 +19,7 @@ def _tokens(n=5000, seed=0):
     return np.random.default_rng(seed).integers(0, 50257, size=n).astype(np.uint16)
 
 
+@pytest.mark.slow
 def test_sampler_windows_are_real_slices(shakespeare_manifest):
     train = open_tokens(shakespeare_manifest.train_path, shakespeare_manifest.dtype)
     s = BatchSampler(train, T, 8, seed=1337)
@@ -88,6 +89,7 @@ def _gloo_worker(rank, world, port, tokens, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_gloo_ranks_reassemble_the_global_batch(tmp_path):
     tokens = _tokens(3000)
     with socket.socket() as s:

@@ -68,6 +68,7 @@ def uninterrupted(shakespeare_manifest, tmp_path_factory):
     return cwd / "exps" / "run", p
 
 
+@pytest.mark.slow
 def test_uninterrupted_run_writes_a_complete_run_dir(uninterrupted):
     run_dir, p = uninterrupted
     s = summary(run_dir)
@@ -86,6 +87,7 @@ def test_uninterrupted_run_writes_a_complete_run_dir(uninterrupted):
     assert os.path.exists(os.path.join(run_dir, "samples.txt"))
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_is_bit_identical_then_eval_and_generate(uninterrupted, shakespeare_manifest, tmp_path):
     ref_dir, _ = uninterrupted
     base = tmp_path / "exps"

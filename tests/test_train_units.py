@@ -69,6 +69,7 @@ def _make(base, q):
     q.put(runs.create_run_dir(small_cfg(results_base_folder=base)))
 
 
+@pytest.mark.slow
 def test_identical_concurrent_runs_get_distinct_new_dirs(tmp_path):
     base = str(tmp_path / "exps")
     ctx = mp.get_context("spawn")
@@ -242,6 +243,7 @@ def test_evaluate_matches_a_direct_computation():
 # ---------------------------------------------------------------------------------------------------- sampling
 
 
+@pytest.mark.slow
 def test_generation_is_seeded_and_leaves_the_global_rng_alone():
     m = Transformer(small_cfg().model)
     idx = torch.tensor([[1, 2, 3]])
