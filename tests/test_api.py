@@ -106,6 +106,7 @@ def test_train_takes_a_config_and_refuses_bad_flags(tmp_path):
         lmsprint.train(n_layrs=2)
 
 
+@pytest.mark.slow
 def test_generate_and_export_from_another_folder_without_the_data_cache(char_run, tmp_path):
     transformers = pytest.importorskip("transformers")
     run, _ = char_run
@@ -133,6 +134,7 @@ def test_generate_and_export_from_another_folder_without_the_data_cache(char_run
     assert p.returncode == 2 and "latest.pt" in p.stderr and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_export_refuses_what_hugging_face_cannot_express_in_one_line(tmp_path):
     run = lmsprint.train(dataset="shakespeare-char", data_dir=str(tmp_path / "d"), vocab_size=96, iterations=1,
                          attention="local", attention_window=8, results_base_folder=str(tmp_path / "exps"),
@@ -144,6 +146,7 @@ def test_export_refuses_what_hugging_face_cannot_express_in_one_line(tmp_path):
     assert p.returncode == 2 and "--attention" in p.stderr and not os.path.exists(os.path.join(run.run_dir, "evals"))
 
 
+@pytest.mark.slow
 def test_lm_eval_through_the_cli_and_compare_columns(shakespeare_manifest, tmp_path):
     pytest.importorskip("lm_eval")
     run = lmsprint.train(dataset=shakespeare_manifest.dir, vocab_size=50304, iterations=1,

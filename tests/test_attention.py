@@ -12,8 +12,8 @@ from lmsprint.errors import ConfigError, cli_message
 from lmsprint.model.loss import lm_loss
 from lmsprint.model import attention as attn_mod
 from lmsprint.model import check_model_config
-from lmsprint.model.attention import (Attention, local_heads_of_layer, make_block_mask, prepare_block_masks,
-                                      shuffle_queries, window_mask)
+from lmsprint.model.attention import (Attention, AttentionMasks, SlidingWindow, layer_pattern, local_heads_of_layer,
+                                      make_block_mask, make_sdpa_mask, shuffle_queries)
 from lmsprint.model.transformer import Transformer
 from lmsprint.optim.optimizers import build_optimizer
 from tiny import tiny_config
@@ -23,6 +23,22 @@ V, T = 97, 32
 
 def small(model="base", **attn) -> RunConfig:
     return tiny_config(validate=False, model=model, n_embd=64, sequence_length=T, vocab_size=V, **attn)
+
+
+def layer_mask(model_cfg, layer: int, T_: int, kernel: str = "sdpa"):
+    """The mask a forward of length T_ gives layer `layer` (None: plain causal), through the kernel `kernel`."""
+    p = layer_pattern(model_cfg, layer)
+    if p is None or p.covers(T_):
+        return None
+    return make_sdpa_mask(p, T_, "cpu") if kernel == "sdpa" else make_block_mask(p, T_, "cpu")
+
+
+def window_mask(T_: int, window: int, n_head: int, n_local: int) -> torch.Tensor:
+    """Reference boolean mask (n_head, T_, T_) written out by hand: heads < n_local see the last `window` keys."""
+    i = torch.arange(T_)
+    causal = i[:, None] >= i[None, :]
+    local = causal & ((i[:, None] - i[None, :]) < window)
+    return torch.stack([local if h < n_local else causal for h in range(n_head)])
 
 
 def reference_attention(attn: Attention, x: torch.Tensor, allowed) -> torch.Tensor:
@@ -57,14 +73,58 @@ def test_variants_equal_masked_softmax_reference(kind, pattern, local_heads, lay
     def allowed(h, i, j):
         return j <= i and (h >= expect_local or i - j < W)
 
-    torch.testing.assert_close(attn(x), reference_attention(attn, x, allowed), atol=1e-5, rtol=1e-5)
+    mask = layer_mask(cfg.model, layer, 12)
+    assert (mask is None) == (expect_local == 0)
+    torch.testing.assert_close(attn(x, None, mask), reference_attention(attn, x, allowed), atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_masks_equal_the_hand_written_window():
+    """`create_mask` of the pattern's mask_mod (the SDPA mask) is the window written out by hand."""
+    for n_local in (4, 2):
+        got = make_sdpa_mask(SlidingWindow(3, n_local, 4), 10, "cpu")
+        assert got.shape == ((4, 10, 10) if n_local < 4 else (10, 10))
+        assert torch.equal(got.expand(4, 10, 10), window_mask(10, 3, 4, n_local))
+
+
+def test_masks_are_built_once_per_forward_and_shared_by_the_layers_of_a_pattern(monkeypatch):
+    """SSL over 6 layers with one local head in the L layers: two patterns, so one forward builds two masks (cached
+    for the next forward at that length), each passed to all of its layers; a window covering the sequence gives
+    plain causal layers (None)."""
+    cfg = small(attention="global_local", attention_pattern="SSL", local_heads=1, attention_window=5).model
+    cfg.n_layer = 6
+    masks = AttentionMasks(cfg)
+    assert [sorted(layers) for _, layers in masks.groups] == [[0, 1, 3, 4], [2, 5]]
+    built = []
+    real = attn_mod._build_mask
+    monkeypatch.setattr(attn_mod, "_build_mask", lambda *a: built.append(a) or real(*a))
+    attn_mod._cached_mask.cache_clear()
+    got = masks(12, torch.device("cpu"), dropout=False, grad=True)
+    assert len(built) == 2
+    assert got[0] is got[1] is got[3] is got[4] and got[2] is got[5] and got[0] is not got[2]
+    assert got[0].shape == (12, 12) and got[2].shape == (4, 12, 12)
+    assert masks(12, torch.device("cpu"), dropout=False, grad=True)[0] is got[0] and len(built) == 2
+    assert masks(5, torch.device("cpu"), dropout=False, grad=True) == [None] * 6
+
+
+def test_one_predicate_chooses_the_kernel():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    kernel = attn_mod.attention_kernel
+    assert kernel("auto", cuda, dropout=False, grad=True) == "flex"
+    assert kernel("auto", cuda, dropout=True, grad=True) == "sdpa"  # flex has no dropout
+    assert kernel("auto", cpu, dropout=False, grad=False) == "sdpa"
+    assert kernel("sdpa", cuda, dropout=False, grad=True) == "sdpa"
+    assert kernel("flex", cpu, dropout=False, grad=False) == "flex"  # CPU inference through flex
+    with pytest.raises(ConfigError, match="no backward pass on CPU"):
+        kernel("flex", cpu, dropout=False, grad=True)
+    with pytest.raises(ConfigError, match="dropout"):
+        kernel("flex", cuda, dropout=True, grad=False)
 
 
 def test_per_head_split_heads_match_local_and_causal():
     torch.manual_seed(1)
     split = Attention(small(attention="global_local", local_heads=2, attention_window=3).model).eval()
     q, k, v = torch.randn(3, 2, 4, 10, 16).unbind(0)
-    y = split.attend(q, k, v)
+    y = split.attend(q, k, v, layer_mask(small(attention="global_local", local_heads=2, attention_window=3).model, 0, 10))
     local = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(10, 3, 4, 4))
     causal = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(y[:, :2], local[:, :2])
@@ -78,6 +138,7 @@ def test_window_at_least_sequence_equals_causal():
     local = Attention(small(attention="local", attention_window=12).model).eval()
     local.load_state_dict(causal.state_dict())
     x = torch.randn(2, 12, 64)
+    assert layer_mask(small(attention="local", attention_window=12).model, 0, 12) is None
     torch.testing.assert_close(local(x), causal(x))
     # the explicit mask path agrees as well (window == T masks nothing but the future)
     q, k, v = torch.randn(3, 2, 4, 12, 16).unbind(0)
@@ -91,10 +152,11 @@ def test_window_at_least_sequence_equals_causal():
 def test_no_future_leakage(attn):
     torch.manual_seed(3)
     for layer in (0, 1):
-        mod = Attention(small(**attn).model, layer).eval()
+        cfg = small(**attn).model
+        mod = Attention(cfg, layer).eval()
         x = torch.randn(1, 16, 64, requires_grad=True)
         t = 7
-        mod(x)[0, t].sum().backward()
+        mod(x, None, layer_mask(cfg, layer, 16))[0, t].sum().backward()
         assert x.grad[0, t + 1:].abs().max() == 0
         assert x.grad[0, : t + 1].abs().max() > 0
 
@@ -106,24 +168,25 @@ def test_flex_block_mask_matches_sdpa_mask():
     torch.manual_seed(4)
     q, k, v = torch.randn(3, 1, 4, 256, 16).unbind(0)
     for n_local in (4, 1):
-        bm = make_block_mask(256, 40, 4, n_local, "cpu")
+        bm = make_block_mask(SlidingWindow(40, n_local, 4), 256, "cpu")
         with torch.no_grad():
             y_flex = flex_attention(q, k, v, block_mask=bm)
         y_sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(256, 40, 4, n_local))
         torch.testing.assert_close(y_flex, y_sdpa, atol=1e-5, rtol=1e-4)
 
 
-def test_flex_module_path_forward_matches_sdpa_path():
+def test_flex_model_path_forward_matches_sdpa_path():
+    """The same model with `attn_backend` flex (FlexAttention block masks, CPU inference) and sdpa; flex with a
+    backward pass on CPU is refused."""
     torch.manual_seed(5)
-    a_sdpa = Attention(small(attention="local", attention_window=9, attn_backend="sdpa").model).eval()
-    a_flex = Attention(small(attention="local", attention_window=9, attn_backend="flex").model).eval()
-    a_flex.load_state_dict(a_sdpa.state_dict())
-    x = torch.randn(2, 32, 64)
+    m_sdpa = Transformer(small(attention="local", attention_window=9, attn_backend="sdpa").model).eval()
+    m_flex = Transformer(small(attention="local", attention_window=9, attn_backend="flex").model).eval()
+    m_flex.load_state_dict(m_sdpa.state_dict())
+    x = torch.randint(0, V, (2, 32))
     with torch.no_grad():
-        torch.testing.assert_close(a_flex(x), a_sdpa(x), atol=1e-5, rtol=1e-4)
-    assert (32, "cpu") in a_flex._block_masks  # cached per (T, device)
+        torch.testing.assert_close(m_flex(x)[0], m_sdpa(x)[0], atol=1e-5, rtol=1e-4)
     with pytest.raises(ConfigError, match="no backward pass on CPU"):
-        a_flex(x.requires_grad_())
+        m_flex(x)
 
 
 # ------------------------------------------------------------------ query shuffle
@@ -194,6 +257,7 @@ def test_shuffle_only_while_training():
 # ------------------------------------------------------------------ orthonormal Q/K/V
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt", ["adamw", "muon", "lion"])
 def test_orthogonal_qkv_stays_orthonormal_while_training(opt):
     torch.manual_seed(9)
@@ -228,6 +292,7 @@ def test_orthogonal_projection_is_one_matmul_over_heads():
 # ------------------------------------------------------------------ compile, MoE, both models
 
 
+@pytest.mark.slow
 def test_fullgraph_compile_with_local_shuffle_orthogonal():
     """One graph (no breaks) for a block with per-head local windows (SDPA mask path), query shuffle and the
     orthogonal Q/K/V parametrization; forward and backward run and match eager."""
@@ -249,6 +314,7 @@ def test_fullgraph_compile_with_local_shuffle_orthogonal():
     torch.testing.assert_close(h_comp, h_eager, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["base", "llama2"])
 def test_all_options_with_moe(model):
     torch.manual_seed(12)
@@ -291,6 +357,7 @@ def test_check_model_config_refuses_impossible_combinations():
         check(flex)
 
 
+@pytest.mark.slow
 def test_compiled_flex_with_rope_equals_sdpa():
     """Inductor-compiled FlexAttention after RoPE, with v a strided view of the fused QKV output, equals SDPA with the
     window mask (inference: flex has no CPU backward). Without the layer's .contiguous(), torch 2.13's CPU flex
@@ -307,42 +374,39 @@ def test_compiled_flex_with_rope_equals_sdpa():
     rope = (net.rope_cos[:128], net.rope_sin[:128])
     x = torch.randn(2, 128, 64)
     with torch.no_grad():
-        want = b(x, rope)
-        got = torch.compile(a, fullgraph=True)(x, rope)
+        want = b(x, rope, layer_mask(sdpa, 0, 128))
+        got = torch.compile(a, fullgraph=True)(x, rope, layer_mask(flex, 0, 128, "flex"))
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_block_masks_are_built_before_compile_and_read_by_the_graph(monkeypatch):
-    """`prepare_block_masks` builds one mask per flex layer; the compiled forward then builds none, and eager calls
-    at other lengths (generation) afterwards do not make the compiled model recompile."""
+@pytest.mark.slow
+def test_compiled_model_builds_its_block_masks_in_the_graph_and_eager_calls_do_not_recompile_it(monkeypatch):
+    """Under torch.compile the model's forward builds its FlexAttention block masks inside the graph (one graph, no
+    break, no Python-side cache touched while tracing), and eager calls at other lengths afterwards (generation) do
+    not make the compiled model recompile. Equal to the SDPA model."""
     torch._dynamo.reset()
     cfg = tiny_config(model="llama2", n_embd=64, n_head=4, n_layer=2, sequence_length=128, attention="local",
                       attention_window=32, attn_backend="flex")
     net = Transformer(cfg.model).eval()
-    assert prepare_block_masks(net, 128, "cpu") == 2
     sdpa_cfg = tiny_config(model="llama2", n_embd=64, n_head=4, n_layer=2, sequence_length=128, attention="local",
                            attention_window=32, attn_backend="sdpa")
-    assert prepare_block_masks(Transformer(sdpa_cfg.model), 128, "cpu") == 0
-    assert prepare_block_masks(net, 32, "cpu") == 0  # the window covers the sequence: plain causal
-    prepare_block_masks(net, 128, "cpu")
-    built = []
-    real = attn_mod.make_block_mask
-    monkeypatch.setattr(attn_mod, "make_block_mask", lambda *a, **k: built.append(a) or real(*a, **k))
     compiles = []
 
     def backend(gm, example_inputs):
         compiles.append(gm)
         return gm.forward
 
-    compiled = torch.compile(net, backend=backend)
+    compiled = torch.compile(net, backend=backend, fullgraph=True)
     x = torch.randint(0, 64, (2, 128))
+    attn_mod._cached_mask.cache_clear()
     with torch.no_grad():
         ref_net = Transformer(sdpa_cfg.model).eval()
         ref_net.load_state_dict(net.state_dict())
         got, _ = compiled(x)
-        assert built == [] and len(compiles) == 1
+        assert len(compiles) == 1 and attn_mod._cached_mask.cache_info().currsize == 0  # built in the graph
         torch.testing.assert_close(got, ref_net(x)[0], rtol=1e-4, atol=1e-5)
-        net(x[:, :100])  # an eager call at another length fills the eager cache
-        assert len(built) == 2
+        net(x[:, :100])  # eager calls at other lengths fill the eager cache
+        net(x[:, :90])
+        assert attn_mod._cached_mask.cache_info().currsize == 3  # the SDPA reference's mask and two lengths
         compiled(x)
     assert len(compiles) == 1, "the compiled model recompiled after an eager call"

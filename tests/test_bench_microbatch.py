@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = {"n_embd": 64, "vocab_size": 128, "acc_steps": 4}  # overrides of the shared tiny shape (tests/tiny.py)
 
 
-@pytest.mark.parametrize("mb,expected", [("", (2, 4)), ("8", (8, 1)), ("4", (4, 2)), ("1", (1, 8)),
+@pytest.mark.parametrize("mb,expected", [(None, (2, 4)), ("8", (8, 1)), ("4", (4, 2)), ("1", (1, 8)),
                                          ("auto", (2, 4))])
 def test_resolve_micro_batch(mb, expected):
     cfg = tiny_config(**TINY, micro_batch=mb)

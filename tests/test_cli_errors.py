@@ -93,6 +93,7 @@ CASES = ["n_embd_n_head", "sequence_length", "unknown_dataset", "unknown_model",
          "resume_corrupt_ckpt", "resume_changes_run", "resume_unknown_run"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input_is_one_line_exit_2(results, name):
     cases, out, root = results
@@ -110,6 +111,7 @@ def test_bad_input_is_one_line_exit_2(results, name):
                 assert s is None or s["status"] != "complete"
 
 
+@pytest.mark.slow
 def test_resume_failure_leaves_the_run_untouched(results):
     _, out, root = results
     for d in (root / "exps").iterdir():

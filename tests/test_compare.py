@@ -203,6 +203,7 @@ def test_val_curve_carries_time_forward():
     assert c["tokens"] == [30] and c["time/train_s"] == [None]
 
 
+@pytest.mark.slow
 def test_cli_report_with_plots(runs, tmp_path, capsys, monkeypatch):
     out = tmp_path / "report"
     assert main(["compare", runs, "--out", str(out)]) == 0
@@ -258,6 +259,7 @@ def test_non_finite_runs_are_never_best_and_shared_seeds_are_not_seeds(tmp_path)
     assert tests["lr=0.001"]["verdict"] == "best (by mean)"
 
 
+@pytest.mark.slow
 def test_runs_csv_is_numeric_and_load_differences_are_flagged(tmp_path):
     base = str(tmp_path / "exps")
     for s in range(3):
@@ -281,6 +283,7 @@ def test_runs_csv_is_numeric_and_load_differences_are_flagged(tmp_path):
     assert rows[0]["seed_group"] == "all runs"
 
 
+@pytest.mark.slow
 def test_plots_every_run_final_point_bands_and_honest_axes(tmp_path):
     from matplotlib.figure import Figure  # noqa: F401  (the plots need matplotlib)
     from lmsprint.track import plots

@@ -22,6 +22,7 @@ TINY = {"n_embd": 64, "vocab_size": 128, "acc_steps": 2}  # overrides of the sha
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["base", "llama2"])
 def test_model_and_loss_compile_fullgraph(model):
     torch._dynamo.reset()
@@ -43,6 +44,7 @@ def test_model_and_loss_compile_fullgraph(model):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_chunked_loss_compiles_with_inductor():
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(0)
@@ -82,6 +84,7 @@ def test_bench_step_has_no_host_sync(moe):
     assert sum(counts.values()) == 0, counts
 
 
+@pytest.mark.slow
 def test_training_loop_step_has_no_host_sync(shakespeare_manifest, tmp_path):
     """lmsprint.training.trainer.Trainer.train_step at non-log steps: no .item()/.tolist()/.cpu()/bool() on tensors."""
     cfg = tiny_config(**{**TINY, "vocab_size": shakespeare_manifest.n_vocab, "dataset": "shakespeare",
@@ -95,7 +98,7 @@ def test_training_loop_step_has_no_host_sync(shakespeare_manifest, tmp_path):
     with count_host_syncs(exempt=exempt) as counts:
         tr.train_step()
         tr.train_step()
-    assert tr.step == 3
+    assert tr.clock.step == 3
     assert sum(counts.values()) == 0, counts
     with count_host_syncs(exempt=exempt) as counts:  # a log step does read the accumulators
         tr.flush_train_log(1, 1.0)

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from lmsprint.config import (FLAGS, PRESETS, RunConfig, SuggestingParser, add_flags, apply_values, build_config,
-                             coerce, flags_where, get_value, parse_duration, run_name_parts, set_value)
+from lmsprint.config import (FLAGS, PRESETS, RESUME_SAFE, RunConfig, SuggestingParser, add_flags, apply_values,
+                             build_config, coerce, flags_where, get_value, parse_duration, run_name_parts, set_value,
+                             typed)
 from lmsprint.errors import ConfigError, UserError, cli_message
 
 
@@ -150,7 +151,7 @@ def test_config_errors_name_options_without_cli_wording():
 
 
 # ---------------------------------------------------------------------------------------------------- metadata
-# the hand-kept lists these flags replace (train/commands.py RESUME_SAFE, track/compare.py IGNORED_KEYS,
+# the hand-kept lists these flags replace (cli/train.py RESUME_SAFE, track/compare.py IGNORED_KEYS,
 # track/sweep.py RESERVED), transcribed: the metadata must say exactly the same
 
 
@@ -163,7 +164,7 @@ def test_resume_safe_flags():
 
 def test_bookkeeping_flags():
     assert set(flags_where("bookkeeping")) == {
-        "exp_name", "run_prefix", "results_base_folder", "resume", "wandb", "wandb_project", "wandb_run_prefix",
+        "exp_name", "run_prefix", "results_base_folder", "wandb", "wandb_project", "wandb_run_prefix",
         "wandb_entity", "tensorboard", "progress", "data_dir", "num_proc", "log_interval", "ckpt_interval",
         "save_checkpoint_freq", "quiet", "threads", "target"}
 
@@ -171,8 +172,7 @@ def test_bookkeeping_flags():
 def test_sweep_reserved_flags_and_reasons():
     reasons = {k: FLAGS[k][1].metadata["sweep_reserved"] for k in flags_where("sweep_reserved")}
     assert reasons == {"seed": "use --seeds 0,1,2 instead of a seed flag or grid",
-                       "exp_name": "the sweep names each run", "run_prefix": "the sweep names each run",
-                       "resume": "rerun the same sweep command to resume it"}
+                       "exp_name": "the sweep names each run", "run_prefix": "the sweep names each run"}
 
 
 def test_flags_where_is_in_field_order():
@@ -279,12 +279,59 @@ def test_values_set_from_python_are_checked_too():
         cfg.validate()
 
 
+def test_micro_batch_is_typed_once_whatever_its_source(tmp_path):
+    """The CLI's 'auto' and N, a config file's null / auto / 8, and the '' and '8' older config.yaml files hold all
+    become None, 'auto' or an int; a value set from Python is checked by the same rule. An empty value on the
+    command line is refused, as for every number."""
+    assert [parse(["--micro_batch", v]).train.micro_batch for v in ("auto", "8", " 4 ")] == ["auto", 8, 4]
+    with pytest.raises(UserError, match="micro_batch '': is empty"):
+        parse(["--micro_batch", ""])
+    assert parse([]).train.micro_batch is None
+    f = tmp_path / "c.yaml"
+    for text, want in (("micro_batch: null\n", None), ("micro_batch: auto\n", "auto"), ("micro_batch: 8\n", 8)):
+        f.write_text(text)
+        assert parse(["--config", str(f)]).train.micro_batch == want
+    cfg = build_config({"micro_batch": 8})
+    assert RunConfig.from_dict(cfg.to_dict()).train.micro_batch == 8
+    assert coerce("micro_batch", "") is None and coerce("micro_batch", "16") == 16
+    for bad in (0, -3, True, 2.5, "x"):
+        cfg = RunConfig()
+        cfg.train.micro_batch = bad
+        with pytest.raises(ConfigError, match="must be empty, 'auto' or a positive integer"):
+            cfg.validate()
+
+
+def test_a_config_of_an_older_version_still_reads():
+    """config.yaml / checkpoint configs written before `resume` stopped being an option, with `micro_batch` ''."""
+    old = build_config({}).to_dict()
+    old["train"] = {**old["train"], "resume": None, "micro_batch": ""}
+    cfg = RunConfig.from_dict(old)
+    assert cfg.train.micro_batch is None and "resume" not in FLAGS
+    assert typed({"micro_batch": "", "lr": "0.5", "gone": 1}) == {"micro_batch": None, "lr": 0.5, "gone": 1}
+    with pytest.raises(UserError, match="use --resume"):
+        parse(["--init_from", "x"])
+
+
+def test_resume_safe_is_defined_once():
+    import pathlib
+
+    import lmsprint.track.sweep as sweep
+    import lmsprint.training.resume as resume
+    assert RESUME_SAFE == frozenset(flags_where("resume_safe"))
+    assert resume.RESUME_SAFE is RESUME_SAFE
+    src = pathlib.Path(resume.__file__).parents[1]
+    assert [p.relative_to(src).as_posix() for p in src.rglob("*.py")
+            if "\nRESUME_SAFE =" in p.read_text()] == ["config/schema.py"]
+    assert sweep.SWEEP_RESUME_SAFE == RESUME_SAFE - {"results_base_folder"}
+
+
 def test_coerce_refuses_bools_for_numbers():
     with pytest.raises(ConfigError):
         coerce("batch_size", True)
     assert coerce("lr", 1) == 1.0 and coerce("bias", "no") is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv,needle", [
     (["--micro_batch", "\u00b2"], "lmsprint: error: --micro_batch \u00b2: must be empty, 'auto' or a positive integer"),
     (["--weight_decay", "inf"], "lmsprint: error: --weight_decay inf: must be a finite number"),

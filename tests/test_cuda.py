@@ -23,7 +23,7 @@ from lmsprint import rundir
 from lmsprint.bench.measure import bench_config, build_bench_step, synthetic_batches
 from lmsprint.hw import count_host_syncs, cuda_sync_errors, host_resident
 from lmsprint.model import moe as moe_mod
-from lmsprint.model.attention import make_block_mask
+from lmsprint.model.attention import SlidingWindow, make_block_mask
 from lmsprint.model.loss import lm_loss
 from lmsprint.model.moe import MoE
 from lmsprint.model.transformer import Transformer
@@ -88,7 +88,7 @@ def test_flex_matches_sdpa_forward_and_backward(kw):
 
 def test_flex_block_mask_skips_out_of_window_blocks():
     """At 4096 tokens and window 512 the block mask keeps about (512 + 128) / 4096 of the causal blocks."""
-    bm = make_block_mask(4096, 512, n_head=1, n_local=1, device=DEV)
+    bm = make_block_mask(SlidingWindow(window=512, n_local=1, n_head=1), 4096, DEV)
     assert bm.sparsity() > 75.0, bm  # percent of blocks skipped
 
 

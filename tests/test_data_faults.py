@@ -229,6 +229,7 @@ def test_lengths_and_prefix_checked_before_step_1(prepared):
     check_data(_run_cfg(sequence_length=64, vocab_size=128, eval_seq_prefix="☃", sample_tokens=0), prepared, tok)
 
 
+@pytest.mark.slow
 def test_sequence_longer_than_val_split_from_the_cli(prepared, tmp_path):
     line = _one_line(_cli("train", "--dataset", prepared.dir, "--n_layer", 1, "--n_embd", 16, "--n_head", 2,
                           "--vocab_size", 128, "--sequence_length", prepared.val_tokens + 10, "--batch_size", 1,

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lmsprint.data.loader import BatchSampler, n_val_windows, open_tokens, to_device, val_batches
+from lmsprint.data.loader import BatchSampler, DeviceBatches, n_val_windows, open_tokens, to_device, val_batches
 from lmsprint.errors import UserError
 
 T = 32
@@ -19,6 +19,7 @@ def _tokens(n=5000, seed=0):
     return np.random.default_rng(seed).integers(0, 50257, size=n).astype(np.uint16)
 
 
+@pytest.mark.slow
 def test_sampler_windows_are_real_slices(shakespeare_manifest):
     train = open_tokens(shakespeare_manifest.train_path, shakespeare_manifest.dtype)
     s = BatchSampler(train, T, 8, seed=1337)
@@ -40,12 +41,23 @@ def test_sampler_is_a_function_of_seed_and_step():
     assert torch.equal(b.get(5)[0], xa5)  # order of calls does not matter
     assert not torch.equal(a.get(6)[0], xa5)
     assert not torch.equal(BatchSampler(tokens, T, 6, seed=8).get(5)[0], xa5)
-    assert a.state_dict() == {"seed": 7, "step": 7}
-    c = BatchSampler(tokens, T, 6, seed=7)
-    c.load_state_dict(a.state_dict())
-    assert c.step == 7 and torch.equal(c.get(c.step)[0], a.get(7)[0])
     starts = a.starts(5)
     assert starts.min() >= 0 and starts.max() <= len(tokens) - T - 1
+
+
+def test_device_batches_hand_out_consecutive_steps_prefetched_and_resume_from_their_state():
+    tokens = _tokens()
+    s = BatchSampler(tokens, T, 6, seed=7)
+    a = DeviceBatches(s, "cpu")
+    x0, _ = a.next()
+    a.prefetch()  # the copy of step 1 starts early; next() hands it out
+    x1, _ = a.next()
+    assert torch.equal(x0, s.get(0)[0]) and torch.equal(x1, s.get(1)[0])
+    a.prefetch()  # step 2 prefetched, not handed out: the state is still "next is step 2"
+    assert a.state_dict() == {"seed": 7, "step": 2}
+    b = DeviceBatches(BatchSampler(tokens, T, 6, seed=7), "cpu")
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(b.next()[0], a.next()[0]) and torch.equal(a.next()[0], s.get(3)[0])
 
 
 def test_rank_slicing_one_process_2b_equals_two_processes_b():
@@ -77,6 +89,7 @@ def _gloo_worker(rank, world, port, tokens, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_gloo_ranks_reassemble_the_global_batch(tmp_path):
     tokens = _tokens(3000)
     with socket.socket() as s:

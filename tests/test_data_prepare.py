@@ -61,6 +61,7 @@ def _segments(docs, val_fraction):
     return out
 
 
+@pytest.mark.slow
 def test_shakespeare_gpt2(shakespeare_manifest):
     m = shakespeare_manifest
     assert m.tokenizer == "gpt2" and m.dtype == "uint16" and m.n_vocab == 50257 and m.eot == 50256
@@ -228,6 +229,7 @@ def test_cli_prepare_and_offline_hub(tmp_path, capsys):
     assert len(lines) == 1 and "cannot reach the Hugging Face hub" in lines[0] and "--dataset shakespeare" in lines[0]
 
 
+@pytest.mark.slow
 def test_measure_tokenize_speed():
     r = measure_tokenize_speed(megabytes=0.3, num_proc=2)
     assert r["tokens"] > 50_000 and r["single_s"] > 0 and r["parallel_s"] > 0 and r["speedup"] > 0

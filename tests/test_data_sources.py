@@ -90,6 +90,7 @@ def test_nanogpt_folder_is_used_in_place(nanogpt_dir, tmp_path):
     assert snapshot(nanogpt_dir) == before
 
 
+@pytest.mark.slow
 def test_nanogpt_folder_through_the_cli(nanogpt_dir, tmp_path):
     before = snapshot(nanogpt_dir)
     r = lmsprint("prepare", "--dataset", nanogpt_dir, "--data_dir", tmp_path / "cache", "--quiet", cwd=tmp_path)

@@ -49,6 +49,7 @@ def _col(run_dir, key):
     return [r[key] for r in rows(run_dir) if key in r]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_two_gloo_processes_match_one_process_with_twice_the_batch(runs, variant):
     one, two = runs / variant / "one", runs / variant / "two"
@@ -64,6 +65,7 @@ def test_two_gloo_processes_match_one_process_with_twice_the_batch(runs, variant
     assert s["status"] == "complete" and s["world_size"] == 2 and s["tokens"] == 6 * 4 * 32
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_on_2_is_bit_identical(runs):
     resume(2, runs / "killed", runs)
     ref, run = runs / "base" / "two" / "r", runs / "killed" / "r"

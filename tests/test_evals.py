@@ -100,6 +100,7 @@ def lmsprint_accuracy(model: Transformer, docs) -> float:
     return right / len(docs)
 
 
+@pytest.mark.slow
 def test_lm_eval_runs_on_a_local_task_and_keeps_every_result(tmp_path, local_task):
     pytest.importorskip("transformers")
     pytest.importorskip("lm_eval")

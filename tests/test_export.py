@@ -159,6 +159,7 @@ def exported(tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_exported_logits_equal_lmsprint(name, exported):
     transformers = pytest.importorskip("transformers")

@@ -136,6 +136,7 @@ def reference(data, tmp_path_factory):
 # ------------------------------------------------------------------------------------------- class 3: paths
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["latest", "a/b", "../../elsewhere", ".."])
 def test_run_names_that_are_no_plain_folder_are_refused(data, tmp_path, name):
     base = tmp_path / "results" / "exps"
@@ -148,6 +149,7 @@ def test_run_names_that_are_no_plain_folder_are_refused(data, tmp_path, name):
     assert (base / "latest").read_text() == "old\n"
 
 
+@pytest.mark.slow
 def test_data_dir_naming_a_file_and_an_unwritable_results_folder(data, tmp_path):
     f = tmp_path / "afile"
     f.write_text("mine\n")
@@ -178,6 +180,7 @@ def test_disk_full_during_prepare_is_one_line(tmp_path):
     one_line_error(p)
 
 
+@pytest.mark.slow
 def test_a_weights_file_that_cannot_be_written_is_an_os_error_and_the_old_file_is_kept(tmp_path):
     """safetensors reports a failed write as its own SafetensorError; lmsprint raises the OSError it is, with the
     file's name, and leaves the previous model.safetensors and no temporary file."""
@@ -224,6 +227,7 @@ except OSError as e:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [32, 64, 512])
 def test_a_checkpoint_too_big_for_the_disk_is_a_checkpoint_error_whatever_torch_raises(tmp_path, n):
     """torch.save and torch.distributed.checkpoint report a short write as RuntimeError "unexpected pos N vs M"
@@ -242,6 +246,7 @@ def test_a_checkpoint_too_big_for_the_disk_is_a_checkpoint_error_whatever_torch_
     assert [f for f in os.listdir(tmp_path) if ".tmp" in f] == []
 
 
+@pytest.mark.slow
 def test_export_that_cannot_write_its_weights_is_one_line_and_leaves_no_folder(reference, tmp_path):
     out = tmp_path / "hf"
     p = cli("export", reference, out, cwd=tmp_path, preexec_fn=_file_limit(16 << 10))
@@ -250,6 +255,7 @@ def test_export_that_cannot_write_its_weights_is_one_line_and_leaves_no_folder(r
     assert os.listdir(tmp_path) == []  # neither the folder nor its temporary twin
 
 
+@pytest.mark.slow
 def test_disk_full_at_a_checkpoint_keeps_the_last_good_one_and_resume_finishes(data, tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
@@ -291,6 +297,7 @@ def test_disk_full_at_a_checkpoint_keeps_the_last_good_one_and_resume_finishes(d
 # ------------------------------------------------------------------------------- class 4 + 7: signals, lock
 
 
+@pytest.mark.slow
 def test_sighup_then_sigint_then_resume_is_bit_identical_and_a_live_run_is_locked(data, reference, tmp_path):
     base = tmp_path / "exps"
     run_dir = str(base / "run")
@@ -329,6 +336,7 @@ def test_sighup_then_sigint_then_resume_is_bit_identical_and_a_live_run_is_locke
     assert tensors_equal(a["model"], b["model"]) and tensors_equal(a["optimizer"], b["optimizer"])
 
 
+@pytest.mark.slow
 def test_sigterm_stops_with_a_checkpoint_and_kill_9_before_the_first_checkpoint_is_failed(data, tmp_path):
     base = tmp_path / "exps"
     run_dir = str(base / "early")
@@ -361,6 +369,7 @@ def _swap_files(src, dst):
             shutil.copyfile(os.path.join(src, f), os.path.join(dst, f))
 
 
+@pytest.mark.slow
 def test_resume_refuses_changes_then_an_accepted_lr_change_diverges_and_keeps_the_finite_checkpoint(data, tmp_path):
     mine = tmp_path / "mydata"  # the run's own copy of the prepared data (its files get swapped below)
     shutil.copytree(data, mine)
@@ -419,12 +428,14 @@ def test_resume_refuses_changes_then_an_accepted_lr_change_diverges_and_keeps_th
 # ------------------------------------------------------------------------------------ class 7: unsafe loading
 
 
+@pytest.mark.slow
 def test_a_pickled_checkpoint_is_not_loaded_and_gets_a_hint(data, reference, tmp_path):
     run_dir = tmp_path / "exps" / "old"
     shutil.copytree(reference, run_dir)
     st = torch.load(ckpt(reference), weights_only=True)
     st["format"] = 1
-    st["rng"]["numpy"] = ("MT19937", st["rng"]["numpy"]["keys"].numpy().astype("uint32"), 0, 0, 0.0)  # format 1
+    rng = st["ranks"][0]["rng"]
+    rng["numpy"] = ("MT19937", rng["numpy"]["keys"].numpy().astype("uint32"), 0, 0, 0.0)  # format 1: a numpy object
     torch.save(st, ckpt(run_dir))
     os.remove(rundir.weights_path(run_dir))  # runs of that format had no model.safetensors: eval reads the checkpoint
     s = summary(run_dir)

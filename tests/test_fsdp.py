@@ -49,6 +49,7 @@ def runs(shakespeare_manifest, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_two_process_run_writes_one_sharded_checkpoint(runs):
     r2 = rows(runs / "two" / "r")
     losses = [r["train/loss"] for r in r2 if "train/loss" in r]
@@ -59,6 +60,7 @@ def test_two_process_run_writes_one_sharded_checkpoint(runs):
         assert json.load(fh)["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_kill_9_resume_on_2_is_bit_identical_and_on_1_keeps_the_global_batch(runs, tmp_path):
     killed, on1 = runs / "k2", tmp_path / "on1"
     shutil.copytree(killed, on1, symlinks=True)
@@ -73,12 +75,14 @@ def test_kill_9_resume_on_2_is_bit_identical_and_on_1_keeps_the_global_batch(run
     assert json.load(open(on1 / "r" / "summary.json"))["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_one_process_run_resumes_on_two(runs):
     err = resume(2, runs / "k1", runs)
     assert "batch_size x acc_steps 4 x 2 -> 4 x 1 per process" in err
     close(rows(runs / "k1" / "r"), rows(runs / "two" / "r"))  # steps up to the checkpoint on 1 process
 
 
+@pytest.mark.slow
 def test_eval_reads_the_sharded_checkpoint_in_one_plain_process(runs):
     run_dir = runs / "two" / "r"
     os.remove(run_dir / "model.safetensors")  # only the DCP shards are left
@@ -96,6 +100,7 @@ def test_eval_reads_the_sharded_checkpoint_in_one_plain_process(runs):
     assert ev["step"] == 8 and abs(ev["val/loss"] - final["val/loss"]) <= tol
 
 
+@pytest.mark.slow
 def test_muon_is_refused_in_one_line_and_nothing_is_written(tmp_path):
     p = subprocess.run(cmd(1, "train", "--data_parallel", "fsdp", "--opt", "muon", "--config_format", "demo",
                            "--results_base_folder", tmp_path), cwd=tmp_path, env=env(), capture_output=True,

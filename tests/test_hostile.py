@@ -87,7 +87,7 @@ def edit_checkpoint(run, name="latest.pt", **fields) -> None:
         target = st
         *parents, leaf = key.split(".")
         for p in parents:
-            target = target[p]
+            target = target[int(p)] if isinstance(target, list) else target[p]
         target[leaf] = value
     torch.save(st, path)
 
@@ -358,10 +358,10 @@ def test_malformed_tokenizer_info(run, tmp_path, in_process, edit, words):
 @pytest.mark.parametrize("field,value,words", [
     ("step", "4", "field 'step'"),
     ("step", -1, "field 'step'"),
-    ("train_time", float("nan"), "field 'train_time'"),
-    ("metrics_state.rows", "a", "field 'metrics_state.rows'"),
-    ("metrics_state.acc", 3, "field 'metrics_state.acc'"),
-    ("rng", {}, "field 'rng'"),
+    ("clock.train_time", float("nan"), "field 'clock'"),
+    ("record.rows", "a", "field 'record'"),
+    ("ranks.0.metrics", 3, "field 'ranks'"),
+    ("ranks.0.rng", {}, "field 'ranks'"),
     ("model", [1, 2], "field 'model'"),
     ("world_size", 0, "field 'world_size'"),
 ])
@@ -374,10 +374,10 @@ def test_checkpoint_fields_of_the_wrong_type(run, in_process, field, value, word
 
 def test_a_checkpoint_without_what_a_resume_needs_is_refused_by_resume_only(run, in_process):
     st = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
-    del st["metrics_state"]
+    del st["record"]
     torch.save(st, run / "checkpoints" / "latest.pt")
     set_summary(run, status="interrupted")
-    one_line(in_process("train", "--resume", run, "--device", "cpu"), "latest.pt", "field 'metrics_state'",
+    one_line(in_process("train", "--resume", run, "--device", "cpu"), "latest.pt", "field 'record'",
              "missing")
     res = in_process("eval", run, "--checkpoint", "latest.pt", "--eval_tokens", "64", "--device", "cpu")
     assert res.returncode == 0, res.stderr

@@ -78,6 +78,7 @@ def test_table_rows_shard_what_fsdp_shards():
         assert f8["total"] < d["total"]
 
 
+@pytest.mark.slow
 def test_bench_memory_prints_the_table():
     p = subprocess.run([sys.executable, "-m", "lmsprint", "bench", "--memory", "--world_size", "4", "--json"],
                        capture_output=True, text=True, timeout=120)

@@ -290,6 +290,7 @@ def test_grouped_probe_is_cached():
     assert moe_mod.grouped_mm_supported(dev, torch.float32) == first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw,use_grouped", [
     (dict(model="llama2"), None),
     (dict(model="llama2"), False),

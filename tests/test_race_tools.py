@@ -34,6 +34,7 @@ def one_error_line(p, fragment):
 # ---------------------------------------------------------------------------------------------------- --threads
 
 
+@pytest.mark.slow
 def test_threads_sets_torch_threads_for_the_run(corpus):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -66,6 +67,7 @@ def arms(corpus):
     return out
 
 
+@pytest.mark.slow
 def test_seed_groups_are_named_by_the_exp_name_stem(arms):
     c = compare([str(arms)])
     assert sorted(g.label for g in c.groups) == ["base", "lr"] and all(g.n == 2 for g in c.groups)
@@ -73,6 +75,7 @@ def test_seed_groups_are_named_by_the_exp_name_stem(arms):
     assert exp_stem("runs12", 12) == "runs12" and exp_stem("a_s3", 4) == "a_s3"  # not the run's seed: kept
 
 
+@pytest.mark.slow
 def test_compare_reference_judges_every_group_against_it(arms):
     for spec in ("base", "base_s*", str(arms / "base_s1")):
         c = compare([str(arms)], metric="val/loss", reference=spec)
@@ -87,6 +90,7 @@ def test_compare_reference_judges_every_group_against_it(arms):
     assert "val/loss against the reference arm lr:" in p.stdout
 
 
+@pytest.mark.slow
 def test_compare_reference_that_names_no_single_group_is_one_line(arms):
     one_error_line(lmsprint_cli("compare", str(arms), "--reference", "nope*", "--no_report", cwd=arms),
                    "--reference 'nope*' matches no arm")
@@ -97,6 +101,7 @@ def test_compare_reference_that_names_no_single_group_is_one_line(arms):
 # ---------------------------------------------------------------------------------------------------- sweep
 
 
+@pytest.mark.slow
 def test_sweep_parallel_starts_every_run_together_and_logs_each(corpus):
     p = lmsprint_cli("sweep", "--grid", "lr=1e-3,3e-2", "--seeds", "0,1", "--parallel", "4", "--name", "race", "--",
                      *TINY, "--results_base_folder", "exps_sweep", cwd=corpus)

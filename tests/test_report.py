@@ -44,6 +44,7 @@ def logged(corpus):
     return p, q
 
 
+@pytest.mark.slow
 def test_log_file_output_banner_lines_and_no_redraws(logged):
     p, _ = logged
     out = p.stdout
@@ -74,6 +75,7 @@ def test_log_file_output_banner_lines_and_no_redraws(logged):
     assert f"eval tokens     {m.group(1)}" in out
 
 
+@pytest.mark.slow
 def test_quiet_prints_only_the_final_table(logged):
     _, q = logged
     assert q.stdout.startswith("final metrics:")
@@ -206,9 +208,9 @@ import time
 from lmsprint.config import build_config
 from lmsprint.training.report import Console
 class Clock:
-    budget, iterations, train_time = None, 3, 0.0
+    budget, iterations, train_time, step = None, 3, 0.0, 0
 c = Console(build_config({}), True)
-c.start(Clock(), 0)
+c.start(Clock())
 for i in range(3):
     time.sleep(0.05)
     c.advance()
@@ -218,6 +220,7 @@ c.close()
 """
 
 
+@pytest.mark.slow
 def test_terminal_gets_a_redrawn_bar_and_persistent_eval_lines():
     """On a terminal (a real pseudo-terminal of 100 columns) the bar redraws with carriage returns and the eval line
     is printed above it, on its own line."""

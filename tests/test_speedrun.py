@@ -206,6 +206,7 @@ def test_speedrun_preset_is_valid_at_its_shape_and_when_shrunk():
     assert h.shape == (1, 128, 128)
 
 
+@pytest.mark.slow
 def test_speedrun_preset_with_every_ingredient_trains_through_the_cli(tmp_path):
     rng = random.Random(0)
     words = "the quick brown fox jumps over a lazy dog and runs away from home".split()

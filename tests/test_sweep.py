@@ -120,6 +120,7 @@ def _summary(d):
         return json.load(fh)
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_point_in_its_own_dir(sweep):
     assert sweep["rc"] == 0
     names = sorted(d for d in os.listdir(sweep["dir"]) if os.path.isdir(os.path.join(sweep["dir"], d)))
@@ -130,6 +131,7 @@ def test_sweep_runs_every_point_in_its_own_dir(sweep):
     assert json.load(open(os.path.join(sweep["dir"], "sweep.json")))["seeds"] == [0]
 
 
+@pytest.mark.slow
 def test_compare_real_runs_table_and_report(sweep, tmp_path):
     c = report.compare([sweep["dir"]])
     assert c.diff == ["label_smoothing"]  # seed, exp_name, folders are the same or ignored
@@ -150,6 +152,7 @@ def test_compare_real_runs_table_and_report(sweep, tmp_path):
         assert (out / p).is_file() and f"]({p})" in md
 
 
+@pytest.mark.slow
 def test_real_run_tensorboard_and_wandb_offline(sweep):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -174,6 +177,7 @@ def test_real_run_tensorboard_and_wandb_offline(sweep):
     assert any("samples/_type" in h for h in wb["history"])
 
 
+@pytest.mark.slow
 def test_sweep_restart_skips_finished_and_resumes_interrupted(sweep, capfd):
     done = os.path.join(sweep["dir"], "label_smoothing=0_seed=0")
     cut = os.path.join(sweep["dir"], "label_smoothing=0.1_seed=0")
@@ -195,6 +199,7 @@ def test_sweep_restart_skips_finished_and_resumes_interrupted(sweep, capfd):
     assert stats.TOO_FEW in out  # the compare table at the end
 
 
+@pytest.mark.slow
 def test_a_failing_run_does_not_stop_the_sweep(tmp_path, capfd):
     base = str(tmp_path / "exps")
     missing = [str(tmp_path / "no_such_corpus_a.txt"), str(tmp_path / "no_such_corpus_b.txt")]
@@ -206,6 +211,7 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path, capfd):
     assert "2 runs failed" in err
 
 
+@pytest.mark.slow
 def test_values_that_normalise_alike_get_their_own_runs(tmp_path):
     """`a_b.txt` and `a-b.txt` both normalise to `a-b.txt`: each gets its own run name (a short hash of the value),
     so the second is never skipped as the first's "complete" run; values that do not collide keep plain names."""

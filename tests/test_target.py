@@ -105,20 +105,24 @@ def test_tracker_state_round_trip_and_replay_of_a_new_target_from_the_rows():
     t.observe({K.VAL_LOSS: 3.5}, 10, 100, 1.0, 1.5)
     t.observe({K.VAL_LOSS: 2.9}, 20, 200, 2.0, 3.5)
     u = TargetTracker("val/loss=3.0")
-    u.load_state_dict(t.state_dict(), history=lambda: pytest.fail("the checkpoint holds the record"))
+    u.history = lambda: pytest.fail("the checkpoint holds the record")
+    u.load_state_dict(t.state_dict())
     assert u.summary() == t.summary() and u.n_evals == 2
     rows = [{K.ITER: 10, K.TRAIN_LOSS: 4.0, K.TRAIN_TIME: 0.9},
             {K.ITER: 10, K.VAL_LOSS: 3.5, K.TOKENS: 100, K.TRAIN_TIME: 1.0, K.WALL_TIME: 1.5},
             {K.ITER: 20, K.VAL_LOSS: 2.9, K.TOKENS: 200, K.TRAIN_TIME: 2.0, K.WALL_TIME: 3.5}]
     # a resume that adds a target (or changes it) finds it among the eval rows logged before the checkpoint
     v = TargetTracker("val/loss=3.2")
-    v.load_state_dict({"spec": None, "n_evals": 2, "record": None}, history=lambda: rows)
+    v.history = lambda: rows
+    v.load_state_dict({"spec": None, "n_evals": 2, "record": None})
     assert v.summary()["step"] == 20 and v.summary()["wall_s"] == 3.5 and v.summary()["eval"] == 2
     w = TargetTracker("val/loss=3.6")
-    w.load_state_dict(None, history=lambda: rows)  # a checkpoint of an older lmsprint
+    w.history = lambda: rows
+    w.load_state_dict(None)  # a checkpoint of an older lmsprint
     assert w.summary()["step"] == 10 and w.n_evals == 2
     old = TargetTracker("val/loss=3.6")  # rows of an older lmsprint carry no times: unknown, never 0
-    old.load_state_dict(None, history=lambda: [{K.ITER: 10, K.VAL_LOSS: 3.5, K.TOKENS: 100}])
+    old.history = lambda: [{K.ITER: 10, K.VAL_LOSS: 3.5, K.TOKENS: 100}]
+    old.load_state_dict(None)
     assert old.summary()["train_s"] is None and old.summary()["wall_s"] is None and old.summary()["step"] == 10
 
 
@@ -253,11 +257,12 @@ def test_a_checkpoint_with_a_malformed_target_record_is_refused_naming_it(tmp_pa
 
     t = TargetTracker("val/loss=3.0")
     t.observe({K.VAL_LOSS: 2.9}, 10, 100, 1.0, 2.0)
-    ok = {"model": {}, "step": 10, "wall_time": 2.5, "target": t.state_dict()}
+    clock = {"step": 10, "train_time": 1.0, "eval_time": 0.0, "compile_time": 0.0, "wall_time": 2.5}
+    ok = {"model": {}, "step": 10, "clock": clock, "target": t.state_dict()}
     assert state.check_checkpoint(ok, str(tmp_path / "latest.pt")) is ok
     for bad in ({"spec": 3, "n_evals": 1, "record": None}, {"spec": None, "n_evals": -1, "record": None},
                 {**t.state_dict(), "record": {**t.state_dict()["record"], "train_s": float("nan")}}):
         with pytest.raises(RunFileError, match="field 'target'"):
             state.check_checkpoint({**ok, "target": bad}, str(tmp_path / "latest.pt"))
-    with pytest.raises(RunFileError, match="field 'wall_time'"):
-        state.check_checkpoint({**ok, "wall_time": -1.0}, str(tmp_path / "latest.pt"))
+    with pytest.raises(RunFileError, match="field 'clock'"):
+        state.check_checkpoint({**ok, "clock": {**clock, "wall_time": -1.0}}, str(tmp_path / "latest.pt"))

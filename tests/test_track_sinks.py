@@ -129,6 +129,7 @@ def test_missing_package_fails_at_start_with_pip_hint(monkeypatch):
     check_available(_cfg())  # not asked for: fine
 
 
+@pytest.mark.slow
 def test_missing_wandb_cli_one_line_exit_2(tmp_path):
     """A real interpreter where `import wandb` fails: the train command stops before making a run directory."""
     code = "import sys; sys.modules['wandb'] = None; from lmsprint.cli import main; raise SystemExit(main(sys.argv[1:]))"

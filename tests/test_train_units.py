@@ -18,8 +18,11 @@ from lmsprint.errors import CheckpointError, UserError
 from lmsprint.model.transformer import Transformer
 from lmsprint.training import state as ckpt
 from lmsprint import rundir as runs
+from lmsprint.training.clock import Clock
+from lmsprint.training.distributed import World
 from lmsprint.training.evaluate import evaluate
 from lmsprint.training.generate import generate_tokens
+from lmsprint.training.metrics import MetricAccumulator
 from tiny import tiny_config
 
 def small_cfg(**kw):
@@ -66,6 +69,7 @@ def _make(base, q):
     q.put(runs.create_run_dir(small_cfg(results_base_folder=base)))
 
 
+@pytest.mark.slow
 def test_identical_concurrent_runs_get_distinct_new_dirs(tmp_path):
     base = str(tmp_path / "exps")
     ctx = mp.get_context("spawn")
@@ -147,6 +151,71 @@ def test_checkpoint_of_another_format_version_is_refused(tmp_path):
         assert "\n" not in str(e.value)
 
 
+# ---------------------------------------------------------------------------------------------------- clock
+
+
+def run_clock(clock: Clock, n: int) -> list:
+    ticks = []
+    for _ in range(n):
+        clock.begin_step()
+        ticks.append(clock.end_step())
+    return ticks
+
+
+def test_clock_counts_steps_and_says_what_each_asks_for():
+    """Log every 3 steps and at the last, eval every 4, the last at `iterations`; the first step of a compiled run is
+    compile time, outside the training time and the throughput; the schedule runs on steps."""
+    c = Clock(None, 10, World(), log_every=3, eval_every=4, compiled=True)
+    c.start()
+    ticks = []
+    while not c.done():
+        c.begin_step()
+        ticks.append(c.end_step())
+    assert [t.step for t in ticks] == list(range(1, 11)) and c.step == 10
+    assert [t.step for t in ticks if t.log] == [3, 6, 9, 10] and [t.step for t in ticks if t.eval] == [4, 8]
+    assert [t.step for t in ticks if t.last] == [10]
+    assert ticks[0].seconds == 0.0 and c.compile_time > 0 and c.train_time == sum(t.seconds for t in ticks)
+    assert ticks[2].interval_steps == 2 and ticks[5].interval_steps == 3 and ticks[9].interval_steps == 1
+    assert c.total_steps == 10 and c.progress() == 1.0
+
+
+def test_clock_budget_ends_the_run_inside_the_loop_and_its_state_round_trips():
+    """With a time budget the last step is the one whose training time reaches it (a log tick, so its partial
+    interval is logged); the schedule runs on time; a clock restored from the state is done as well."""
+    c = Clock(100.0, 1000, World(), log_every=50, eval_every=0)
+    c.start()
+    run_clock(c, 3)
+    assert not c.done() and c.total_steps is None and 0 < c.progress() < 1
+    c.train_time = 100.0  # the budget is spent by the time the next step ends
+    tick = run_clock(c, 1)[0]
+    assert tick.last and tick.log and tick.step == 4 and tick.interval_steps == 4 and c.done()
+    d = Clock(100.0, 1000, World())
+    saved = c.state_dict()
+    d.load_state_dict(saved)  # d has not started: its wall time stays the saved one
+    assert d.done() and d.step == 4 and d.state_dict() == saved
+
+
+def test_metric_accumulator_reads_means_and_respreads_over_another_number_of_processes():
+    """Two processes' accumulators respread over one process read what the two would have read together, and over
+    two processes again each reads the same global means."""
+    stats = [{"loss": torch.tensor(2.0), "ce_sum": torch.tensor(30.0), "n": 10, "aux": {"moe/aux_loss": torch.tensor(0.5)}},
+             {"loss": torch.tensor(4.0), "ce_sum": torch.tensor(50.0), "n": 10, "aux": {"moe/aux_loss": torch.tensor(1.5)}}]
+    ranks = []
+    for st in stats:
+        m = MetricAccumulator("cpu")
+        m.add(st)
+        m.add(st)
+        ranks.append(m.state_dict())
+    one = MetricAccumulator("cpu")
+    one.load_state_dict(MetricAccumulator.respread(ranks, 1))
+    loss, ce, aux = one.read(World())
+    assert (loss, ce, aux) == (3.0, 4.0, {"moe/aux_loss": 1.0})  # mean objective, CE per token of both, mean aux
+    assert one.read(World()) is None and one.steps == 0  # read resets
+    two = MetricAccumulator("cpu")
+    two.load_state_dict(MetricAccumulator.respread(ranks, 2))
+    assert two.read(World()) == (3.0, 4.0, {"moe/aux_loss": 1.0})
+
+
 # ---------------------------------------------------------------------------------------------------- eval
 
 
@@ -175,6 +244,7 @@ def test_evaluate_matches_a_direct_computation():
 # ---------------------------------------------------------------------------------------------------- sampling
 
 
+@pytest.mark.slow
 def test_generation_is_seeded_and_leaves_the_global_rng_alone():
     m = Transformer(small_cfg().model)
     idx = torch.tensor([[1, 2, 3]])

@@ -31,7 +31,6 @@ IndexError from inside torch).
 from __future__ import annotations
 
 import copy
-import math
 import os
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union

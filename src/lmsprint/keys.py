@@ -2,7 +2,8 @@
 validation metrics (`VAL_METRICS`) that compare's columns, its best-group direction and the plots are made from.
 
 llm-baselines' names are kept (`iter`, `train/loss`, `val/loss`, `val/perplexity`, `val/acc`, `lr`).
-Adding a validation metric: a `ValMetric` row here + the code computing it (`training/evaluate.py`).
+Adding a validation metric: a `ValMetric` row here + the code computing it (`training/evaluate.py`); summary.json,
+the console, `lmsprint eval` and `compare` take their metrics from `VAL_METRICS`.
 
 Also here, so that training, `eval` and `compare` say the same: `format_number(v, fmt)` (every printed metric: a
 huge perplexity in scientific notation, never a 305-digit integer) and the divergence rule `diverged(val_loss,
@@ -36,8 +37,9 @@ MOE_Z = "moe/z_loss"
 MOE_LOAD = "moe/load"              # per-layer fraction of routed tokens per expert
 MOE_DROPPED = "moe/dropped_frac"
 
-# summary.json holds the final full-val numbers under these keys
+# summary.json holds the final full-val numbers under this key (VAL_KEYS and EVAL_TOKENS)
 FINAL = "final"
+EVAL_TOKENS = "eval_tokens"        # tokens an evaluation ran on
 # summary.json of a complete run: `diverged` true when its final val loss is above `uniform_loss` = ln(vocab_size)
 DIVERGED = "diverged"
 UNIFORM_LOSS = "uniform_loss"
@@ -68,6 +70,8 @@ def diverged(val_loss, vocab_size) -> bool:
     if not isinstance(val_loss, (int, float)) or isinstance(val_loss, bool) or not vocab_size:
         return False
     return not math.isfinite(val_loss) or val_loss > uniform_loss(vocab_size)
+
+
 # summary.json: the identity of the val sets a run was evaluated on ({"fixed": ..., "final": ...})
 VAL_SETS = "val_sets"
 # summary.json: the `--target` record; metrics.jsonl: one row with these keys at the first eval reaching it
@@ -81,13 +85,14 @@ TARGET_VALUE = "target/value"      # the metric's value at that eval
 
 @dataclass(frozen=True)
 class ValMetric:
-    """One validation metric: its key, the short column label, the number format, which direction is better, and
-    the axis label of its plot (None: not plotted)."""
+    """One validation metric: its key, the short column label, the number format, which direction is better, the
+    axis label of its plot (None: not plotted) and its word in the console's eval line (None: not shown there)."""
     key: str
     label: str
     fmt: str
     lower_is_better: bool
     plot_label: Optional[str] = None
+    console: Optional[str] = None
 
     def format(self, v) -> str:
         return format_number(v, self.fmt)
@@ -95,10 +100,10 @@ class ValMetric:
 
 # in the order of compare's columns
 VAL_METRICS = (
-    ValMetric(VAL_LOSS, "val loss", "{:.4f}", lower_is_better=True, plot_label="val loss (nats/token)"),
-    ValMetric(VAL_ACC, "val acc", "{:.4f}", lower_is_better=False, plot_label="val next-token accuracy"),
+    ValMetric(VAL_LOSS, "val loss", "{:.4f}", lower_is_better=True, plot_label="val loss (nats/token)", console="loss"),
+    ValMetric(VAL_ACC, "val acc", "{:.4f}", lower_is_better=False, plot_label="val next-token accuracy", console="acc"),
     ValMetric(VAL_PPL, "val ppl", "{:.2f}", lower_is_better=True),
-    ValMetric(VAL_BPB, "val bpb", "{:.4f}", lower_is_better=True, plot_label="val bits per byte"),
+    ValMetric(VAL_BPB, "val bpb", "{:.4f}", lower_is_better=True, plot_label="val bits per byte", console="bpb"),
 )
 VAL_KEYS = tuple(m.key for m in VAL_METRICS)
 VAL_BY_KEY = {m.key: m for m in VAL_METRICS}

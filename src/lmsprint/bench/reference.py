@@ -44,7 +44,7 @@ def reference_problems(cfg) -> list[str]:
         out.append("`moe_num_experts` 1 (llm-baselines' models are dense)")
     if t.dtype == "float16":
         out.append("`dtype` bfloat16 or float32")
-    if t.micro_batch not in ("", None):
+    if t.micro_batch is not None:
         out.append("no `micro_batch`")
     if getattr(t, "data_parallel", "ddp") == "fsdp":
         out.append("`data_parallel` ddp")

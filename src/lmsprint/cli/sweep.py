@@ -23,7 +23,7 @@ def parse_train_args(argv: list[str]) -> tuple[dict, Optional[str]]:
     add_train_arguments(p)
     ns = p.parse_args(argv)
     # only the flags typed appear (config flag defaults are SUPPRESS); --resume is the train command's own option
-    values = {k: v for k, v in vars(ns).items() if k in FLAGS and k != "resume"}
+    values = {k: v for k, v in vars(ns).items() if k in FLAGS}
     S.check_train_values({**values, "resume": getattr(ns, "resume", None)})
     return values, getattr(ns, "config", None)
 

@@ -72,8 +72,7 @@ def run_eval(args) -> int:
            **res, "device": device, "evaluated_at": rundir.now_iso()}
     rundir.write_eval(run_dir, out)
     print(f"{run_dir} @ step {out['step']}: " + "  ".join(
-        f"{k} {K.format_number(res[k])}" for k in (K.VAL_LOSS, K.VAL_PPL, K.VAL_ACC, K.VAL_BPB))
-        + f"  ({res['eval_tokens']:,} tokens)")
+        f"{m.key} {m.format(res[m.key])}" for m in K.VAL_METRICS) + f"  ({res[K.EVAL_TOKENS]:,} tokens)")
     return 0
 
 

@@ -13,7 +13,6 @@
 - `SuggestingParser`: argparse whose errors are one `UserError` line. An unknown flag gets, in this order: the
   flag another tool's name corresponds to (`near_names`), where a train flag belongs when given to another
   subcommand, or the closest of the parser's own flags (never the flag that was typed).
-- `unknown_flag_error(name, where)`: that line for an unknown flag / config key / grid key.
 """
 
 from __future__ import annotations
@@ -38,11 +37,6 @@ SECTION_TITLES = {"run": "run", "data": "data", "model": "model", "attn": "atten
 TRAIN_ONLY_FLAGS = ("config", "resume", "print_config")
 # subcommands that do not take the train flags (sweep passes them on after `--`)
 OTHER_SUBCOMMANDS = ("sweep", "compare", "prepare", "bench", "eval", "generate")
-
-
-def unknown_flag_error(name: str, where: str = "flag") -> UserError:
-    """'unknown {where} '{name}'; did you mean --closest?' (or the flag another tool's name corresponds to)."""
-    return unknown_option_error(name, where)
 
 
 def _shown(v) -> str:

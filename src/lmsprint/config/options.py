@@ -1,9 +1,9 @@
 """What one option knows about itself, and how one raw value becomes a typed, checked value.
 
 - `option(default, help, ...)`: a dataclass field whose metadata holds every fact about the flag (help, choices,
-  check, metavar, cli, bounds, resume_safe, bookkeeping, sweep_reserved, name_part, keywords, numeric, common);
-  see `option` for each key. The config tree (`schema.py`) and every subcommand's own flags (`cli/arguments.py`)
-  are dataclasses of such fields.
+  check, parse, metavar, cli, bounds, resume_safe, bookkeeping, sweep_reserved, name_part, keywords, numeric,
+  common); see `option` for each key. The config tree (`schema.py`) and every subcommand's own flags
+  (`cli/arguments.py`) are dataclasses of such fields.
 - value checks for `check=` (`positive`, `nonneg`, `frac`, `frac_open`, `duration_check`, ...): each returns an
   error message or None.
 - `parse_duration`, `parse_bool`.
@@ -44,7 +44,7 @@ DEFAULT_INT_BOUNDS = (-INT_MAX, INT_MAX)
 
 def option(default: Any, help: str, choices: Optional[list] = None,
            check: Optional[Callable[[Any], Optional[str]]] = None, metavar: Optional[str] = None, cli: bool = True,
-           *, bounds: Optional[tuple[int, int]] = None, resume_safe: bool = False, bookkeeping: bool = False,
+           *, parse: Optional[Callable[[Any], Any]] = None, bounds: Optional[tuple[int, int]] = None, resume_safe: bool = False, bookkeeping: bool = False,
            sweep_reserved: Optional[str] = None,
            name_part: Optional[Callable[[Any, Any], Optional[str]]] = None, group: Optional[str] = None,
            aliases: tuple = (), near_names: Optional[dict] = None, keywords: Optional[dict] = None,
@@ -52,6 +52,9 @@ def option(default: Any, help: str, choices: Optional[list] = None,
     """A config field and every fact about its flag.
 
     - `help`, `choices` (None allowed = unset), `check(v) -> message | None`, `metavar`, `cli` (False: not a flag).
+    - `parse(raw) -> value`: for an option whose value is not one plain type (e.g. `micro_batch`: N or 'auto'): turns
+      a CLI string or config-file value into the typed value, once, raising ValueError(why) if it cannot; `check`
+      then checks values set directly (the Python API).
     - `bounds=(lo, hi)`: inclusive range of an integer option (default `DEFAULT_INT_BOUNDS`).
     - `resume_safe=True`: may be given with `--resume` without changing the run (devices, logging, caching).
     - `bookkeeping=True`: differs between runs without changing what was trained; `compare` ignores it.
@@ -66,7 +69,8 @@ def option(default: Any, help: str, choices: Optional[list] = None,
       its `check` applies the number rules, and the tests feed it the same bad numbers as an int or float option.
     - `common=True`: one of the most used flags, listed by the short `--help` (the others by `--help GROUP`).
     """
-    md = {"help": help, "choices": choices, "check": check, "metavar": metavar, "cli": cli, "bounds": bounds,
+    md = {"help": help, "choices": choices, "check": check, "parse": parse, "metavar": metavar, "cli": cli,
+          "bounds": bounds,
           "resume_safe": resume_safe, "bookkeeping": bookkeeping, "sweep_reserved": sweep_reserved,
           "name_part": name_part, "group": group, "aliases": tuple(aliases), "near_names": dict(near_names or {}),
           "keywords": dict(keywords or {}), "numeric": numeric, "common": common}
@@ -194,6 +198,12 @@ def _to_float(value) -> float:
 
 def convert(name: str, f: dataclasses.Field, tp, value):
     """A raw value (CLI string or config-file scalar) -> the field's type; ConfigError naming the option."""
+    parse = f.metadata.get("parse")
+    if parse is not None:
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise ConfigError(f"`{name}` {_shown(value)}: {e}")
     base = base_type(tp)
     words = f.metadata.get("keywords") or {}
     if isinstance(value, str) and value.strip().lower() in words:
@@ -219,6 +229,8 @@ def convert(name: str, f: dataclasses.Field, tp, value):
 
 def value_problem(f: dataclasses.Field, tp, v) -> Optional[str]:
     """Type, finiteness and range of a (non-None) numeric value, whatever set it; an error message or None."""
+    if f.metadata.get("parse") is not None:  # not one plain type: its `check` says what is allowed
+        return None
     base = base_type(tp)
     if base is int:
         if isinstance(v, bool) or not isinstance(v, int):

@@ -5,7 +5,7 @@ flag name (llm-baselines' names where they exist), help, choices, checks, whethe
 whether `compare` ignores it, whether `sweep` sets it, and its piece of the derived run name.
 
 Also here, by flag name: `FLAGS` (name -> (path, field, type)), `get_value`, `set_value`, `coerce`,
-`apply_values`, `flatten`, `flags_where(key)` and `run_name_parts(cfg)`.
+`apply_values`, `flatten`, `typed`, `flags_where(key)`, `RESUME_SAFE` and `run_name_parts(cfg)`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional, Union
 
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from ..keys import parse_target
-from .options import (INT_MAX, SEED_MAX, convert, duration_check, frac, frac_open, iter_fields, nonneg, option, owner,
-                      parse_duration, positive, unknown_name_error)
+from .options import (INT_MAX, SEED_MAX, convert, duration_check, frac, frac_open, is_numeric, iter_fields, nonneg,
+                      option, owner, parse_duration, positive, unknown_name_error)
 from .validate import validate_config
 
 # ---------------------------------------------------------------------------------------------------- name parts
@@ -63,12 +63,26 @@ def _target_check(v) -> Optional[str]:
     return None
 
 
-def _micro_batch_check(v) -> Optional[str]:
-    if v in ("", "auto"):
+AUTO = "auto"  # `micro_batch` auto
+_MICRO_BATCH = "must be empty, 'auto' or a positive integer"
+
+
+def parse_micro_batch(v) -> Union[None, int, str]:
+    """`micro_batch` as typed once: None (unset: batch_size), 'auto', or a positive number of sequences. Takes what
+    the CLI and config files give ('', 'auto', '8', 8, null)."""
+    if v is None or (isinstance(v, str) and v.strip() in ("", "none", "null")):
         return None
-    if not re.fullmatch(r"[0-9]+", v) or not 0 < int(v) <= INT_MAX:
-        return "must be empty, 'auto' or a positive integer"
-    return None
+    if isinstance(v, str) and v.strip() == AUTO:
+        return AUTO
+    text = str(v).strip() if isinstance(v, (str, int)) and not isinstance(v, bool) else ""
+    if not re.fullmatch(r"[0-9]+", text) or not 0 < int(text) <= INT_MAX:
+        raise ValueError(_MICRO_BATCH)
+    return int(text)
+
+
+def _micro_batch_check(v) -> Optional[str]:
+    ok = v == AUTO or (isinstance(v, int) and not isinstance(v, bool) and 0 < v <= INT_MAX)
+    return None if ok else _MICRO_BATCH
 
 
 _SEED = (0, SEED_MAX)
@@ -247,9 +261,10 @@ class TrainConfig:
     batch_size: int = option(32, "sequences per micro-batch (per process)", check=positive, common=True)
     acc_steps: int = option(4, "gradient accumulation steps per optimizer step", check=positive,
                          aliases=("gradient_accumulation_steps",), common=True)
-    micro_batch: str = option("", "micro-batch size actually run: '' = batch_size, 'auto' = largest that fits, or N; "
-                           "accumulation adapts so batch_size*acc_steps is unchanged",
-                           check=_micro_batch_check)
+    micro_batch: Union[int, str, None] = option(None, "micro-batch size actually run: N sequences, or 'auto' = the "
+                                             "largest that fits (CUDA); accumulation adapts so batch_size*acc_steps "
+                                             "is unchanged (default: batch_size)", metavar="N|auto",
+                                             parse=parse_micro_batch, check=_micro_batch_check)
     iterations: int = option(25000, "optimizer steps (with --time_budget: an upper bound)", check=positive,
                           aliases=("max_iters",), common=True)
     time_budget: Optional[str] = option(None, "train for this long (e.g. 90s, 5m, 3h); schedule runs on elapsed "
@@ -300,9 +315,6 @@ class TrainConfig:
                         bookkeeping=True, sweep_reserved=_NAMED_BY_SWEEP, group="checkpoints and run directory",
                         near_names={"wandb_run_name": "the wandb run is named after the run directory (--exp_name, "
                                     "--wandb_run_prefix)"})
-    resume: Optional[str] = option(None, "continue a run: its directory, or 'latest'", cli=False, bookkeeping=True,
-                                sweep_reserved="rerun the same sweep command to resume it",
-                                near_names={"init_from": "--resume RUN_DIR continues a run"})
     distributed_backend: Optional[str] = option(None, "torch.distributed backend under torchrun: nccl or gloo "
                                              "(default: nccl on CUDA, gloo on CPU)", choices=[None, "nccl", "gloo"],
                                              resume_safe=True, aliases=("backend",))
@@ -363,10 +375,6 @@ class RunConfig:
     def time_budget_s(self) -> Optional[float]:
         return parse_duration(self.train.time_budget)
 
-    @property
-    def tokens_per_step(self) -> int:
-        return self.train.batch_size * self.train.acc_steps * self.model.sequence_length
-
 
 # ---------------------------------------------------------------------------------------------------- by flag name
 
@@ -378,6 +386,11 @@ assert not set(ALIASES) & set(FLAGS), "an alias must not be another flag's name"
 # other tools' names of a related setting (metadata `near_names`) -> (the flag to use, why it is not the same)
 NEAR_NAMES: dict[str, tuple[str, str]] = {n: (name, why) for name, (path, f, tp) in FLAGS.items()
                                           for n, why in f.metadata.get("near_names", {}).items()}
+NEAR_NAMES["init_from"] = ("resume", "--resume RUN_DIR continues a run")  # --resume is a train flag, no option
+# options that may accompany --resume: they change where/how a run executes or is reported, never its numbers
+RESUME_SAFE = frozenset(name for name, (path, f, tp) in FLAGS.items() if f.metadata.get("resume_safe"))
+# options earlier versions wrote into config files and checkpoints and that are gone: read and ignored
+RETIRED = frozenset({"resume"})
 
 
 def unknown_option_error(name: str, where: str = "flag", names: Optional[list] = None):
@@ -421,9 +434,28 @@ def apply_values(cfg: RunConfig, values: dict, source: str = "flag") -> None:
     """Coerce and set raw {flag: value}s; an unknown name is one line naming the closest flag."""
     for name, raw in values.items():
         name = ALIASES.get(name, name)
+        if name in RETIRED and source != "flag":
+            continue
         if name not in FLAGS:
             raise unknown_option_error(name, "config key" if source != "flag" else "flag")
+        path, f, tp = FLAGS[name]
+        if source == "flag" and isinstance(raw, str) and not raw.strip() and is_numeric(f, tp):
+            # a number typed as nothing (`--micro_batch ''`) is refused like any other non-number; a saved
+            # config.yaml of an older lmsprint (`micro_batch: ''`) still reads (its option's own parse)
+            raise ConfigError(f"`{name}` '': is empty; give a value, or leave the flag out for its default")
         set_value(cfg, name, coerce(name, raw))
+
+
+def typed(flat: dict) -> dict:
+    """Flat {flag: value} as saved by any lmsprint version -> the values as this version types them (e.g. an older
+    `micro_batch: ''` is None); unknown keys and values this version refuses are kept as they are."""
+    out = {}
+    for k, v in flat.items():
+        try:
+            out[k] = coerce(k, v) if k in FLAGS else v
+        except UserError:
+            out[k] = v
+    return out
 
 
 def flags_where(key: str) -> list[str]:

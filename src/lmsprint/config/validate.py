@@ -66,7 +66,7 @@ def _cross_field_rules(cfg) -> None:
     t = cfg.train
     if t.stop_at_target and not t.target:
         raise ConfigError("`stop_at_target` needs `target` METRIC=VALUE, e.g. --target val/loss=3.28")
-    if t.micro_batch not in ("", "auto") and t.batch_size * t.acc_steps % int(t.micro_batch):
+    if isinstance(t.micro_batch, int) and t.batch_size * t.acc_steps % t.micro_batch:
         raise ConfigError(f"`micro_batch` {t.micro_batch} must divide batch_size*acc_steps = "
                           f"{t.batch_size * t.acc_steps}")
 

@@ -11,6 +11,10 @@
   optimizer step `step` is a pure function of (seed, step): `global_batch` windows at random offsets drawn from a
   generator seeded with (seed, step). Rank r returns rows [r*n, (r+1)*n) with n = global_batch // world_size, so one
   process with batch 2B sees exactly what two processes with B each see, and resuming needs only the step.
+- `DeviceBatches(sampler, device)`: the batches of consecutive optimizer steps on the device. `next()` hands out
+  the batch of step `position` and moves on; `prefetch()` starts the next one's host-to-device copy early (called
+  while the device runs the current step). Its `state_dict()` {seed, step: the position} is what a checkpoint keeps of
+  the data stream, and `load_state_dict` continues from there.
 - `val_batches(tokens, seq_len, batch_size, max_tokens, rank, world_size)`: non-overlapping windows from the start
   of the val split, the same at every call; window i belongs to rank i % world_size.
 - `to_device(x, y, device)`: pinned, non-blocking copies on CUDA.
@@ -95,7 +99,6 @@ class BatchSampler:
         self.tokens, self.seq_len, self.global_batch = tokens, seq_len, global_batch
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
         self.local_batch = global_batch // world_size
-        self.step = 0  # the next step to be drawn; the only state a checkpoint needs
 
     def starts(self, step: int) -> np.ndarray:
         """Window offsets of the whole global batch of `step`."""
@@ -104,14 +107,38 @@ class BatchSampler:
 
     def get(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.starts(step)[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
-        self.step = int(step) + 1
         return _windows(self.tokens, rows, self.seq_len)
 
+
+class DeviceBatches:
+    """This process's training batches of consecutive optimizer steps, on `device` (see the module doc)."""
+
+    def __init__(self, sampler: BatchSampler, device):
+        self.sampler, self.device = sampler, device
+        self.position = 0  # the optimizer step whose batch `next()` hands out
+        self._ahead: Optional[tuple[int, tuple[torch.Tensor, torch.Tensor]]] = None  # (step, batch) already copied
+
+    def _load(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_device(*self.sampler.get(step), self.device)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        ahead = self._ahead
+        batch = ahead[1] if ahead is not None and ahead[0] == self.position else self._load(self.position)
+        self._ahead = None
+        self.position += 1
+        return batch
+
+    def prefetch(self) -> None:
+        """Start the copy of the batch `next()` hands out next."""
+        if self._ahead is None or self._ahead[0] != self.position:
+            self._ahead = (self.position, self._load(self.position))
+
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "step": self.step}
+        return {"seed": self.sampler.seed, "step": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
+        self.position = int(state["step"])
+        self._ahead = None
 
 
 def n_val_windows(n_tokens: int, seq_len: int, max_tokens: Optional[int] = None) -> int:

@@ -1,18 +1,29 @@
 """Self-attention and its research variants, chosen by `cfg.attn` so the Transformer never knows which one runs.
 
-Interface used by the Transformer: `Attention(cfg: ModelConfig, layer_idx)`, `forward(x, rope) -> y` where
-`rope` is `(cos, sin)` or None.
+Interface used by the Transformer (once per model, then once per forward, as nanochat's per-layer window sizes and
+torchtitan's `get_attention_masks`):
+- `AttentionMasks(cfg)` reads which pattern each layer has (`layer_pattern`); calling it,
+  `masks(T, device, dropout=, grad=)`, gives every layer its mask for one forward of length T, each distinct mask
+  built once and shared by the layers of that pattern.
+- `Attention(cfg, layer_idx).forward(x, rope, mask) -> y`, `rope` = `(cos, sin)` or None, `mask` = the layer's entry:
+  None (plain causal attention: SDPA's flash path), a FlexAttention `BlockMask` (FlexAttention), or a boolean
+  tensor (SDPA with that mask). The mask's type selects the kernel; `attention_kernel` is the one predicate that
+  decides between FlexAttention and SDPA for the masked layers.
 
 Variants:
 - `attention causal` (default): full causal attention through `scaled_dot_product_attention` (flash on GPU).
 - `attention local`, `attention_window W`: sliding window, token i sees keys j with i - W < j <= i.
 - `attention global_local`: a per-layer pattern (`attention_pattern SSSL`, S = local layer, L = global layer,
   tiled over the layers) and/or a per-head split (`local_heads k`: the first k heads of every non-S layer are
-  local, the others global). On CUDA windows run through FlexAttention block masks (compiled; the block mask is
-  cached per (T, device), and `prepare_block_masks` builds them before torch.compile so the compiled graph reads
-  them) so out-of-window blocks are skipped; on CPU, with `attn_backend sdpa`, or when dropout
-  is active, SDPA with a boolean mask runs instead (FlexAttention has neither dropout nor a CPU backward). When the
-  window covers the whole sequence the layer is plain causal attention and takes the flash path.
+  local, the others global).
+  Each masked pattern is one `mask_mod` (FlexAttention's `(b, h, q_idx, kv_idx) -> bool`), from which both kernels'
+  masks are made: `create_block_mask` (FlexAttention: out-of-window blocks are skipped) and `create_mask` (a
+  boolean SDPA mask). FlexAttention runs on CUDA, SDPA on CPU, with `attn_backend sdpa`, or when dropout is active
+  (FlexAttention has neither dropout nor a CPU backward). When the window covers the whole sequence the layer is
+  plain causal attention and takes the flash path.
+  Masks are built eagerly once per (pattern, length, device, kernel) and cached; inside a torch.compile trace they
+  are built in the graph instead (no Python-side cache is read or written while tracing: no graph break, and no
+  guard that a later eager call at another length could invalidate).
 - `shuffle_query_frac p --shuffle_query_mode batch|past`: while training, a fraction p of query rows (all heads
   of one (sequence, position)) is replaced by another row: the same position of another sequence of the batch
   (batch) or an earlier position of the same sequence (past). Both keep the model causal. The swap happens on the
@@ -26,18 +37,22 @@ Variants:
   The underlying parameter is `c_attn.parametrizations.weight.original`; its diagonal holds fixed +-1 signs that
   must not be weight-decayed (lmsprint.optim puts it in the no-decay group).
 
+Adding a mask pattern: a frozen dataclass like `SlidingWindow` (its `mask_mod`, and `covers(T)` when it masks
+nothing but the future), chosen for its layers in `layer_pattern`, plus the option's value in the schema.
 `check_attention_config(model_cfg, device, micro_batch)` refuses the combinations that cannot run (ConfigError);
 model.check_model_config calls it.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, create_mask, flex_attention
 from torch.nn.utils.parametrizations import orthogonal
 
 from ..config import ModelConfig
@@ -45,7 +60,7 @@ from ..errors import ConfigError
 from .layers import apply_rope
 
 # ----------------------------------------------------------------------------------------------------------------
-# masks
+# mask patterns: which keys each query may see, one per layer
 
 
 def local_heads_of_layer(cfg: ModelConfig, layer_idx: int) -> int:
@@ -61,40 +76,118 @@ def local_heads_of_layer(cfg: ModelConfig, layer_idx: int) -> int:
     return 0
 
 
-def window_mask(T: int, window: int, n_head: int, n_local: int, device=None) -> torch.Tensor:
-    """Boolean SDPA mask, True = may attend. (T, T) if every head is local, else (n_head, T, T) where the first
-    `n_local` heads are windowed and the others causal."""
-    i = torch.arange(T, device=device)
-    causal = i[:, None] >= i[None, :]
-    local = causal & ((i[:, None] - i[None, :]) < window)
-    if n_local >= n_head:
-        return local
-    is_local = (torch.arange(n_head, device=device) < n_local)[:, None, None]
-    return torch.where(is_local, local, causal)
+@dataclass(frozen=True)
+class SlidingWindow:
+    """Heads [0, n_local) see the `window` keys up to their own position; the other heads are plain causal (all heads
+    are windowed when n_local >= n_head)."""
+
+    window: int
+    n_local: int
+    n_head: int
+
+    @property
+    def heads(self) -> Optional[int]:
+        """The head dimension of the mask: None (one mask for every head) or n_head (a per-head split)."""
+        return None if self.n_local >= self.n_head else self.n_head
+
+    def covers(self, T: int) -> bool:
+        """Whether at length T the pattern masks nothing but the future (then the layer is plain causal)."""
+        return self.window >= T
+
+    def mask_mod(self):
+        window, n_local = self.window, self.n_local
+        if self.heads is None:
+            def mask_mod(b, h, q_idx, kv_idx):
+                return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+        else:
+            def mask_mod(b, h, q_idx, kv_idx):
+                return (q_idx >= kv_idx) & ((q_idx - kv_idx < window) | (h >= n_local))
+        return mask_mod
 
 
-_flex_fn = None
+Pattern = SlidingWindow  # the union of the pattern classes, when there are several
 
 
-def _flex_attention():
-    """FlexAttention compiled once per process (eager FlexAttention materializes the scores)."""
-    global _flex_fn
-    if _flex_fn is None:
-        _flex_fn = torch.compile(flex_attention, dynamic=False) if torch.cuda.is_available() else flex_attention
-    return _flex_fn
+def layer_pattern(cfg: ModelConfig, layer_idx: int) -> Optional[Pattern]:
+    """The mask pattern of layer `layer_idx` (None: plain causal attention)."""
+    n_local = local_heads_of_layer(cfg, layer_idx)
+    return SlidingWindow(cfg.attn.attention_window, n_local, cfg.n_head) if n_local else None
 
 
-def make_block_mask(T: int, window: int, n_head: int, n_local: int, device):
-    """FlexAttention BlockMask of the same pattern as `window_mask`."""
-    if n_local >= n_head:
-        def mask_mod(b, h, q_idx, kv_idx):
-            return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
-        heads = None
-    else:
-        def mask_mod(b, h, q_idx, kv_idx):
-            return (q_idx >= kv_idx) & ((q_idx - kv_idx < window) | (h >= n_local))
-        heads = n_head
-    return create_block_mask(mask_mod, B=None, H=heads, Q_LEN=T, KV_LEN=T, device=device)
+def make_block_mask(pattern: Pattern, T: int, device) -> BlockMask:
+    """FlexAttention BlockMask of `pattern` at length T."""
+    return create_block_mask(pattern.mask_mod(), B=None, H=pattern.heads, Q_LEN=T, KV_LEN=T, device=device)
+
+
+def make_sdpa_mask(pattern: Pattern, T: int, device) -> torch.Tensor:
+    """Boolean SDPA mask of `pattern` at length T, True = may attend: (T, T), or (n_head, T, T) for a per-head split.
+    (Not (1, H, T, T): SDPA's CPU kernel rounds a 4-D mask's result differently in the last bit.)"""
+    mask = create_mask(pattern.mask_mod(), 1, pattern.heads or 1, T, T, device=device)[0]
+    return mask if pattern.heads else mask[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the kernel, and the masks of one forward
+
+FLEX_DROPOUT = "`attn_backend` flex does not support `dropout`; use `attn_backend` sdpa or `dropout` 0"
+FLEX_CPU = "`attn_backend` flex has no backward pass on CPU; use `attn_backend` sdpa (or auto)"
+
+
+def attention_kernel(backend: str, device: torch.device, dropout: bool, grad: bool) -> str:
+    """"flex" or "sdpa": how the masked layers of a forward run. `dropout`: attention dropout is active;
+    `grad`: a backward pass will follow. `auto` takes FlexAttention on CUDA without dropout; an explicit `flex`
+    that cannot run is a ConfigError."""
+    if backend == "sdpa":
+        return "sdpa"
+    if backend == "auto":
+        return "flex" if device.type == "cuda" and not dropout else "sdpa"
+    if dropout:
+        raise ConfigError(FLEX_DROPOUT)
+    if device.type != "cuda" and grad:
+        raise ConfigError(FLEX_CPU)
+    return "flex"
+
+
+def _build_mask(pattern: Pattern, T: int, device: torch.device, kernel: str):
+    return make_block_mask(pattern, T, device) if kernel == "flex" else make_sdpa_mask(pattern, T, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_mask(pattern: Pattern, T: int, device: torch.device, kernel: str, inference: bool):
+    # `inference` is part of the key: a mask made under torch.inference_mode cannot be used by autograd later
+    return _build_mask(pattern, T, device, kernel)
+
+
+Mask = Union[None, BlockMask, torch.Tensor]
+
+
+class AttentionMasks:
+    """The masks of a model's layers, built once per forward (see the module doc). Made once per model: which
+    layers share which pattern is static; the length, device, dropout and grad mode are the forward's."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.backend = cfg.attn.attn_backend
+        self.n_layer = cfg.n_layer
+        groups: dict = {}
+        for i in range(cfg.n_layer):
+            p = layer_pattern(cfg, i)
+            if p is not None:
+                groups.setdefault(p, []).append(i)
+        self.groups: list[tuple[Pattern, list[int]]] = list(groups.items())
+
+    def __call__(self, T: int, device: torch.device, *, dropout: bool, grad: bool) -> list[Mask]:
+        masks: list[Mask] = [None] * self.n_layer
+        todo = [(p, layers) for p, layers in self.groups if not p.covers(T)]
+        if not todo:
+            return masks
+        kernel = attention_kernel(self.backend, device, dropout, grad)
+        compiling = torch.compiler.is_compiling()
+        for p, layers in todo:
+            m = _build_mask(p, T, device, kernel) if compiling else \
+                _cached_mask(p, T, device, kernel, torch.is_inference_mode_enabled())
+            for i in layers:
+                masks[i] = m
+        return masks
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -154,19 +247,14 @@ class Attention(nn.Module):
         self.c_proj.residual_proj = True
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
-        self.window = a.attention_window
-        self.n_local = local_heads_of_layer(cfg, layer_idx)
-        self.backend = a.attn_backend
         self.shuffle_frac = a.shuffle_query_frac
         self.shuffle_mode = a.shuffle_query_mode
         self.qk_norm = cfg.qk_norm
-        self._block_masks: dict = {}
-        self._prepared: Optional[tuple] = None  # ((T, device), BlockMask) built before torch.compile
 
     def extra_repr(self) -> str:
-        return f"local_heads={self.n_local}, window={self.window}, shuffle={self.shuffle_frac}/{self.shuffle_mode}"
+        return f"shuffle={self.shuffle_frac}/{self.shuffle_mode}"
 
-    def forward(self, x, rope=None):
+    def forward(self, x, rope=None, mask: Mask = None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, self.head_dim)
@@ -179,83 +267,32 @@ class Attention(nn.Module):
             q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y = self.attend(q, k, v)
+        y = self.attend(q, k, v, mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
     # ------------------------------------------------------------------ attention kernels
-    def attend(self, q, k, v):
-        """q, k, v: (B, H, T, D) -> (B, H, T, D) under this layer's mask."""
-        T = q.shape[-2]
+    def attend(self, q, k, v, mask: Mask = None):
+        """q, k, v: (B, H, T, D) -> (B, H, T, D) under `mask` (see the module doc: its type selects the kernel)."""
         p = self.dropout if self.training else 0.0
-        if not self.windowed(T):  # the window covers everything: plain causal (flash)
+        if mask is None:  # plain causal (flash)
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        if self._use_flex(q, p):
+        if isinstance(mask, BlockMask):
             # contiguous: inductor's CPU flex kernel misreads a strided v (a view of the fused QKV output) when q/k
             # come from RoPE, giving wrong outputs (torch 2.13, tests/test_attention.py); one copy per layer
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-            return _flex_attention()(q, k, v, block_mask=self._block_mask(T, q.device))
-        mask = window_mask(T, self.window, self.n_head, self.n_local, q.device)
+            return _FLEX(q, k, v, block_mask=mask)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
-    def _use_flex(self, q, dropout_p: float) -> bool:
-        if self.backend == "sdpa":
-            return False
-        if self.backend == "auto":
-            return q.is_cuda and dropout_p == 0.0
-        # explicitly asked for flex
-        if dropout_p > 0:
-            raise ConfigError(FLEX_DROPOUT)
-        if not q.is_cuda and torch.is_grad_enabled() and q.requires_grad:
-            raise ConfigError(FLEX_CPU)
-        return True
 
-    def windowed(self, T: int) -> bool:
-        """Whether some head's window is shorter than T (else the layer is plain causal attention)."""
-        return self.n_local > 0 and self.window < T
-
-    def uses_flex(self, T: int, device) -> bool:
-        """Whether a forward at length T on `device` (without dropout) runs FlexAttention."""
-        if not self.windowed(T) or self.backend == "sdpa":
-            return False
-        return torch.device(device).type == "cuda" or self.backend == "flex"
-
-    def _block_mask(self, T: int, device):
-        key = (T, str(device))
-        if self._prepared is not None and self._prepared[0] == key:  # set once before compile: read by the graph
-            return self._prepared[1]
-        if torch.compiler.is_compiling():  # built in the graph at every call; no Python-side mutation while tracing
-            return make_block_mask(T, self.window, self.n_head, self.n_local, device)
-        bm = self._block_masks.get(key)  # eager calls (generation's growing lengths) never touch `_prepared`
-        if bm is None:
-            bm = self._block_masks[key] = make_block_mask(T, self.window, self.n_head, self.n_local, device)
-        return bm
-
-    def prepare_block_mask(self, T: int, device) -> None:
-        """Build the block mask of length T once, for compiled graphs to read as a constant (`prepare_block_masks`);
-        kept apart from the eager cache so that later eager calls do not invalidate the compiled graph's guards."""
-        key = (T, str(device))
-        self._prepared = (key, make_block_mask(T, self.window, self.n_head, self.n_local, device))
-
-
-def prepare_block_masks(model: nn.Module, T: int, device) -> int:
-    """Build and cache the FlexAttention block masks that a forward of length T on `device` needs, before the model
-    is compiled, so the compiled graph reads them instead of rebuilding them at every call. Returns how many."""
-    dev = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", the key a tensor's .device gives
-    n = 0
-    for m in model.modules():
-        if isinstance(m, Attention) and m.uses_flex(T, dev):
-            m.prepare_block_mask(T, dev)
-            n += 1
-    return n
+# FlexAttention compiled once per process on CUDA (eager FlexAttention materializes the scores); torch.compile only
+# wraps it here, it compiles at the first call. A constant, not set lazily: a compiled graph that reads it must not
+# see it change (a guard on it would recompile the model after the first eager call).
+_FLEX = torch.compile(flex_attention, dynamic=False) if torch.cuda.is_available() else flex_attention
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # config compatibility
-
-FLEX_DROPOUT = "`attn_backend` flex does not support `dropout`; use `attn_backend` sdpa or `dropout` 0"
-FLEX_CPU = "`attn_backend` flex has no backward pass on CPU; use `attn_backend` sdpa (or auto)"
-
 
 def check_attention_config(model_cfg: ModelConfig, device: str = "auto", micro_batch: int = 0) -> None:
     """Refuse attention options that cannot run together; raises ConfigError.
@@ -273,5 +310,5 @@ def check_attention_config(model_cfg: ModelConfig, device: str = "auto", micro_b
             raise ConfigError(FLEX_DROPOUT)
 
 
-__all__ = ["Attention", "OrthogonalQKV", "shuffle_queries", "window_mask", "make_block_mask", "prepare_block_masks",
-           "local_heads_of_layer", "check_attention_config"]
+__all__ = ["Attention", "AttentionMasks", "SlidingWindow", "OrthogonalQKV", "attention_kernel", "check_attention_config",
+           "layer_pattern", "local_heads_of_layer", "make_block_mask", "make_sdpa_mask", "shuffle_queries"]

@@ -56,7 +56,6 @@ import torch.nn.functional as F
 
 from .. import keys
 from ..config import ModelConfig
-from ..errors import ConfigError
 from .mlp import make_dense_mlp
 
 GROUP_ALIGN = 8  # rows per expert group are padded to a multiple of this (16 bytes of bf16 per column)
@@ -327,15 +326,3 @@ class MoE(nn.Module):
         else:
             act = F.gelu(hdn)
         return self._bias(self._matmul(act, self.w_out, offs), self.b_out, e_rows)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# config compatibility
-
-
-def check_moe_config(model_cfg: ModelConfig) -> None:
-    """Refuse MoE options that cannot run together; raises ConfigError."""
-    m = model_cfg.moe
-    if m.moe_num_experts > 1 and m.moe_num_experts_per_tok > m.moe_num_experts:
-        raise ConfigError(f"`moe_num_experts_per_tok` {m.moe_num_experts_per_tok} exceeds `moe_num_experts` "
-                          f"{m.moe_num_experts}; pick k <= number of experts")

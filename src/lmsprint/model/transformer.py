@@ -1,7 +1,8 @@
 """The one decoder-only Transformer. GPT-2 (`base`) and Llama-2 (`llama2`) are presets choosing its parts.
 
 Parts chosen by `ModelConfig`: norm (LayerNorm/RMSNorm), positions (learned/RoPE), attention (see
-attention.py), feed-forward (GELU MLP / ReLU² / SwiGLU / MoE, see mlp.py and moe.py). Weights are tied by default;
+attention.py: the attention masks of all layers are built once per forward, `attention.AttentionMasks`, and passed
+to each block), feed-forward (GELU MLP / ReLU² / SwiGLU / MoE, see mlp.py and moe.py). Weights are tied by default;
 `zero_init_proj` starts the residual projections (and an untied head) at zero; `logit_softcap C` makes the
 output logits C*tanh(logits/C) (`softcap`, read by the loss and by generation).
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from .attention import Attention
+from .attention import Attention, AttentionMasks
 from .layers import make_norm, rope_cache
 from .loss import softcap_logits
 from .mlp import make_dense_mlp
@@ -44,8 +45,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(cfg.norm_kind, cfg.n_embd, cfg.bias, cfg.rmsnorm_eps)
         self.mlp = make_ffn(cfg, layer_idx)
 
-    def forward(self, x, rope=None):
-        x = x + self.attn(self.ln_1(x), rope)
+    def forward(self, x, rope=None, mask=None):
+        x = x + self.attn(self.ln_1(x), rope, mask)
         h, aux = self.mlp(self.ln_2(x))
         return x + h, aux
 
@@ -60,6 +61,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = make_norm(cfg.norm_kind, cfg.n_embd, cfg.bias, cfg.rmsnorm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.attn_masks = AttentionMasks(cfg)  # which layers share which attention mask (attention.py)
         if cfg.pos_kind == "rope":
             cos, sin = rope_cache(cfg.sequence_length, cfg.head_dim, cfg.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -101,9 +103,12 @@ class Transformer(nn.Module):
         else:
             rope = (self.rope_cos[:T], self.rope_sin[:T])
         x = self.drop(x)
+        # every layer's attention mask, built once for this forward (None: plain causal attention)
+        masks = self.attn_masks(T, idx.device, dropout=self.training and self.cfg.dropout > 0,
+                                grad=torch.is_grad_enabled() and self.wte.weight.requires_grad)
         auxes = []
-        for block in self.blocks:
-            x, aux = block(x, rope)
+        for block, mask in zip(self.blocks, masks):
+            x, aux = block(x, rope, mask)
             if aux:
                 auxes.append(aux)
         return self.ln_f(x), merge_aux(auxes)

@@ -246,11 +246,13 @@ class OptimizerSpec:
 
     build(roles, optim_cfg, device_type) -> torch.optim.Optimizer, roles as `param_roles` returns them;
     state_bytes(optim_cfg, role) -> bytes of optimizer state per parameter of that role (fp32 state);
-    check(optim_cfg) -> None, raising ConfigError for options this optimizer cannot run with."""
+    check(optim_cfg) -> None, raising ConfigError for options this optimizer cannot run with;
+    no_fsdp: why it cannot run on FSDP's sharded (DTensor) parameters (None: it can)."""
 
     build: Callable[[dict, OptimConfig, str], torch.optim.Optimizer]
     state_bytes: Callable[[OptimConfig, str], int]
     check: Optional[Callable[[OptimConfig], None]] = None
+    no_fsdp: Optional[str] = None
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
@@ -259,11 +261,15 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     # momentum_buffer only when momentum is on
     "sgd": OptimizerSpec(_build_sgd, lambda cfg, role: 4 if cfg.momentum > 0 else 0, _check_sgd),
     # exp_avg + exp_avg_sq
-    "lamb": OptimizerSpec(_build_lamb, lambda cfg, role: 8, _check_pytorch_optimizer),
+    "lamb": OptimizerSpec(_build_lamb, lambda cfg, role: 8, _check_pytorch_optimizer,
+                          no_fsdp="its trust ratio needs norms of whole tensors and pytorch-optimizer's Lamb fails on "
+                          "FSDP's shards"),
     # exp_avg
     "lion": OptimizerSpec(_build_lion, lambda cfg, role: 4, _check_pytorch_optimizer),
     # Muon's momentum_buffer on the 2-D matrices, AdamW's two moments on everything else
-    "muon": OptimizerSpec(_build_muon, lambda cfg, role: 4 if role == "matrix" else 8),
+    "muon": OptimizerSpec(_build_muon, lambda cfg, role: 4 if role == "matrix" else 8,
+                          no_fsdp="its Newton-Schulz step needs each whole matrix and FSDP gives every process a shard "
+                          "of it"),
 }
 
 

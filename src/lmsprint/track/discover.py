@@ -16,7 +16,7 @@ from typing import Optional
 
 from .. import keys as K
 from .. import rundir
-from ..config import flatten
+from ..config import flatten, typed
 from ..errors import UserError
 from ..evals.results import latest_metrics
 
@@ -112,7 +112,7 @@ def _number(v):
 def load_run(path: str) -> Run:
     """One run's files (validated: RunFileError / UnsafePathError naming the file for a malformed one)."""
     summary = rundir.read_summary(path) or {}
-    flat = flatten(rundir.read_config_mapping(path))
+    flat = typed(flatten(rundir.read_config_mapping(path)))
     run = Run(path=path, name=os.path.basename(os.path.normpath(path)), status=rundir.status(path),
               flat=flat, summary=summary, rows=rundir.read_metrics(path))
     final = summary.get(K.FINAL) if isinstance(summary.get(K.FINAL), dict) else {}

@@ -43,7 +43,7 @@ from .stats import (AGAINST_BEST, CONFIDENCE, METHOD, MIN_SEEDS, NO_SPREAD, NON_
                     target_test, throughput_flags)
 from .sweep import started_together_fn
 from .target import arm_time_to_target, common_target
-from .valsets import ValSet, final_val_set, fixed_val_set, split_by_val_set, why_apart
+from .valsets import ValSet, fixed_val_set, split_by_val_set, why_apart
 
 # ---------------------------------------------------------------------------------------------------- formatting
 

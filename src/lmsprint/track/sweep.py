@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from .. import rundir
-from ..config import FLAGS, build_config, coerce, flags_where, flatten, unknown_flag_error
+from ..config import FLAGS, RESUME_SAFE, build_config, coerce, flags_where, flatten, unknown_option_error
 from ..config.schema import ALIASES
 from ..data.prepare import prepare
 from ..errors import UserError
@@ -47,9 +47,10 @@ from ..files import atomic_write_text, json_text
 from ..training.checks import check_run
 
 # flags the sweep sets itself for every run -> why (config metadata `sweep_reserved="reason"`)
-RESERVED = {k: FLAGS[k][1].metadata["sweep_reserved"] for k in flags_where("sweep_reserved")}
+RESERVED = {**{k: FLAGS[k][1].metadata["sweep_reserved"] for k in flags_where("sweep_reserved")},
+            "resume": "rerun the same sweep command to resume it"}  # a train flag, no option
 # flags that may accompany --resume (metadata `resume_safe=True`), less the one the sweep sets itself
-RESUME_SAFE = frozenset(flags_where("resume_safe")) - {"results_base_folder"}
+SWEEP_RESUME_SAFE = RESUME_SAFE - {"results_base_folder"}
 SWEEP_FILE = "sweep.json"       # in the sweep folder (not a run directory): the grid, seeds and train flags
 
 
@@ -94,7 +95,7 @@ def parse_grid(specs: list[str]) -> dict[str, list[str]]:
         if key in RESERVED:
             raise UserError(f"--grid {key}: {RESERVED[key]}")
         if key not in FLAGS:
-            raise unknown_flag_error(key, "grid key")
+            raise unknown_option_error(key, "grid key")
         if key in grid:
             raise UserError(f"--grid {key} is given twice; list all its values in one --grid {key}=V1,V2")
         values = [v.strip() for v in vals.split(",") if v.strip()]
@@ -266,7 +267,7 @@ def train_command(point: Point, train_values: dict, config_file: Optional[str], 
                   resume_dir: Optional[str]) -> list[str]:
     cmd = [sys.executable, "-m", "lmsprint", "train"]
     if resume_dir:
-        return cmd + ["--resume", resume_dir] + _flag_args({k: v for k, v in train_values.items() if k in RESUME_SAFE})
+        return cmd + ["--resume", resume_dir] + _flag_args({k: v for k, v in train_values.items() if k in SWEEP_RESUME_SAFE})
     if config_file:
         cmd += ["--config", config_file]
     values = {k: v for k, v in train_values.items() if k not in point.values and k != "results_base_folder"}

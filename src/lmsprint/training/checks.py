@@ -14,12 +14,9 @@ from .distributed import check_data_parallel
 
 
 def fixed_micro_batch(cfg) -> int:
-    """Sequences per micro-batch when known before the model exists (`micro_batch` '' or N), else 0 (auto)."""
-    t = cfg.train
-    mb = str(t.micro_batch or "").strip()
-    if mb == "":
-        return t.batch_size
-    return int(mb) if mb.isdigit() else 0
+    """Sequences per micro-batch when known before the model exists (`micro_batch` unset or N), else 0 (auto)."""
+    mb = cfg.train.micro_batch
+    return cfg.train.batch_size if mb is None else mb if isinstance(mb, int) else 0
 
 
 def check_run(cfg):

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..errors import ConfigError
 from ..hw import resolve_device
+from ..optim.optimizers import OPTIMIZERS
 
 
 @dataclass
@@ -103,22 +104,16 @@ def shard_model(model: torch.nn.Module, dtype: torch.dtype, compile_kw: Optional
     return model
 
 
-# `opt` -> why it cannot run on FSDP's sharded (DTensor) parameters
-FSDP_REFUSED = {
-    "muon": "its Newton-Schulz step needs each whole matrix and FSDP gives every process a shard of it",
-    "lamb": "its trust ratio needs norms of whole tensors and pytorch-optimizer's Lamb fails on FSDP's shards",
-}
-
-
 def check_data_parallel(cfg) -> None:
     """ConfigError for what `data_parallel` fsdp cannot run."""
     t = cfg.train
     if t.data_parallel != "fsdp":
         return
-    why = FSDP_REFUSED.get(cfg.optim.opt)
+    why = OPTIMIZERS[cfg.optim.opt].no_fsdp if cfg.optim.opt in OPTIMIZERS else None
     if why:
+        ok = [name for name, spec in OPTIMIZERS.items() if spec.no_fsdp is None]
         raise ConfigError(f"`opt` {cfg.optim.opt} cannot run under `data_parallel` fsdp ({why}); use `data_parallel` "
-                          f"ddp, or `opt` adamw, sgd or lion")
+                          f"ddp, or `opt` {', '.join(ok[:-1])} or {ok[-1]}")
     if t.dtype == "float16":
         raise ConfigError("`dtype` float16 is not supported under `data_parallel` fsdp (no sharded gradient scaler); "
                           "use `dtype` bfloat16 or float32")

@@ -53,13 +53,12 @@ def evaluate(model: torch.nn.Module, batches: Iterable, token_bytes: Optional[np
     all_reduce_sum(sums, world)
     ce_sum, correct, n, nbytes = sums.tolist()
     if n == 0:
-        return {keys.VAL_LOSS: float("nan"), keys.VAL_PPL: float("nan"), keys.VAL_ACC: float("nan"),
-                keys.VAL_BPB: float("nan"), "eval_tokens": 0}
+        return {**{k: float("nan") for k in keys.VAL_KEYS}, keys.EVAL_TOKENS: 0}
     loss = ce_sum / n
     return {
         keys.VAL_LOSS: loss,
         keys.VAL_PPL: math.exp(min(loss, 700.0)),
         keys.VAL_ACC: correct / n,
         keys.VAL_BPB: ce_sum / math.log(2) / nbytes if nbytes > 0 else float("nan"),
-        "eval_tokens": int(n),
+        keys.EVAL_TOKENS: int(n),
     }

@@ -10,10 +10,11 @@
   -> `NonFiniteLoss` naming the steps. The run stops, the summary says `failed` with the reason.
 - `Guard.check_eval(val_loss, step)`: the same for the val loss of a periodic eval (before it is logged or a sample
   is drawn from non-finite weights).
-- `Guard.check_before_save(tr)`: a checkpoint is never written after a non-finite loss or with non-finite weights
-  (one device reduction, read while saving, which waits for the device anyway), so the checkpoint kept is the last
-  finite one.
-- `peer_lost(e, tr)`: under torchrun, the collective that fails when another process of the run died (kill -9, a
+- `Guard.check_before_save(loss, model, step)`: a checkpoint is never written after a non-finite loss (`loss`: the
+  accumulated device sum since the last log step) or with non-finite weights (one device reduction, read while
+  saving, which waits for the device anyway), so the checkpoint kept is the last finite one. Under fsdp every rank
+  checks its own shards and the ranks agree (a collective: every rank calls it); otherwise rank 0 alone checks.
+- `Guard.peer_lost(e, step)`: under torchrun, the collective that fails when another process of the run died (kill -9, a
   crash, a lost node: gloo's "Connection closed by peer", NCCL's DistBackendError) -> `PeerLost`, a one-line
   stop: summary `interrupted` when a checkpoint is there to resume from (else `failed`), never a traceback.
 """
@@ -32,7 +33,7 @@ import torch.distributed as dist
 
 from ..errors import UserError
 from ..hw import unwrap
-from .distributed import World, all_reduce_mean
+from .distributed import World, all_reduce_max, all_reduce_mean
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
@@ -64,17 +65,6 @@ class PeerLost(RunInterrupted):
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote worker crashing")
 
 
-def peer_lost(e: BaseException, tr) -> Optional[PeerLost]:
-    """A `PeerLost` for an exception `e` of Trainer `tr` that says another process of the run is gone, else None."""
-    if not tr.world.distributed or isinstance(e, (RunInterrupted, UserError)):
-        return None
-    text = str(e)
-    if not (isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(t in text for t in _PEER_GONE))):
-        return None
-    first = re.sub(r"^\[[^\]]*\]\s*", "", (text.strip().splitlines() or [type(e).__name__])[0])  # gloo's [file:line]
-    return PeerLost(tr.step, tr.run_dir, tr.guard.ckpt_step, first.split(". ")[0][:160])
-
-
 class NonFiniteLoss(UserError):
     """The training loss (or the weights) became NaN or infinite; the run stopped without saving over the last
     finite checkpoint."""
@@ -87,6 +77,17 @@ class Guard:
         self.last_log_step = 0
         self.ckpt_step: Optional[int] = None
         self.run_dir: Optional[str] = None
+
+    def peer_lost(self, e: BaseException, step: int) -> Optional[PeerLost]:
+        """A `PeerLost` for an exception `e` raised at `step` that says another process of the run is gone, else
+        None."""
+        if not self.world.distributed or isinstance(e, (RunInterrupted, UserError)):
+            return None
+        text = str(e)
+        if not (isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(t in text for t in _PEER_GONE))):
+            return None
+        first = re.sub(r"^\[[^\]]*\]\s*", "", (text.strip().splitlines() or [type(e).__name__])[0])  # gloo's [file:line]
+        return PeerLost(step, self.run_dir, self.ckpt_step, first.split(". ")[0][:160])
 
     # ------------------------------------------------------------------ signals
     def _handler(self, signum, frame) -> None:
@@ -138,14 +139,23 @@ class Guard:
         if val_loss is not None and not math.isfinite(val_loss):
             raise self._stopped("the val loss", val_loss, step)
 
-    def check_before_save(self, tr) -> None:
-        acc = tr.acc
-        flags = [torch.isfinite(acc["loss"]).reshape(1)]
-        flags += [torch.isfinite(p).all().reshape(1) for p in unwrap(tr.model).parameters()]
-        if not bool(torch.cat(flags).all()):
-            loss_ok = bool(torch.isfinite(acc["loss"]))
-            raise self._stopped("the training loss" if not loss_ok else "a model weight",
-                                float(acc["loss"]) if not loss_ok else "not finite", tr.step)
+    def check_before_save(self, loss: torch.Tensor, model: torch.nn.Module, step: int) -> None:
+        loss_ok = torch.isfinite(loss).reshape(1)
+        if self.world.sharded:  # a reduction over a sharded DTensor is a collective: each rank's shards, agreed
+            w_ok = torch.stack([torch.isfinite(getattr(p, "_local_tensor", p)).all() for p in model.parameters()])
+            bad = all_reduce_max((~torch.cat([loss_ok, w_ok.all().reshape(1)])).float(), self.world).tolist()
+            loss_bad, weights_bad = bool(bad[0]), bool(bad[1])
+        else:
+            flags = [loss_ok] + [torch.isfinite(p).all().reshape(1) for p in unwrap(model).parameters()]
+            if bool(torch.cat(flags).all()):
+                return
+            loss_bad = not bool(loss_ok)
+            weights_bad = not loss_bad
+        if loss_bad:
+            value = float(loss) if not torch.isfinite(loss) else float("nan")  # another rank's loss
+            raise self._stopped("the training loss", value, step)
+        if weights_bad:
+            raise self._stopped("a model weight", "not finite", step)
 
     def saved(self, step: int) -> None:
         self.ckpt_step = step

@@ -6,11 +6,17 @@ the final console table.
   notebook) there are no carriage-return redraws: one plain line every log interval and one per eval. `--quiet`
   prints nothing but errors and the final table; `--progress false` drops the bar / the per-interval lines but
   keeps the banner and the eval lines.
-- `ProgressBar(clock, step, show)`: tqdm over seconds of the time budget, or over iterations.
-- `run_summary(tr, status, error)`: the summary dict written to summary.json (status running/complete/failed,
-  sizes, tokens, times, tokens/s, MFU, final metrics). A complete run with a final val loss also gets `diverged`
-  (true when that loss is above `uniform_loss` = ln(vocab_size), a uniform guess: keys.diverged) and
-  `uniform_loss`; its status stays `complete` (the run did finish: sweeps skip it, seed groups count it).
+- `ProgressBar(clock, show)`: tqdm over seconds of the time budget, or over iterations.
+- `RunInfo`: what the banner and the summary say about a run besides its clock and metrics (config, run dir,
+  processes, device, tokens per step, parameters, FLOPs, micro-batch, dtype, tokenizer, split sizes), filled in by
+  the Trainer as its setup builds each part.
+- `run_summary(info, clock, final, status, error, target)`: the summary dict written to summary.json (status
+  running/complete/failed/interrupted, sizes, tokens, times, tokens/s, MFU, final metrics of `keys.VAL_METRICS`,
+  the val sets scored (`info.val_sets`, training/valsets.py), the `--target` record (training/target.py)). A
+  complete run with a final val loss also gets `diverged` (true when that loss is above `uniform_loss` =
+  ln(vocab_size), a uniform guess: keys.diverged) and `uniform_loss`; its status stays `complete` (the run did
+  finish: sweeps skip it, seed groups count it).
+- `banner_rows(info)`: the start-up banner.
 - `print_report(summary, run_dir, final_sample)`: the "final metrics:" table on stdout (with a `diverged` row when
   the run diverged); numbers through keys.format_number (a huge perplexity in scientific notation).
 """
@@ -21,7 +27,8 @@ import math
 import os
 import sys
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from tqdm.auto import tqdm
 
@@ -34,8 +41,9 @@ from ..rundir import now_iso
 class ProgressBar:
     """The training progress bar (disabled unless `show`): seconds of the budget, or iterations."""
 
-    def __init__(self, clock, step: int, show: bool):
+    def __init__(self, clock, show: bool):
         self.clock = clock
+        step = clock.step
         self.postfix: dict = {}
         if clock.budget:
             self.bar = tqdm(total=int(math.ceil(clock.budget)), initial=min(int(clock.train_time), int(clock.budget)),
@@ -59,36 +67,63 @@ class ProgressBar:
         self.bar.close()
 
 
-def run_summary(tr, status: str, error: Optional[str] = None) -> dict:
-    """summary.json of Trainer `tr` (works at any point of setup: parts not built yet are None)."""
-    cfg, clock = tr.cfg, tr.clock
-    model = getattr(tr, "model", None)
-    tokens = tr.step * getattr(tr, "tokens_per_step", cfg.tokens_per_step)
+@dataclass
+class RunInfo:
+    """What the banner and summary.json say about a run besides its clock and metrics (see the module doc); parts
+    not built yet keep their defaults."""
+
+    cfg: Any
+    world_size: int
+    device: str
+    run_dir: Optional[str] = None
+    tokens_per_step: int = 0           # all processes
+    params_total: Optional[int] = None
+    params_active: Optional[int] = None
+    flops_per_token: float = 0.0
+    peak_flops: Optional[float] = None
+    micro_batch: int = 0
+    dtype: str = ""
+    tokenizer: str = "?"
+    train_tokens: int = 0
+    val_tokens: int = 0
+    val_sets: Optional[dict] = None    # the identities of the val sets the evals score (training/valsets.py)
+
+
+def final_metrics(res: dict) -> dict:
+    """The final evaluation's numbers as summary.json keeps them: every `keys.VAL_METRICS` key and the token count."""
+    return {k: res.get(k) for k in K.VAL_KEYS + (K.EVAL_TOKENS,)}
+
+
+def run_summary(info: RunInfo, clock, final: Optional[dict], status: str, error: Optional[str] = None,
+                target: Optional[dict] = None) -> dict:
+    """summary.json of a run (at any point of its setup: parts not built yet are None)."""
+    cfg = info.cfg
+    tokens = clock.step * info.tokens_per_step
     tps = tokens / clock.train_time if clock.train_time > 0 else None
+    built = info.params_total is not None
     s = {
         "status": status,
-        "run_dir": tr.run_dir,
-        "name": os.path.basename(os.path.normpath(tr.run_dir)) if tr.run_dir else None,
+        "run_dir": info.run_dir,
+        "name": os.path.basename(os.path.normpath(info.run_dir)) if info.run_dir else None,
         "config_format": cfg.config_format,
         "model": cfg.model.model,
-        "params_total": model.num_params() if model is not None else None,
-        "params_active": model.num_active_params() if model is not None else None,
-        "iterations_done": tr.step,
+        "params_total": info.params_total,
+        "params_active": info.params_active,
+        "iterations_done": clock.step,
         "tokens": tokens,
         K.TRAIN_TIME: clock.train_time,
         K.EVAL_TIME: clock.eval_time,
         K.COMPILE_TIME: clock.compile_time,
         K.WALL_TIME: clock.wall_time,
         K.TOKENS_PER_S: tps,
-        K.MFU: mfu(tr.flops_per_token, tps or None, tr.peak, tr.world.world_size) if model is not None else None,
-        K.FINAL: {k: tr.final.get(k) for k in (K.VAL_LOSS, K.VAL_PPL, K.VAL_ACC, K.VAL_BPB, "eval_tokens")}
-        if tr.final else None,
-        K.VAL_SETS: getattr(tr, "val_sets", None),      # training/valsets.py
-        K.TARGET: tr.target.summary() if getattr(tr, "target", None) else None,  # training/target.py
+        K.MFU: mfu(info.flops_per_token, tps or None, info.peak_flops, info.world_size) if built else None,
+        K.FINAL: final_metrics(final) if final else None,
+        K.VAL_SETS: info.val_sets,
+        K.TARGET: target,
         "seed": cfg.train.seed,
         "data_seed": cfg.data.data_seed,
-        "world_size": tr.world.world_size,
-        "device": tr.device,
+        "world_size": info.world_size,
+        "device": info.device,
         "finished_at": now_iso() if status != "running" else None,
     }
     loss = (s[K.FINAL] or {}).get(K.VAL_LOSS)
@@ -119,11 +154,11 @@ def print_report(summary: dict, run_dir: Optional[str], final_sample: str = "") 
             ("train time", f"{summary[K.TRAIN_TIME]:.1f}s")]
     if summary.get(K.TOKENS_PER_S):
         rows.append(("tokens/s", f"{summary[K.TOKENS_PER_S]:,.0f}"))
-    for k in (K.VAL_LOSS, K.VAL_PPL, K.VAL_ACC, K.VAL_BPB):
-        if f.get(k) is not None:
-            rows.append((k, K.format_number(f[k])))
-    if f.get("eval_tokens"):
-        rows.append(("eval tokens", f"{f['eval_tokens']:,}"))
+    for m in K.VAL_METRICS:
+        if f.get(m.key) is not None:
+            rows.append((m.key, m.format(f[m.key])))
+    if f.get(K.EVAL_TOKENS):
+        rows.append(("eval tokens", f"{f[K.EVAL_TOKENS]:,}"))
     if summary.get(K.DIVERGED):
         rows.append((K.DIVERGED, diverged_text(summary)))
     print("final metrics:")
@@ -150,8 +185,8 @@ def eval_line(step: int, elapsed: float, train_loss: Optional[float], res: dict,
     parts = [f"eval step {step}", f"{elapsed:.1f}s"]
     if train_loss is not None:
         parts.append(f"train loss {train_loss:.4f}")
-    parts.append(f"val loss {K.format_number(res.get(K.VAL_LOSS, math.nan))} acc "
-                 f"{K.format_number(res.get(K.VAL_ACC, math.nan))} bpb {K.format_number(res.get(K.VAL_BPB, math.nan))}")
+    parts.append("val " + " ".join(f"{m.console} {m.format(res.get(m.key, math.nan))}"
+                                   for m in K.VAL_METRICS if m.console))
     if tps:
         parts.append(f"{tps:,.0f} tok/s")
     if mfu_ is not None:
@@ -159,33 +194,32 @@ def eval_line(step: int, elapsed: float, train_loss: Optional[float], res: dict,
     return " | ".join(parts)
 
 
-def banner_rows(tr, n_train: int, n_val: int) -> list[tuple[str, str]]:
-    """The start-up banner of Trainer `tr` after setup: what is being trained, on what, for how long, where."""
-    cfg, m, t = tr.cfg, tr.cfg.model, tr.cfg.train
+def banner_rows(info: RunInfo) -> list[tuple[str, str]]:
+    """The start-up banner of a run after setup: what is being trained, on what, for how long, where."""
+    cfg, m, t = info.cfg, info.cfg.model, info.cfg.train
     arch = f"{m.model} ({m.norm_kind}, {m.mlp_kind}, {m.pos_kind}): {plural(m.n_layer, 'layer')}, d={m.n_embd}, "
     arch += plural(m.n_head, "head")
     if m.attn.attention != "causal":
         arch += f", {m.attn.attention} attention (window {m.attn.attention_window})"
     if m.moe.moe_num_experts > 1:
         arch += f", MoE {plural(m.moe.moe_num_experts, 'expert')} top-{m.moe.moe_num_experts_per_tok}"
-    total, active = tr.model.num_params(), tr.model.num_active_params()
+    total, active = info.params_total, info.params_active
     params = f"{total:,} total" + (f", {active:,} active per token" if active != total else "")
-    ws = tr.world.world_size
+    ws = info.world_size
     batch = f"{t.batch_size} x {t.acc_steps} acc" + (f" x {plural(ws, 'process')}" if ws > 1 else "") + \
-        f" x {m.sequence_length} tokens = {tr.tokens_per_step:,} tokens/step"
-    if tr.micro_bs != t.batch_size:
-        batch += f" (micro-batch {tr.micro_bs})"
+        f" x {m.sequence_length} tokens = {info.tokens_per_step:,} tokens/step"
+    if info.micro_batch != t.batch_size:
+        batch += f" (micro-batch {info.micro_batch})"
     compile_ = f"compile {t.compile_mode or 'default'}" if t.compile else "no compile"
-    dtype = str(tr.step_fn.dtype).replace("torch.", "")
     if cfg.time_budget_s:
         length = f"{cfg.train.time_budget} of training time (at most {plural(t.iterations, 'step')})"
     else:
-        length = f"{plural(t.iterations, 'step')} ({plural(t.iterations * tr.tokens_per_step, 'token')})"
+        length = f"{plural(t.iterations, 'step')} ({plural(t.iterations * info.tokens_per_step, 'token')})"
     evals = f"every {plural(t.eval_freq, 'step')} on {t.eval_tokens:,} val tokens; final: " + \
         {"full": "the full val split", "fixed": "the fixed val set", "none": "none"}[t.final_eval]
-    data = f"{cfg.data.dataset} ({getattr(tr.manifest, 'tokenizer', '?')}): {n_train:,} train / {n_val:,} val tokens"
-    return [("model", arch), ("params", params), ("batch", batch), ("device", f"{tr.device}, {dtype}, {compile_}"),
-            ("length", length), ("eval", evals), ("data", data), ("run dir", str(tr.run_dir))]
+    data = f"{cfg.data.dataset} ({info.tokenizer}): {info.train_tokens:,} train / {info.val_tokens:,} val tokens"
+    return [("model", arch), ("params", params), ("batch", batch), ("device", f"{info.device}, {info.dtype}, {compile_}"),
+            ("length", length), ("eval", evals), ("data", data), ("run dir", str(info.run_dir))]
 
 
 class Console:
@@ -213,15 +247,15 @@ class Console:
             print(text, file=self.out)
         self.out.flush()
 
-    def banner(self, tr, n_train: int, n_val: int, resumed_at: Optional[int] = None) -> None:
-        head = f"lmsprint train: {os.path.basename(os.path.normpath(tr.run_dir))}"
+    def banner(self, info: RunInfo, resumed_at: Optional[int] = None) -> None:
+        head = f"lmsprint train: {os.path.basename(os.path.normpath(info.run_dir))}"
         if resumed_at is not None:
             head += f" (resumed at step {resumed_at})"
-        self.print(head + "\n" + format_rows(banner_rows(tr, n_train, n_val)))
+        self.print(head + "\n" + format_rows(banner_rows(info)))
 
-    def start(self, clock, step: int) -> None:
+    def start(self, clock) -> None:
         self.clock = clock
-        self.bar = ProgressBar(clock, step, show=self.bar_on)
+        self.bar = ProgressBar(clock, show=self.bar_on)
 
     def train_log(self, step: int, m: dict) -> None:
         """A training log row: the bar's postfix on a terminal, else one plain line (every log interval)."""

@@ -24,11 +24,10 @@ import os
 from typing import Iterable
 
 from .. import rundir
-from ..config import FLAGS, coerce, flags_where, flatten, get_value, set_value
+from ..config import FLAGS, RESUME_SAFE, coerce, flatten, get_value, set_value, typed
 from ..errors import ConfigError, UserError
 
 DATA_KEY = "dataset"  # the --resume_override name that accepts a different dataset identity
-RESUME_SAFE = frozenset(flags_where("resume_safe"))
 _MISSING = object()
 
 
@@ -69,7 +68,7 @@ def check_config(saved: dict, cfg, overrides: Iterable[str], run_dir: str) -> No
     """Refuse a resume whose config differs from the checkpoint's in an option neither resume-safe nor overridden."""
     if not saved:
         return
-    old, new = flatten(saved), flatten(cfg.to_dict())
+    old, new = typed(flatten(saved)), flatten(cfg.to_dict())  # a checkpoint of an older lmsprint, typed as now
     overrides = frozenset(overrides)
     diffs = []
     for name in FLAGS:

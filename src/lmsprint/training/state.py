@@ -1,31 +1,37 @@
-"""Checkpoints: their schema (what a run saves so a resume is exact), atomic save, and checked load.
+"""Checkpoints on disk: their format (what a run saves so a resume is exact), atomic save, checked load, and the RNG
+as a state.
 
-A checkpoint is one `torch.save`d dict, format `FORMAT_VERSION`:
-  format, model, optimizer, scaler (float16 only), step, sampler, rng (python, numpy, torch cpu, cuda),
-  train_time, eval_time, compile_time, wall_time, target (`target.TargetTracker.state_dict`), config,
-  data (the dataset identity, `resume.data_identity`),
-  metrics_state {rows, samples_bytes, n_evals, last_val, acc}
-  and from `ranks.gather_states`: ranks (every rank's RNG and accumulators), world_size, global_batch. Under
-  `data_parallel` fsdp, model and optimizer are None and `sharded` names their DCP folder (training/sharded.py).
-where `acc` holds the metric accumulators between log steps, so that a resumed run (same run dir, metrics.jsonl
-and samples.txt cut back to the checkpoint) logs exactly what an uninterrupted run would.
+A checkpoint is one `torch.save`d dict, format `FORMAT_VERSION` (3), written by `checkpoint.Checkpointer`:
+  format, step (the step it was written at, for readers that load no clock: eval, generate, export),
+  config (the run's config), data (the dataset identity, `resume.data_identity`), world_size and global_batch
+  (the processes and sequences per optimizer step that saved it),
+  model, optimizer (None under `data_parallel` fsdp: then `sharded` names their DCP folder, training/sharded.py),
+  one entry per state saved once: clock {step, train_time, eval_time, compile_time, wall_time}, sampler {seed, step},
+  record {rows, samples_bytes, n_evals, last_val}, target {spec, n_evals, record} (training/target.py), scaler
+  (float16 only),
+  ranks: one dict per process, by rank, of the states every process has: rng, metrics (the loss accumulators
+  between log steps).
+A resumed run (same run dir, metrics.jsonl and samples.txt cut back to the record) logs exactly what an
+uninterrupted run would.
 Everything in it is a tensor or a plain container (dict, list, tuple, str, int, float, bool, None): the numpy RNG
 state is stored as {kind, keys (int64 tensor), pos, has_gauss, gauss}, the python one as its tuple of ints. So a
 checkpoint loads with `torch.load(weights_only=True)`, which cannot run code hidden in a downloaded file.
-Format 1 (older lmsprint) pickled numpy objects; it is refused with a one-line hint.
+Format 2 (the same states in another layout) is read and `upgrade`d; format 1 (older lmsprint) pickled numpy
+objects and is refused with a one-line hint.
 
-- `capture(trainer)` / `restore(trainer, state)`: the Trainer's side of that schema.
 Where checkpoints live in a run directory is `rundir.checkpoint_path`'s business.
 - `save_checkpoint(path, state)`: `files.atomic_open` (temporary file, fsync, `os.replace`), so a kill at any
   moment leaves either the old or the new checkpoint, never a torn one.
   A disk that fills up (ENOSPC, EFBIG, EDQUOT) is a one-line `CheckpointError`; the previous checkpoint is kept.
 - `load_checkpoint(path)`: `weights_only=True`; a missing, unreadable, unsafe or other-version file is a one-line
-  `CheckpointError`. Every field is then checked (`check_checkpoint`): its type, the tensors' shapes where the
-  schema fixes them, finite non-negative times, whole non-negative counters, and `sharded` one plain folder name of
-  the checkpoint's own folder (no path, no symbolic link out of it; its DCP metadata is read through the
-  allow-list of sharded.py right away). A wrong field is a `RunFileError` naming it.
-- `check_resumable(state, path, cfg)`: what a resume needs besides that: every field it restores, and a step not
+  `CheckpointError`. A format-2 checkpoint is brought into this format's layout (`upgrade`). Every field is then
+  checked (`check_checkpoint`): its type, the tensors' shapes where the format fixes them, finite non-negative
+  times, whole non-negative counters, and `sharded` one plain folder name of the checkpoint's own folder (no path,
+  no symbolic link out of it; its DCP metadata is read through the allow-list of sharded.py right away). A wrong
+  field is a `RunFileError` naming it.
+- `check_resumable(state, path, cfg)`: what a resume needs besides that: every state it restores, and a step not
   past the run's end (`resume.check_step`).
+- `RNGState`: every RNG of this process as a checkpoint state (`rng_state` / `set_rng_state`).
 """
 
 from __future__ import annotations
@@ -38,14 +44,13 @@ import random
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, RunFileError, UserError
+from ..errors import CheckpointError, RunFileError
 from ..files import atomic_open, write_failure
-from ..hw import unwrap
-from ..rundir import checkpoint_path, read_metrics, samples_path
-from .resume import check_step, data_identity
-from .sharded import load_shards, read_shard_metadata
+from .resume import check_step
+from .sharded import read_shard_metadata
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, FORMAT_VERSION)  # format 2 is read through `upgrade`
 _HINT = "resume from another run or start a new one without `resume`"
 
 
@@ -94,10 +99,10 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CheckpointError(f"checkpoint {path} is missing or corrupt (not an lmsprint checkpoint); {_HINT}")
     version = state.get("format")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(f"checkpoint {path} has format version {version}, this lmsprint reads version "
-                              f"{FORMAT_VERSION}; {_HINT}")
-    return check_checkpoint(state, path)
+                              f"{FORMAT_VERSION} (and {READABLE_VERSIONS[0]}); {_HINT}")
+    return check_checkpoint(upgrade(state, path), path)
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -125,7 +130,8 @@ def _tensor_dict(v) -> bool:
     return isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
 
 
-def _acc(v) -> bool:
+def _metrics(v) -> bool:
+    """A `metrics.MetricAccumulator.state_dict()`."""
     return (isinstance(v, dict) and _count(v.get("steps")) and _count(v.get("n")) and _scalar_tensor(v.get("loss"))
             and _scalar_tensor(v.get("ce")) and _tensor_dict(v.get("aux"))
             and all(t.is_floating_point() for t in v["aux"].values()))
@@ -147,9 +153,27 @@ def _rng(v) -> bool:
     return ok_py and ok_np and ok_torch and ok_cuda
 
 
+def _clock(v) -> bool:
+    """A `clock.Clock.state_dict()` (`wall_time` absent in format 2)."""
+    return (isinstance(v, dict) and _count(v.get("step")) and _seconds(v.get("train_time"))
+            and all(k not in v or _seconds(v[k]) for k in ("eval_time", "compile_time", "wall_time")))
+
+
+def _record(v) -> bool:
+    """A `metrics.RunRecord.state_dict()`."""
+    return (isinstance(v, dict) and all(_count(v.get(k)) for k in ("rows", "n_evals"))
+            and ("samples_bytes" not in v or _count(v["samples_bytes"]))
+            and isinstance(v.get("last_val", {}), dict)
+            and all(isinstance(k, str) and (x is None or isinstance(x, (int, float))) for k, x in
+                    v.get("last_val", {}).items()))
+
+
 def _target(v) -> bool:
     """A `target.TargetTracker.state_dict()`: {spec, n_evals, record: None or {step, tokens, train_s, wall_s, eval,
-    measured}}, counts whole and >= 0, seconds finite and >= 0 (or None: rows of an older lmsprint had none)."""
+    measured}}, counts whole and >= 0, seconds finite and >= 0 (or None: rows of an older lmsprint had none); {} for
+    a checkpoint written before targets existed."""
+    if v == {}:
+        return True
     if not (isinstance(v, dict) and (v.get("spec") is None or isinstance(v["spec"], str)) and _count(v.get("n_evals"))):
         return False
     r = v.get("record")
@@ -164,16 +188,16 @@ def _plain_name(name) -> bool:
             and not any(c in name for c in ("/", "\\", "\0", os.sep)))
 
 
-# what a resume needs besides the weights (eval, generate and export read only `model` / `sharded` and `step`)
-RESUME_FIELDS = ("rng", "train_time", "config", "metrics_state", "metrics_state.rows", "metrics_state.n_evals",
-                 "metrics_state.acc")
+# the states a resume restores besides the weights (eval, generate and export read only `model` / `sharded` and
+# `step`)
+RESUME_FIELDS = ("clock", "record", "ranks", "config")
 
 
 def check_checkpoint(state: dict, path: str) -> dict:
-    """`state` (a loaded checkpoint) if every field it holds has the schema's type (module doc); RunFileError
-    naming the first wrong field. `model` (or `sharded`) and `step` are required, the fields a resume needs are
-    required by `check_resumable`. The shapes of the model's tensors are checked against the model where they
-    are loaded."""
+    """`state` (a loaded checkpoint in this format's layout) if every field it holds has the format's type (module
+    doc); RunFileError naming the first wrong field. `model` (or `sharded`) and `step` are required, the states a
+    resume needs are required by `check_resumable`. The shapes of the model's tensors are checked against the model
+    where they are loaded."""
     def need(field: str, ok: bool, what: str) -> None:
         if not ok:
             v = state
@@ -181,7 +205,6 @@ def check_checkpoint(state: dict, path: str) -> dict:
                 v = v.get(part) if isinstance(v, dict) else None
             shown = type(v).__name__ if isinstance(v, (dict, list, tuple, torch.Tensor)) else repr(v)[:40]
             raise RunFileError(path, f"field '{field}'", f"is {shown}, not {what}", _DAMAGED)
-
 
     sharded = state.get("sharded")
     need("sharded", sharded is None or _plain_name(sharded), "the name of a shard folder next to it")
@@ -200,43 +223,29 @@ def check_checkpoint(state: dict, path: str) -> dict:
         isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)),
          "an optimizer state dict")
     need("step", _count(state["step"]), "a whole number >= 0")
-    for f in ("train_time", "eval_time", "compile_time", "wall_time"):
-        need(f, f not in state or _seconds(state[f]), "a finite number of seconds >= 0")
+    need("clock", state.get("clock") is None or _clock(state["clock"]), "the clock's state lmsprint saves")
+    need("record", state.get("record") is None or _record(state["record"]), "the run record lmsprint saves")
     need("target", state.get("target") is None or _target(state["target"]), "the --target record lmsprint saves")
     need("scaler", state.get("scaler") is None or isinstance(state["scaler"], dict), "a grad scaler state")
     smp = state.get("sampler")
     need("sampler", smp is None or (isinstance(smp, dict) and _count(smp.get("step"))), "a sampler state")
-    need("rng", "rng" not in state or _rng(state["rng"]), "the RNG states lmsprint saves")
     need("config", state.get("config") is None or isinstance(state["config"], dict), "a config mapping")
     need("data", state.get("data") is None or isinstance(state["data"], dict), "a data identity mapping")
-    ms = state.get("metrics_state", {})
-    need("metrics_state", isinstance(ms, dict), "a mapping")
-    for f in ("rows", "samples_bytes", "n_evals"):
-        need(f"metrics_state.{f}", f not in ms or _count(ms[f]), "a whole number >= 0")
-    lv = ms.get("last_val", {})
-    need("metrics_state.last_val", isinstance(lv, dict) and all(
-        isinstance(k, str) and (x is None or isinstance(x, (int, float))) for k, x in lv.items()),
-         "a mapping of metric names to numbers")
-    need("metrics_state.acc", "acc" not in ms or _acc(ms["acc"]), "the metric accumulators lmsprint saves")
     if "ranks" in state:
-        ranks = state["ranks"]
-        need("ranks", isinstance(ranks, list) and bool(ranks) and all(
-            isinstance(r, dict) and _rng(r.get("rng")) and _acc(r.get("acc")) for r in ranks),
-             "a list of every rank's RNG states and accumulators")
+        need("ranks", isinstance(state["ranks"], list) and bool(state["ranks"]) and all(
+            isinstance(r, dict) and _rng(r.get("rng")) and _metrics(r.get("metrics")) for r in state["ranks"]),
+             "a list of every rank's RNG states and loss accumulators")
     for f in ("world_size", "global_batch"):
         need(f, state.get(f) is None or (_is_int(state[f]) and state[f] >= 1), "a whole number >= 1")
     return state
 
 
 def check_resumable(state: dict, path: str, cfg) -> None:
-    """A checkpoint a resume can continue: the fields a resume needs are there (RunFileError naming a missing one),
+    """A checkpoint a resume can continue: the states a resume needs are there (RunFileError naming a missing one),
     the optimizer state is there unless the weights are sharded, and its step is not past the run's end
     (`resume.check_step`)."""
     for field in RESUME_FIELDS + (() if state.get("sharded") else ("optimizer",)):
-        v = state
-        for part in field.split("."):
-            v = v.get(part) if isinstance(v, dict) else None
-        if v is None:
+        if state.get(field) is None:
             raise RunFileError(path, f"field '{field}'", "is missing; a resume needs it", _DAMAGED)
     check_step(state["step"], cfg, os.path.dirname(os.path.dirname(path)))  # <run>/checkpoints/latest.pt
 
@@ -271,71 +280,51 @@ def set_rng_state(st: dict) -> None:
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
-# ---------------------------------------------------------------------------------------------------- schema
+class RNGState:
+    """Every RNG of this process (python, numpy, torch, CUDA) as a checkpoint state (saved by every process)."""
+
+    def state_dict(self) -> dict:
+        return rng_state()
+
+    def load_state_dict(self, st: dict) -> None:
+        set_rng_state(st)
+
+    @staticmethod
+    def respread(states: list[dict], world_size: int) -> dict:
+        """On another number of processes every process takes rank 0's RNG."""
+        return states[0]
 
 
-def capture(tr) -> dict:
-    """The checkpoint of a Trainer `tr` (see the module doc for the keys)."""
-    acc, clock, step = tr.acc, tr.clock, tr.step_fn
-    samples = samples_path(tr.run_dir)
-    return {
-        "model": unwrap(tr.model).state_dict(),
-        "optimizer": step.optimizer.state_dict(),
-        "scaler": step.scaler.state_dict() if step.scaler is not None else None,
-        "step": tr.step,
-        "sampler": tr.sampler.state_dict(),
-        "rng": rng_state(),
-        "train_time": clock.train_time,
-        "eval_time": clock.eval_time,
-        "compile_time": clock.compile_time,
-        "wall_time": clock.wall_time,
-        "target": tr.target.state_dict(),
-        "config": tr.cfg.to_dict(),
-        "data": data_identity(tr.manifest),
-        "metrics_state": {
-            "rows": tr.rows,
-            "samples_bytes": os.path.getsize(samples) if os.path.exists(samples) else 0,
-            "n_evals": tr.n_evals,
-            "last_val": tr.last_val,
-            "acc": {"steps": acc["steps"], "n": acc["n"], "loss": acc["loss"].cpu(), "ce": acc["ce"].cpu(),
-                    "aux": {k: v.cpu() for k, v in acc["aux"].items()}},
-        },
-    }
+# ---------------------------------------------------------------------------------------------------- format 2
 
 
-def restore(tr, st: dict) -> None:
-    """Load checkpoint `st` into Trainer `tr` (model, optimizer, scaler, counters, clock, accumulators, RNG)."""
-    step = tr.step_fn
-    built = [{k: v for k, v in g.items() if k != "params"} for g in step.optimizer.param_groups]
+def upgrade(st: dict, path: str = "checkpoint") -> dict:
+    """A checkpoint of format 2 in the layout of this format (a format-3 checkpoint as it is); RunFileError when a
+    format-2 file lacks the layout it needs."""
+    if st.get("format") == FORMAT_VERSION:
+        return st
     try:
-        if st.get("sharded"):  # data_parallel fsdp: weights and optimizer state in a DCP folder (sharded.py)
-            load_shards(tr.model, step.optimizer, os.path.join(os.path.dirname(checkpoint_path(tr.resume_dir)),
-                                                               st["sharded"]))
-        else:
-            unwrap(tr.model).load_state_dict(st["model"])
-            step.optimizer.load_state_dict(st["optimizer"])
-        if getattr(tr, "resume_override", None):  # accepted changes (e.g. lr): this config's hyperparameters
-            for g, hyper in zip(step.optimizer.param_groups, built):
-                g.update(hyper)
-    except UserError:  # e.g. a damaged shard folder, already said in one line (lmsprint's errors are ValueErrors)
-        raise
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint of {tr.resume_dir} does not match this model/optimizer "
-                              f"({str(e).splitlines()[0][:120]}); resume with the run's own config")
-    if step.scaler is not None and st.get("scaler"):
-        step.scaler.load_state_dict(st["scaler"])
-    tr.step = int(st["step"])
-    if st.get("sampler") is not None:
-        tr.sampler.load_state_dict(st["sampler"])
-    tr.clock.train_time = float(st["train_time"])
-    tr.clock.eval_time = float(st.get("eval_time", 0.0))
-    tr.clock.compile_time = float(st.get("compile_time", 0.0))
-    tr.clock.wall_base = float(st.get("wall_time", 0.0))
-    tr.target.load_state_dict(st.get("target"), lambda: read_metrics(tr.resume_dir)[:st["metrics_state"]["rows"]])
+        return _upgrade(st)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise RunFileError(path, "", f"does not have the layout of a format-2 checkpoint ({type(e).__name__}: {e})",
+                           _DAMAGED) from None
+
+
+def _upgrade(st: dict) -> dict:
     ms = st["metrics_state"]
-    tr.rows, tr.n_evals, tr.last_val = ms["rows"], ms["n_evals"], ms.get("last_val", {})
-    a = ms["acc"]
-    dev = tr.device
-    tr.acc = {"steps": a["steps"], "n": a["n"], "loss": a["loss"].to(dev), "ce": a["ce"].to(dev),
-              "aux": {k: v.to(dev) for k, v in a["aux"].items()}}
-    set_rng_state(st["rng"])
+    out = {k: st[k] for k in ("step", "config", "data", "world_size", "global_batch", "model", "optimizer", "sharded")
+           if k in st}
+    out["format"] = FORMAT_VERSION
+    if st.get("scaler") is not None:
+        out["scaler"] = st["scaler"]
+    out["clock"] = {"step": st["step"], "train_time": st["train_time"], "eval_time": st.get("eval_time", 0.0),
+                    "compile_time": st.get("compile_time", 0.0), "wall_time": st.get("wall_time", 0.0)}
+    out["target"] = st.get("target") or {}  # {}: the tracker looks its target up in the rows logged before
+    # format 2 saved the sampler one step ahead of the checkpoint (the batch it had prefetched); the next batch to
+    # train on is the checkpoint's step
+    out["sampler"] = {"seed": (st.get("sampler") or {}).get("seed"), "step": st["step"]}
+    out["record"] = {"rows": ms["rows"], "samples_bytes": ms.get("samples_bytes", 0), "n_evals": ms["n_evals"],
+                     "last_val": ms.get("last_val", {})}
+    every = st.get("ranks") or [{"rng": st["rng"], "acc": ms["acc"]}]
+    out["ranks"] = [{"rng": r["rng"], "metrics": r["acc"]} for r in every]
+    return out

@@ -2,29 +2,30 @@
 
 - `TrainStep`: model + optimizer (+ GradScaler for float16) + the loss head (compiled with --compile, wrapped
   in DDP under torchrun; or the model sharded with FSDP2 per block under `data_parallel` fsdp) + the micro-batch
-  split. `forward_backward(x, y)` accumulates the gradients of one optimizer step's batch, `update()` clips,
-  steps and zeroes them; `step(x, y)` does both. Neither syncs host and device (no .item(), no data-dependent
-  Python branch): statistics come back as device tensors.
+  split. `step(x, y, during_backward)` accumulates the gradients of one optimizer step's batch, runs
+  `during_backward()` (the trainer prefetches the next batch there), then clips, steps and zeroes them. It never
+  syncs host and device (no .item(), no data-dependent Python branch): statistics come back as device tensors.
 - `LossHead(model, label_smoothing, loss_chunk)`: model + chunked head/cross-entropy as one module
   `(x, y) -> (objective, ce_sum, correct, aux)`, so `torch.compile` compiles the whole forward and DDP can wrap it.
 - `accumulate_gradients(...)`, `apply_update(...)`: the two halves of a step, usable on their own.
-- `resolve_micro_batch(cfg, model, device) -> (micro_bs, n_micro)`: `--micro_batch ''` keeps
-  (batch_size, acc_steps); `N` runs N sequences at a time; `auto` probes, on CUDA, the largest divisor of
-  batch_size*acc_steps whose forward+backward fits in memory. The sequences per optimizer step never change.
+- `resolve_micro_batch(cfg, model, device) -> (micro_bs, n_micro)`: `micro_batch` unset keeps
+  (batch_size, acc_steps); `N` runs N sequences at a time (the config's rules checked it divides
+  batch_size*acc_steps); `auto` probes, on CUDA, the largest divisor of batch_size*acc_steps whose
+  forward+backward fits in memory. The sequences per optimizer step never change.
 - `oom_user_error(err, cfg)`: the one translation of out-of-memory (GPU or CPU) into a message saying what to change.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
+from ..config import AUTO
 from ..errors import ConfigError, is_out_of_memory, out_of_memory_text
 from ..hw import OOM_ERRORS, autocast_context, resolve_dtype, sync, unwrap
-from ..model.attention import prepare_block_masks
 from ..model.loss import lm_loss
 from ..optim import optimizer_state_bytes
 from ..optim.optimizers import build_optimizer
@@ -111,15 +112,13 @@ class TrainStep:
         self.rows = micro_bs * n_micro  # sequences per optimizer step on this process
         self.tokens_per_step = self.rows * cfg.model.sequence_length
 
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        return accumulate_gradients(self.step_module, x, y, self.n_micro, self.dtype, self.scaler)
-
-    def update(self) -> None:
+    def step(self, x: torch.Tensor, y: torch.Tensor, during_backward: Optional[Callable[[], None]] = None) -> dict:
+        """One optimizer step on the batch (x, y). `during_backward()` runs once the forward and backward passes are
+        queued, before the update: host work (the next batch) that overlaps the device's backward pass."""
+        stats = accumulate_gradients(self.step_module, x, y, self.n_micro, self.dtype, self.scaler)
+        if during_backward is not None:
+            during_backward()
         apply_update(self.model, self.optimizer, self.cfg.optim.grad_clip, self.scaler)
-
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        stats = self.forward_backward(x, y)
-        self.update()
         return stats
 
     __call__ = step
@@ -147,8 +146,6 @@ def build_train_step(cfg, model: nn.Module, device, world: Optional[World] = Non
     scaler = torch.amp.GradScaler("cuda", enabled=True) if dtype == torch.float16 else None
     head: nn.Module = LossHead(model, t.label_smoothing, t.loss_chunk)
     eval_model: nn.Module = model
-    if t.compile:  # block masks built once, outside the compiled graph
-        prepare_block_masks(model, cfg.model.sequence_length, dev)
     if t.compile and not sharded:
         head = torch.compile(head, **kw)
         eval_model = torch.compile(model, **kw)  # compiled on its first call: never, in bench
@@ -198,14 +195,10 @@ def resolve_micro_batch(cfg, model: nn.Module, device) -> tuple[int, int]:
     """(micro-batch size, number of micro-batches) per optimizer step for this process; see module doc."""
     t = cfg.train
     total = t.batch_size * t.acc_steps
-    mb = str(t.micro_batch or "").strip()
-    if mb == "":
+    if t.micro_batch is None:
         return t.batch_size, t.acc_steps
-    if mb != "auto":
-        n = int(mb)
-        if n <= 0 or total % n:
-            raise ConfigError(f"`micro_batch` {mb} must be a positive divisor of batch_size*acc_steps = {total}")
-        return n, total // n
+    if t.micro_batch != AUTO:
+        return t.micro_batch, total // t.micro_batch
     device = torch.device(device)
     if device.type != "cuda":
         return t.batch_size, t.acc_steps

@@ -9,10 +9,11 @@ keys.VAL_METRICS'), with that eval's step, training tokens, training seconds and
   then takes its final eval and ends `complete`);
 - `summary()`: summary.json's `target` record ({metric, value, reached, step, tokens, train_s, wall_s, eval,
   measured}; None without a target);
-- `state_dict()` / `load_state_dict(state, history)`: the checkpoint's part. Exact under resume: the checkpoint
+- `state_dict()` / `load_state_dict(state)`: the checkpoint's part. Exact under resume: the checkpoint
   written at the eval that reached the target already holds the record, and a kill after it resumes with it. A
   resume that adds or changes `--target` (the option is resume-safe) finds the record among the eval rows logged
-  before the checkpoint (`history()`: metrics.jsonl's rows, which carry their own step, tokens and times).
+  before the checkpoint (`history()`, set by the Trainer: metrics.jsonl's rows up to the checkpoint, which carry
+  their own step, tokens and times).
 Every rank holds the same record (evals are all-reduced), so all ranks stop at the same step.
 """
 
@@ -30,6 +31,7 @@ class TargetTracker:
         self.stop_at_target = bool(stop) and self.spec is not None
         self.n_evals = 0                     # periodic evals seen (the record's `eval` is 1-based)
         self.record: Optional[dict] = None   # the eval that reached the target
+        self.history: Callable[[], Iterable[dict]] = lambda: ()  # the metrics rows logged before a resume
 
     @property
     def enabled(self) -> bool:
@@ -75,9 +77,9 @@ class TargetTracker:
     def state_dict(self) -> dict:
         return {"spec": self.spec, "n_evals": self.n_evals, "record": dict(self.record) if self.record else None}
 
-    def load_state_dict(self, state: Optional[dict], history: Callable[[], Iterable[dict]] = lambda: ()) -> None:
-        """Restore from a checkpoint's `state_dict()` (None: a checkpoint of an older lmsprint). When the target is
-        not the one the checkpoint tracked, it is looked up in `history()` (the metrics rows logged up to the
+    def load_state_dict(self, state: Optional[dict]) -> None:
+        """Restore from a checkpoint's `state_dict()` (None or {}: a checkpoint of an older lmsprint). When the target
+        is not the one the checkpoint tracked, it is looked up in `self.history()` (the metrics rows logged up to the
         checkpoint): the first eval row that reaches it."""
         state = state or {}
         self.record = None
@@ -86,7 +88,7 @@ class TargetTracker:
             self.record = dict(state["record"]) if state.get("record") else None
             return
         self.n_evals = 0
-        for row in history():
+        for row in self.history():
             if K.ITER in row and any(k in row for k in K.VAL_KEYS):  # a periodic eval's row
                 self.observe(row, row[K.ITER], row.get(K.TOKENS) or 0, row.get(K.TRAIN_TIME), row.get(K.WALL_TIME))
 

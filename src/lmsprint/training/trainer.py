@@ -1,13 +1,17 @@
 """The training run: `train(cfg, make_sinks, resume_dir) -> summary` and the `Trainer` it drives.
 
 One run end to end: device (auto -> cuda), seeds, TF32; data (auto-prepared, vocabulary checked, `BatchSampler`
-over the global batch); model and its training step (`step.build_train_step`: optimizer, dtype, micro-batches,
---compile, DDP under torchrun); optimizer steps with lr = base_lr * lr_multiplier(progress) (`clock.Clock`: step
-/ iterations, or training time / --time_budget). The step never syncs host and device except at log steps:
-losses and MoE statistics accumulate as device tensors and are read every log_interval steps.
-Every eval_freq steps (and at the end) the fixed val set is evaluated and a checkpoint written (`state`); a
-checkpoint is also written at least every ckpt_interval of wall time. A resumed run logs exactly what an
-uninterrupted run would. Out-of-memory becomes a one-line error (`step.oom_as_user_error`).
+over the global batch, `DeviceBatches` on the device); model and its training step (`step.build_train_step`:
+optimizer, dtype, micro-batches, --compile, DDP under torchrun); optimizer steps with lr = base_lr *
+lr_multiplier(progress). The clock (`clock.Clock`) owns the step and the time and says what each step asks for:
+a log row, an evaluation, the end. The step never syncs host and device except where the clock needs it (log,
+eval and last steps): losses and MoE statistics accumulate as device tensors (`metrics.MetricAccumulator`) and are
+read every log_interval steps.
+Every eval_freq steps the fixed val set is evaluated and a checkpoint written (`checkpoint.Checkpointer`, which
+saves the components' states: model, optimizer, clock, sampler, run record, and every rank's RNG and
+accumulators); a checkpoint is also written at least every ckpt_interval of wall time, and at the last step. A
+resumed run logs exactly what an uninterrupted run would. Out-of-memory becomes a one-line error
+(`step.oom_as_user_error`).
 
 Metrics go to `make_sinks(cfg, run_dir, enabled)` (the CLI passes `track.sinks.Sinks`): this layer never
 imports the tracking layer above it.
@@ -15,7 +19,6 @@ imports the tracking layer above it.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from typing import Callable, Optional
@@ -26,21 +29,22 @@ import torch
 from .. import keys as K
 from .. import rundir
 from ..config import RunConfig, parse_duration
-from ..data.loader import BatchSampler, n_val_windows, to_device, val_batches
-from ..files import atomic_copy
-from ..hw import autocast_context, enable_tf32, mfu, peak_flops, set_cpu_threads, sync
+from ..data.loader import BatchSampler, DeviceBatches, n_val_windows, val_batches
+from ..hw import autocast_context, enable_tf32, mfu, peak_flops, set_cpu_threads
 from ..model.transformer import Transformer
 from ..optim.schedules import apply_schedule
-from . import artifacts, ranks, state
+from . import artifacts, ranks, resume, state
+from .checkpoint import Checkpointer, read_checkpoint
 from .checks import check_run
-from .clock import Clock
+from .clock import Clock, Tick
 from .data import load_data
-from .distributed import World, all_reduce_mean, broadcast_object, destroy, init_distributed
+from .distributed import World, broadcast_object, destroy, init_distributed
 from .evaluate import evaluate
 from .generate import sample_text
-from .guard import Guard, end_status, peer_lost
-from . import resume
-from .report import Console, print_report, run_summary
+from .guard import Guard, end_status
+from .metrics import MetricAccumulator, RunRecord
+from .report import Console, RunInfo, print_report, run_summary
+from .state import RNGState
 from .step import build_train_step, oom_as_user_error
 from .target import TargetTracker
 from .valsets import val_set_identities
@@ -58,7 +62,8 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    """One run: `setup()` (data, model, step, run dir, resume), `run()` the loop, `run_summary` the summary."""
+    """One run: `setup()` (data, model, step, run dir, resume), `run()` the loop; `info`, `clock` and `final` make
+    its summary (`report.run_summary`)."""
 
     def __init__(self, cfg: RunConfig, world: World, make_sinks: Callable, resume_dir: Optional[str] = None,
                  resume_override=frozenset()):
@@ -67,24 +72,24 @@ class Trainer:
         self.guard = Guard(world)  # signals and non-finite losses
         self.device = world.device
         self.is_main = world.is_main
-        self.clock = Clock(cfg.time_budget_s, cfg.train.iterations, world)
-        self.target = TargetTracker(cfg.train.target, cfg.train.stop_at_target)  # --target: time to target
+        t = cfg.train
+        self.clock = Clock(cfg.time_budget_s, t.iterations, world, log_every=cfg.log.log_interval,
+                           eval_every=t.eval_freq, compiled=t.compile)
+        self.info = RunInfo(cfg, world.world_size, world.device)
+        self.record = RunRecord()
+        self.target = TargetTracker(t.target, t.stop_at_target)  # --target: time to target
+        # a resume that adds or changes --target looks for it among the eval rows logged up to the checkpoint
+        self.target.history = lambda: rundir.read_metrics(self.run_dir)[:self.record.rows]
         self.run_dir: Optional[str] = None
         self.sinks = None
-        self.model = None
-        self.flops_per_token, self.peak = 0.0, None
-        self.step = 0
-        self.n_evals = 0
-        self.rows = 0
-        self.last_val: dict = {}
         self.final: dict = {}
         self.final_sample = ""
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        cfg, world, dev = self.cfg, self.world, self.device
+        cfg, world = self.cfg, self.world
         # a resume reads its checkpoint first: a missing or corrupt one is reported before any other work
-        resume_state = state.load_checkpoint(rundir.checkpoint_path(self.resume_dir)) if self.resume_dir else None
+        resume_state = read_checkpoint(self.resume_dir) if self.resume_dir else None
         if resume_state is not None:
             if self.is_main:
                 rundir.lock_run_dir(self.resume_dir)
@@ -93,140 +98,130 @@ class Trainer:
         seed_everything(cfg.train.seed)
         enable_tf32()
         set_cpu_threads(cfg.train.threads)
-        self.manifest, self.tok, train_tokens, self.val_tokens = load_data(cfg, world,
-                                                                           progress=world.is_main and Console(cfg, True).bar_on)
+        manifest, self.tok, train_tokens, self.val_tokens = load_data(cfg, world,
+                                                                      progress=world.is_main and Console(cfg, True).bar_on)
         self.token_bytes = self.tok.token_bytes()
-        self.val_sets = val_set_identities(cfg, self.manifest, len(self.val_tokens))  # summary.json: what evals score
+        self.info.val_sets = val_set_identities(cfg, manifest, len(self.val_tokens))  # summary.json: what evals score
         if resume_state is not None:
-            resume.check_data(resume_state.get("data"), self.manifest, self.resume_override, self.resume_dir)
-
+            resume.check_data(resume_state.get("data"), manifest, self.resume_override, self.resume_dir)
         # another number of processes than the checkpoint's: same global batch, another per-process split
-        self.saved_config = ranks.adapt_batch(cfg, resume_state, world) if resume_state is not None else None
-        torch.manual_seed(cfg.train.seed)
-        self.model = Transformer(cfg.model).to(dev)
-        self.step_fn = build_train_step(cfg, self.model, dev, world)
-        self.opt = self.step_fn.optimizer
-        self.micro_bs = self.step_fn.micro_bs
-        self.global_batch = cfg.train.batch_size * cfg.train.acc_steps * world.world_size
-        self.tokens_per_step = self.global_batch * cfg.model.sequence_length
-        self.sampler = BatchSampler(train_tokens, cfg.model.sequence_length, self.global_batch, cfg.data.data_seed,
-                                    rank=world.rank, world_size=world.world_size)
-        self._prefetched = None  # (step, (x, y)) already on the device
-        self.ckpt_every = parse_duration(cfg.train.ckpt_interval) or float("inf")
-        self.flops_per_token = self.model.flops_per_token()
-        self.peak = peak_flops(dev)
-        self.acc = self._zero_acc()  # device accumulators between log steps (in checkpoints: exact resumes)
-
-        if self.resume_dir:
-            state.restore(self, resume_state)
-            ranks.restore_states(self, resume_state)  # this rank's own RNG and accumulators
-            self.run_dir = self.resume_dir
-            if self.is_main:
-                ms = resume_state["metrics_state"]
-                rundir.truncate_metrics(self.run_dir, ms["rows"])
-                rundir.truncate_file(rundir.samples_path(self.run_dir), ms.get("samples_bytes", 0))
-                if self.resume_override:  # the accepted changes are now this run's config
-                    rundir.write_config(self.run_dir, cfg)
-            self.guard.ckpt_step = self.guard.last_log_step = self.step
-        else:
-            self.run_dir = broadcast_object(rundir.create_run_dir(cfg) if self.is_main else None, world)
-            if self.is_main:
-                rundir.lock_run_dir(self.run_dir)  # before config.yaml: a run dir without the lock is a dead one
-                rundir.write_config(self.run_dir, cfg)
-        self.guard.run_dir = self.run_dir
+        saved_config = ranks.adapt_batch(cfg, resume_state, world) if resume_state is not None else None
+        self._build(train_tokens, manifest)
+        self._open_run_dir()
+        self.checkpointer = Checkpointer(
+            world, self.model, self.opt,
+            states={"clock": self.clock, "sampler": self.batches, "record": self.record, "target": self.target,
+                    "scaler": self.step_fn.scaler},
+            rank_states={"rng": RNGState(), "metrics": self.metrics},
+            header={"config": saved_config or cfg.to_dict(), "data": resume.data_identity(manifest),
+                    "global_batch": self.batches.sampler.global_batch},
+            model_cfg=cfg.model, run_dir=self.run_dir)
+        if resume_state is not None:
+            self._restore(resume_state)
         self.sinks = self.make_sinks(cfg, self.run_dir, enabled=self.is_main)
         if self.is_main:  # what eval/generate/export need besides the weights (rebuilt offline from the run dir)
             artifacts.write_run_files(self.run_dir, self.tok)
         self.console = Console(cfg, self.is_main)
         if self.is_main:
-            rundir.write_summary(self.run_dir, run_summary(self, "running"))
-            self.console.banner(self, len(train_tokens), len(self.val_tokens), self.step if self.resume_dir else None)
+            rundir.write_summary(self.run_dir, self.summary("running"))
+            self.console.banner(self.info, self.clock.step if self.resume_dir else None)
 
-    def _zero_acc(self) -> dict:
-        z = lambda: torch.zeros((), dtype=torch.float32, device=self.device)  # noqa: E731
-        return {"steps": 0, "loss": z(), "ce": z(), "n": 0, "aux": {}}
+    def _build(self, train_tokens, manifest) -> None:
+        """The model, its training step, the batches and the accumulators; what the banner says of them."""
+        cfg, world, dev, info = self.cfg, self.world, self.device, self.info
+        torch.manual_seed(cfg.train.seed)
+        self.model = Transformer(cfg.model).to(dev)
+        self.step_fn = build_train_step(cfg, self.model, dev, world)
+        self.opt = self.step_fn.optimizer
+        global_batch = cfg.train.batch_size * cfg.train.acc_steps * world.world_size
+        self.tokens_per_step = global_batch * cfg.model.sequence_length
+        sampler = BatchSampler(train_tokens, cfg.model.sequence_length, global_batch, cfg.data.data_seed,
+                               rank=world.rank, world_size=world.world_size)
+        self.batches = DeviceBatches(sampler, dev)
+        self.metrics = MetricAccumulator(dev)  # device sums between log steps (in checkpoints: exact resumes)
+        self.ckpt_every = parse_duration(cfg.train.ckpt_interval) or float("inf")
+        info.tokens_per_step = self.tokens_per_step
+        info.params_total, info.params_active = self.model.num_params(), self.model.num_active_params()
+        info.flops_per_token, info.peak_flops = self.model.flops_per_token(), peak_flops(dev)
+        info.micro_batch, info.dtype = self.step_fn.micro_bs, str(self.step_fn.dtype).replace("torch.", "")
+        info.tokenizer = str(getattr(manifest, "tokenizer", "?"))
+        info.train_tokens, info.val_tokens = len(train_tokens), len(self.val_tokens)
 
-    def save(self, extra_name: Optional[str] = None) -> None:
-        every_rank = ranks.gather_states(self)  # all ranks take part: each one's RNG and accumulators
-        if self.world.sharded:  # FSDP: every rank writes its shards (training/ranks.py)
-            self.guard.check_before_save(ranks.finite_view(self))
-            ranks.save_sharded(self, every_rank, extra_name)
-            self.guard.saved(self.step)
-            return
-        if not self.is_main:
-            return
-        self.guard.check_before_save(self)  # never a checkpoint after a non-finite loss
-        path = rundir.checkpoint_path(self.run_dir)
-        state.save_checkpoint(path, {**state.capture(self), **every_rank})
-        artifacts.write_weights(self.run_dir, self.model, self.cfg.model, self.step)  # model.safetensors, no pickle
-        self.guard.saved(self.step)
-        if extra_name:
-            atomic_copy(path, rundir.checkpoint_path(self.run_dir, extra_name))  # never a torn step_N.pt
+    def _open_run_dir(self) -> None:
+        """The resumed run's directory, or a new one (locked, config.yaml written)."""
+        if self.resume_dir:
+            self.run_dir = self.resume_dir
+        else:
+            self.run_dir = broadcast_object(rundir.create_run_dir(self.cfg) if self.is_main else None, self.world)
+            if self.is_main:
+                rundir.lock_run_dir(self.run_dir)  # before config.yaml: a run dir without the lock is a dead one
+                rundir.write_config(self.run_dir, self.cfg)
+        self.info.run_dir = self.record.run_dir = self.guard.run_dir = self.run_dir
+
+    def _restore(self, resume_state: dict) -> None:
+        """Every state from the checkpoint; metrics.jsonl and samples.txt cut back to what it had written."""
+        self.checkpointer.restore(resume_state, keep_hyperparameters=bool(self.resume_override))
+        if self.is_main:
+            rundir.truncate_metrics(self.run_dir, self.record.rows)
+            rundir.truncate_file(rundir.samples_path(self.run_dir), self.record.samples_bytes)
+            if self.resume_override:  # the accepted changes are now this run's config
+                rundir.write_config(self.run_dir, self.cfg)
+        self.guard.ckpt_step = self.guard.last_log_step = self.clock.step
+
+    def summary(self, status: str, error: Optional[str] = None) -> dict:
+        return run_summary(self.info, self.clock, self.final, status, error, self.target.summary())
+
+    def save(self, keep: Optional[str] = None) -> None:
+        """A checkpoint of this step (collective); never after a non-finite loss or with non-finite weights."""
+        step = self.clock.step
+        if self.world.sharded or self.is_main:
+            self.guard.check_before_save(self.metrics.loss, self.model, step)
+        self.checkpointer.save(step, keep)
+        self.guard.saved(step)
 
     def log(self, metrics: dict) -> None:
         if self.is_main:
-            self.sinks.log(metrics, self.step)
-            self.rows += 1
+            self.sinks.log(metrics, self.clock.step)
+            self.record.rows += 1
 
     def autocast(self):
         return autocast_context(self.device, self.step_fn.dtype)
 
     # ------------------------------------------------------------------ one optimizer step
-    def train_step(self) -> None:
-        apply_schedule(self.opt.param_groups, self.clock.progress(self.step), self.cfg.optim,
-                       None if self.clock.budget else self.cfg.train.iterations)
-        x, y = self._batch(self.step)
-        stats = self.step_fn.forward_backward(x, y)
+    def train_step(self) -> Tick:
+        """One optimizer step, timed by the clock; returns what the clock says it asks for."""
+        clock = self.clock
+        clock.begin_step()
+        apply_schedule(self.opt.param_groups, clock.progress(), self.cfg.optim, clock.total_steps)
+        x, y = self.batches.next()
         # while the device still runs this step's backward, sample the next batch and start its copy
-        self._prefetched = (self.step + 1, self._batch(self.step + 1))
-        self.step_fn.update()
-        self.step += 1
-        a = self.acc
-        a["steps"] += 1
-        a["loss"] += stats["loss"]
-        a["ce"] += stats["ce_sum"]
-        a["n"] += stats["n"]
-        for k, v in stats["aux"].items():
-            if k.startswith("moe/"):
-                a["aux"][k] = v if k not in a["aux"] else a["aux"][k] + v
-
-    def _batch(self, step: int):
-        """This rank's batch of optimizer step `step` on the device (prefetched during the previous step)."""
-        pre = self._prefetched
-        if pre is not None and pre[0] == step:
-            self._prefetched = None
-            return pre[1]
-        return to_device(*self.sampler.get(step), self.device)
+        self.metrics.add(self.step_fn.step(x, y, during_backward=self.batches.prefetch))
+        return clock.end_step()
 
     def flush_train_log(self, interval_tokens: int, interval_time: float) -> dict:
         """Read the accumulators (the only host-device sync of training), log one row, reset them."""
-        a = self.acc
-        if a["steps"] == 0:
+        read = self.metrics.read(self.world)
+        if read is None:
             return {}
-        vals = torch.stack([a["loss"] / a["steps"], a["ce"] / max(a["n"], 1)])
-        loss, ce = all_reduce_mean(vals, self.world).tolist()
-        self.guard.check_loss(loss, self.step)
+        loss, ce, aux = read
+        step = self.clock.step
+        self.guard.check_loss(loss, step)
         m = {K.TRAIN_LOSS: loss, K.TRAIN_CE: ce, K.LR: self.opt.param_groups[0]["lr"],
-             K.TOKENS: self.step * self.tokens_per_step}
-        for k, v in sorted(a["aux"].items()):
-            v = all_reduce_mean(v / a["steps"], self.world)
-            m[k] = v.item() if v.numel() == 1 else v.tolist()
-        m[K.TRAIN_TIME] = self.clock.train_time
+             K.TOKENS: step * self.tokens_per_step, **aux, K.TRAIN_TIME: self.clock.train_time}
         if interval_time > 0:
             tps = interval_tokens / interval_time
             m[K.TOKENS_PER_S] = tps
-            u = mfu(self.flops_per_token, tps, self.peak, self.world.world_size)
+            u = mfu(self.info.flops_per_token, tps, self.info.peak_flops, self.world.world_size)
             if u is not None:
                 m[K.MFU] = u
         self.log(m)
-        self.acc = self._zero_acc()
         return m
 
     # ------------------------------------------------------------------ eval + samples
     def run_eval(self, max_tokens: Optional[int], final: bool = False) -> dict:
-        bs = max(1, min(self.micro_bs, self.cfg.train.batch_size))
+        bs = max(1, min(self.step_fn.micro_bs, self.cfg.train.batch_size))
         bs *= EVAL_BATCH_MULT if str(self.device).startswith("cuda") else 1
-        with self.clock.eval_timer(self.device):
+        with self.clock.evaluating():
             batches = val_batches(self.val_tokens, self.cfg.model.sequence_length, bs, max_tokens=max_tokens,
                                   rank=self.world.rank, world_size=self.world.world_size)
             if final:  # the full split can take minutes: show progress
@@ -244,90 +239,63 @@ class Trainer:
         lc = self.cfg.log
         if (not self.is_main and not self.world.sharded) or lc.sample_tokens <= 0:  # FSDP: all ranks forward
             return ""
-        with self.clock.eval_timer(self.device):
+        with self.clock.evaluating():
             text = sample_text(self.model, self.tok, lc.eval_seq_prefix, max_new_tokens=lc.sample_tokens,
-                               temperature=0.8, top_k=200, seed=self.cfg.train.seed + self.step, device=self.device,
-                               ctx=self.autocast())[0]
+                               temperature=0.8, top_k=200, seed=self.cfg.train.seed + self.clock.step,
+                               device=self.device, ctx=self.autocast())[0]
         if self.is_main:
-            self.sinks.log_text(self.step, lc.eval_seq_prefix, text)
+            self.sinks.log_text(self.clock.step, lc.eval_seq_prefix, text)
         return text
 
     def periodic_eval(self) -> dict:
         res = self.run_eval(self.cfg.train.eval_tokens)
-        self.guard.check_eval(res.get(K.VAL_LOSS), self.step)  # NaN weights: stop before logging or sampling
-        self.n_evals += 1
-        self.last_val = {k: v for k, v in res.items() if k != "eval_tokens"}
-        tokens, train_s, wall_s = self.step * self.tokens_per_step, self.clock.train_time, self.clock.wall_time
-        self.log({**self.last_val, K.TOKENS: tokens, K.EVAL_TIME: self.clock.eval_time, K.TRAIN_TIME: train_s,
+        step, rec = self.clock.step, self.record
+        self.guard.check_eval(res.get(K.VAL_LOSS), step)  # NaN weights: stop before logging or sampling
+        rec.n_evals += 1
+        rec.last_val = {k: v for k, v in res.items() if k != K.EVAL_TOKENS}
+        tokens, train_s, wall_s = step * self.tokens_per_step, self.clock.train_time, self.clock.wall_time
+        self.log({**rec.last_val, K.TOKENS: tokens, K.EVAL_TIME: self.clock.eval_time, K.TRAIN_TIME: train_s,
                   K.WALL_TIME: wall_s})  # every eval row carries its own step, tokens and times
-        if self.target.observe(res, self.step, tokens, train_s, wall_s):  # the first eval reaching --target
+        if self.target.observe(res, step, tokens, train_s, wall_s):  # the first eval reaching --target
             self.log(self.target.row())
             self.console.print(self.target.describe())
-        if self.n_evals % 5 == 1:
+        if rec.n_evals % 5 == 1:
             self.sample()
         return res
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
-        cfg, t, clock = self.cfg, self.cfg.train, self.clock
-        bar = self.console
-        bar.start(clock, self.step)
+        t, clock, bar = self.cfg.train, self.clock, self.console
+        bar.start(clock)
+        clock.start()
         last_ckpt = time.perf_counter()
-        log_tokens, log_time = 0, 0.0
-        first_step = True
-        clock.start(self.step)
-        while not clock.done(self.step) and not self.target.stop():  # --stop_at_target
-            t0 = time.perf_counter()
-            self.train_step()
-            is_log = self.step % cfg.log.log_interval == 0
-            is_eval = self.step % t.eval_freq == 0
-            is_last = self.step >= t.iterations
-            if first_step and t.compile:
-                sync(self.device)
-                clock.compile_time += time.perf_counter() - t0  # first step = compilation, outside the budget
-                first_step = False
-            else:
-                if is_log or is_eval or is_last:
-                    sync(self.device)
-                dt = time.perf_counter() - t0
-                clock.train_time += dt
-                log_time += dt
-                log_tokens += self.tokens_per_step
-            clock.agree(self.step, is_log)
-            if is_log:
-                m = self.flush_train_log(log_tokens, log_time)
-                log_tokens, log_time = 0, 0.0
+        while not clock.done() and not self.target.stop():  # --stop_at_target ends the loop after that eval
+            tick = self.train_step()
+            if tick.log:  # every log_interval steps, and the last (partial) interval at the last step
+                m = self.flush_train_log(tick.interval_steps * self.tokens_per_step, tick.interval_time)
                 if m:
-                    bar.train_log(self.step, m)
+                    bar.train_log(tick.step, m)
             bar.advance()
-            if is_eval:
-                res = self.periodic_eval()
-                bar.eval_done(self.step, res)
-            extra = f"step_{self.step}.pt" if t.save_checkpoint_freq and self.step % t.save_checkpoint_freq == 0 \
+            if tick.eval:
+                bar.eval_done(tick.step, self.periodic_eval())
+            keep = f"step_{tick.step}.pt" if t.save_checkpoint_freq and tick.step % t.save_checkpoint_freq == 0 \
                 else None
-            due = ranks.save_due(time.perf_counter() - last_ckpt >= self.ckpt_every, is_log, self.world)
-            if is_eval or extra or due:
-                self.save(extra)
+            due = ranks.save_due(time.perf_counter() - last_ckpt >= self.ckpt_every, tick.log, self.world)
+            saved = tick.eval or tick.last or bool(keep) or due
+            if saved:
+                self.save(keep)
                 last_ckpt = time.perf_counter()
-            if self.guard.stop_requested(is_log):  # SIGTERM/SIGHUP/SIGINT: checkpoint here, summary `interrupted`
-                self.save()
-                raise self.guard.interrupted(self.step)
-        # the last partial log interval
-        if self.acc["steps"]:
-            t0 = time.perf_counter()
-            sync(self.device)  # the device may still be running the last steps: that time is training time too
-            dt = time.perf_counter() - t0
-            clock.train_time += dt
-            log_time += dt
-            self.flush_train_log(log_tokens, log_time)
+            if self.guard.stop_requested(tick.log):  # SIGTERM/SIGHUP/SIGINT: checkpoint here, summary `interrupted`
+                if not saved:
+                    self.save()
+                raise self.guard.interrupted(tick.step)
         bar.close()
-        self.save()
         return self.final_eval()
 
     def final_eval(self) -> dict:
         mode = self.cfg.train.final_eval
         if mode == "none":
-            self.final = dict(self.last_val)
+            self.final = dict(self.record.last_val)
         else:
             self.final = self.run_eval(None if mode == "full" else self.cfg.train.eval_tokens, final=True)
             self.log({f"{K.FINAL}/{k}": v for k, v in self.final.items()})
@@ -348,7 +316,7 @@ def train(cfg: RunConfig, make_sinks: Callable, resume_dir: Optional[str] = None
             tr.setup()
             with tr.guard.signals():
                 tr.run()
-        summary = run_summary(tr, "complete")
+        summary = tr.summary("complete")
         if tr.is_main:
             rundir.write_summary(tr.run_dir, summary)
             print_report(summary, tr.run_dir, tr.final_sample)
@@ -356,10 +324,10 @@ def train(cfg: RunConfig, make_sinks: Callable, resume_dir: Optional[str] = None
             tr.sinks.finish(summary)
         return summary
     except BaseException as e:
-        lost = peer_lost(e, tr)  # another torchrun process died: a one-line stop, `interrupted` with a checkpoint
+        lost = tr.guard.peer_lost(e, tr.clock.step)  # another torchrun process died: `interrupted` if checkpointed
         if tr.run_dir is not None and tr.is_main:
             status, err = end_status(lost or e)
-            summary = run_summary(tr, status, error=err)
+            summary = tr.summary(status, error=err)
             try:
                 rundir.write_summary(tr.run_dir, summary)
                 if tr.sinks is not None:
