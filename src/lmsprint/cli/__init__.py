@@ -2,7 +2,7 @@
 
 Each subcommand group is a module of this package exposing `add_<name>_arguments(parser)` and
 `run_<name>(args) -> int`: `train.py` (train, eval, generate; eval's lm-eval part in `lmeval.py`), `prepare.py`,
-`bench.py`, `compare.py`, `sweep.py`, `export.py`.
+`bench.py`, `compare.py`, `sweep.py`, `ladder.py`, `forecast.py`, `export.py`.
 `main()` wires them up and turns any `UserError` (including the domain errors ConfigError, DataError,
 CheckpointError) into `lmsprint: error: <message>` on one line with exit status 2; `errors.cli_message` words
 option names as flags (`--name`).
@@ -28,6 +28,9 @@ SUBCOMMANDS = {
     "bench": ("lmsprint.cli.bench", "time training steps on synthetic tokens (tokens/s, MFU, memory)"),
     "compare": ("lmsprint.cli.compare", "compare runs: table, seed groups, plots, report"),
     "sweep": ("lmsprint.cli.sweep", "run a grid of flag values x seeds, resumable"),
+    "ladder": ("lmsprint.cli.ladder", "train one arm at fractions of a target budget x seeds (wsd: branched), "
+               "for forecast"),
+    "forecast": ("lmsprint.cli.forecast", "forecast each arm's metric at a budget from its ladder, with an interval"),
 }
 
 

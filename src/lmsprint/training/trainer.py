@@ -25,7 +25,7 @@ import torch
 
 from .. import keys as K
 from .. import rundir
-from ..config import RunConfig, parse_duration
+from ..config import RunConfig, checkpoint_steps, parse_duration
 from ..data.loader import BatchSampler, n_val_windows, to_device, val_batches
 from ..files import atomic_copy
 from ..hw import autocast_context, enable_tf32, mfu, peak_flops, set_cpu_threads, sync
@@ -108,6 +108,7 @@ class Trainer:
                                     rank=world.rank, world_size=world.world_size)
         self._prefetched = None  # (step, (x, y)) already on the device
         self.ckpt_every = parse_duration(cfg.train.ckpt_interval) or float("inf")
+        self.keep_steps = checkpoint_steps(cfg.train)  # step_N.pt copies kept (a ladder's branch points)
         self.flops_per_token = self.model.flops_per_token()
         self.peak = peak_flops(dev)
         self.acc = self._zero_acc()  # device accumulators between log steps (in checkpoints: exact resumes)
@@ -293,8 +294,8 @@ class Trainer:
             if is_eval:
                 res = self.periodic_eval()
                 bar.eval_done(self.step, res)
-            extra = f"step_{self.step}.pt" if t.save_checkpoint_freq and self.step % t.save_checkpoint_freq == 0 \
-                else None
+            extra = f"step_{self.step}.pt" if (t.save_checkpoint_freq and self.step % t.save_checkpoint_freq == 0) \
+                or self.step in self.keep_steps else None
             due = ranks.save_due(time.perf_counter() - last_ckpt >= self.ckpt_every, is_log, self.world)
             if is_eval or extra or due:
                 self.save(extra)

@@ -1,0 +1,83 @@
+"""`lmsprint ladder --at BUDGET --rungs 1/16,1/8,1/4 --seeds 2 [--parallel N] [--name N] [--no_branch]
+[--dry_run] -- <train flags>`: the command-line part (arguments, the pass-through train flags, the rung table at
+the end and the exit status: 1 if any run failed). Planning, forks and running the training processes are in
+track/ladder.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config import FLAGS, SuggestingParser
+from ..errors import UserError
+from ..track import ladder as L
+from ..track.forecast import fmt_budget
+from .train import add_train_arguments  # the pass-through flags are exactly `lmsprint train`'s
+
+
+def add_ladder_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("With --scheduler wsd and an iteration target the rungs branch from one stable-phase run per seed "
+                "(each rung's cool-down starts from a checkpoint of the longest rung; the warmup is counted in "
+                "steps, --warmup_steps, the same in every rung): the ladder costs about the longest rung plus the "
+                "cool-downs. Rerun the same command to continue an interrupted ladder. Then: lmsprint forecast "
+                "FOLDER [FOLDER ...] --at BUDGET.")
+    p.add_argument("--at", required=True, metavar="BUDGET",
+                   help="the target budget the rungs are fractions of: iterations (e.g. 25000) or a duration (3h)")
+    p.add_argument("--rungs", default="1/16,1/8,1/4,1/2",
+                   help="fractions of the target, comma-separated (default: 1/16,1/8,1/4,1/2)")
+    p.add_argument("--seeds", default="2", help="a number of seeds N (seeds 0..N-1) or a list such as 0,3,7 "
+                   "(default: 2)")
+    p.add_argument("--name", default=None, help="ladder folder under --results_base_folder (default: "
+                   "ladder-<run name>-at<BUDGET>); rerun with the same name to continue it")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="run N trainings at a time, each one's output in <folder>/<run>.log (default: 1)")
+    p.add_argument("--no_branch", action="store_true",
+                   help="train every rung on its own even with --scheduler wsd")
+    p.add_argument("--dry_run", action="store_true", help="print the plan and the commands, run nothing")
+    p.add_argument("train_args", nargs="*", metavar="-- TRAIN_FLAGS",
+                   help="flags passed to every `lmsprint train` (after a literal --)")
+
+
+def parse_train_args(argv: list[str]):
+    """The pass-through train flags -> (flag values as typed, --config file)."""
+    p = SuggestingParser(prog="lmsprint ladder -- <train flags>", add_help=False)
+    add_train_arguments(p)
+    ns = p.parse_args(argv)
+    # only the flags typed appear (config flag defaults are SUPPRESS); --resume is the train command's own option
+    values = {k: v for k, v in vars(ns).items() if k in FLAGS and k != "resume"}
+    L.check_train_values({**values, "resume": getattr(ns, "resume", None)})
+    return values, getattr(ns, "config", None)
+
+
+def run_ladder(args: argparse.Namespace) -> int:
+    if args.parallel < 1:
+        raise UserError(f"--parallel {args.parallel}: must be >= 1 (the number of trainings at a time)")
+    train_args = list(args.train_args or [])
+    if train_args and train_args[0] == "--":
+        train_args = train_args[1:]
+    values, config_file = parse_train_args(train_args)
+    plan = L.plan_ladder(args.at, args.rungs, args.seeds, values, config_file, args.name, args.no_branch)
+    rungs = ", ".join(f"{r.fraction} = {fmt_budget(plan.kind, r.budget)}" for r in plan.rungs)
+    unit = "steps" if plan.kind == "iterations" else "of training time"
+    cost, full = plan.cost()
+    print(f"ladder {plan.name}: {len(plan.rungs)} rungs of {fmt_budget(plan.kind, plan.target)} ({rungs}) x "
+          f"{len(plan.seeds)} seeds in {plan.folder}" + (f", {args.parallel} at a time" if args.parallel > 1 else ""),
+          flush=True)
+    if plan.branched:
+        print(f"branched (wsd): per seed, the longest rung runs in full and each shorter rung's cool-down starts "
+              f"from its checkpoint; warmup {plan.warmup_steps} steps in every rung (--warmup_steps); "
+              f"{fmt_budget(plan.kind, cost)} {unit} per seed instead of {fmt_budget(plan.kind, full)}", flush=True)
+    if plan.warmup_steps is not None and plan.kind == "iterations":
+        print(f"a run at the target with this schedule: lmsprint train ... --iterations "
+              f"{int(plan.target)} --warmup_steps {plan.warmup_steps}", flush=True)
+    results = L.run_ladder(plan, values, config_file, train_args, parallel=args.parallel, dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
+    failed = [n for n, (o, _d) in results.items() if o in ("failed", "blocked")]
+    print(f"\nforecast: lmsprint forecast {plan.folder} [other ladders ...] --at "
+          f"{fmt_budget(plan.kind, plan.target).replace(',', '')}")
+    if failed:
+        print(f"{len(failed)} run(s) did not complete: {', '.join(failed)}; rerun the same command to continue them",
+              file=sys.stderr)
+        return 1
+    return 0
