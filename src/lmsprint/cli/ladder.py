@@ -61,7 +61,7 @@ def run_ladder(args: argparse.Namespace) -> int:
     unit = "steps" if plan.kind == "iterations" else "of training time"
     cost, full = plan.cost()
     print(f"ladder {plan.name}: {len(plan.rungs)} rungs of {fmt_budget(plan.kind, plan.target)} ({rungs}) x "
-          f"{len(plan.seeds)} seeds in {plan.folder}" + (f", {args.parallel} at a time" if args.parallel > 1 else ""),
+          f"{len(plan.seeds)} seed{'s' if len(plan.seeds) > 1 else ''} in {plan.folder}" + (f", {args.parallel} at a time" if args.parallel > 1 else ""),
           flush=True)
     if plan.branched:
         print(f"branched (wsd): per seed, the longest rung runs in full and each shorter rung's cool-down starts "

@@ -48,6 +48,7 @@ N_DRAWS = 1000
 ALPHA_BOUNDS = (0.01, 4.0)
 BUDGET_KEYS = ("iterations", "time_budget")
 BOOT_SEED = 20240522              # draws are reproducible: the same runs give the same interval
+MAX_NFEV = 2000                   # least_squares evaluations per start; a start that needs more has not converged
 
 
 # ---------------------------------------------------------------------------------------------------- the fit
@@ -113,7 +114,7 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], x_ref: Optional[float]
         p0 = np.where(p0 >= hi, hi - 1e-9 * (hi - lo), p0)
         try:
             res = least_squares(_residuals, p0, jac=_jac, bounds=(lo, hi), args=(lx, y), method="trf",
-                                x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=2000)
+                                x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=MAX_NFEV)
         except (ValueError, FloatingPointError):
             continue
         if res.status <= 0 or not np.all(np.isfinite(res.x)):
