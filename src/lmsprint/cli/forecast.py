@@ -6,7 +6,6 @@ track/forecast.py. When no arm gets a number the answer is one line saying what 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -95,7 +94,7 @@ def run_forecast(args: argparse.Namespace) -> int:
     for a in fc.arms:
         print(f"{a.arm}: {a.status}: {a.message}")
         if a.left_out:
-            print(f"  left out: " + ", ".join(f"{n} ({why})" for n, why in a.left_out))
+            print("  left out: " + ", ".join(f"{n} ({why})" for n, why in a.left_out))
     refused = [a.arm for a in fc.arms if a.status == "refused"]
     if refused and len(fc.live) > 0 and len(fc.arms) > 1:
         print(f"p_best is among the arms with a forecast; {', '.join(refused)} could not be ranked")

@@ -6,12 +6,16 @@ track/ladder.py."""
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 
+from .. import keys as K
 from ..config import FLAGS, SuggestingParser
 from ..errors import UserError
 from ..track import ladder as L
 from ..track.forecast import fmt_budget
+from ..track.discover import load_run
+from ..track.report import text_table
 from .train import add_train_arguments  # the pass-through flags are exactly `lmsprint train`'s
 
 
@@ -49,6 +53,25 @@ def parse_train_args(argv: list[str]):
     return values, getattr(ns, "config", None)
 
 
+def rung_table(plan: L.Plan, results: dict) -> str:
+    """One row per rung: its budget, how it was trained, the complete runs and their final val loss."""
+    rows = []
+    for r in plan.rungs:
+        tasks = [t for t in plan.tasks if t.rung is r]
+        vals = []
+        for t in tasks:
+            outcome, d = results.get(t.name, (None, None))
+            if d and outcome in ("complete", "skipped"):
+                v = load_run(d).final.get(K.VAL_LOSS)
+                if v is not None:
+                    vals.append(v)
+        how = f"branched at {tasks[0].branch_step:,}" if tasks[0].source else "trained on its own"
+        shown = "-" if not vals else f"{statistics.fmean(vals):.4f}" + (
+            f" ± {statistics.stdev(vals):.4f}" if len(vals) > 1 else "")
+        rows.append([str(r.fraction), fmt_budget(plan.kind, r.budget), how, f"{len(vals)}/{len(tasks)}", shown])
+    return text_table(["rung", "budget", "how", "complete", "val loss mean ± sd"], rows)
+
+
 def run_ladder(args: argparse.Namespace) -> int:
     if args.parallel < 1:
         raise UserError(f"--parallel {args.parallel}: must be >= 1 (the number of trainings at a time)")
@@ -74,6 +97,8 @@ def run_ladder(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     failed = [n for n, (o, _d) in results.items() if o in ("failed", "blocked")]
+    print()
+    print(rung_table(plan, results))
     print(f"\nforecast: lmsprint forecast {plan.folder} [other ladders ...] --at "
           f"{fmt_budget(plan.kind, plan.target).replace(',', '')}")
     if failed:

@@ -40,7 +40,7 @@ from .. import keys as K
 from ..config import parse_duration
 from ..errors import UserError
 from .discover import Run, find_runs, load_run
-from .stats import IGNORED_KEYS, SEED_KEYS, differing_keys, exp_stem, fmt_val, norm
+from .stats import SEED_KEYS, differing_keys, exp_stem, fmt_val, norm
 
 MIN_RUNGS = 3
 LEVEL = 0.80                      # the interval's coverage
@@ -385,9 +385,11 @@ def forecast_arm(label: str, kind: str, x: Sequence[float], y: Sequence[float], 
     # ---- regime checks: findings, widening (amounts in the metric's units), refusal
     checks, lo_w, hi_w, refuse = [], 0.0, 0.0, None
     top = float(R.mean[-1])
+    backtested = False
     if k >= 4:
         fit_bt = fit_power_law(x[np.array(R.index) < k - 1], y[np.array(R.index) < k - 1], x_ref=fit.x_ref)
         if fit_bt is not None:
+            backtested = True
             e = float(fit_bt(R.x[-1])) - top
             out.backtest_error, out.backtest_rel = e, e / top
             q_lo, q_hi = np.nanquantile(bt, [0.05, 0.95]) if np.isfinite(bt).any() else (np.nan, np.nan)
@@ -402,6 +404,8 @@ def forecast_arm(label: str, kind: str, x: Sequence[float], y: Sequence[float], 
             checks.append("the backtest fit did not converge")
     else:
         checks.append(f"no backtest with {k} rungs")
+    if R.x[-1] >= target:
+        checks.append("the rungs reach the target: this interpolates, it does not forecast")
     s = log_slopes(R.x, R.mean)
     if len(s) >= 2 and s[-1] < s[-2]:
         p_steep = float(np.nanmean(slopes[:, -1] < slopes[:, -2]))
@@ -416,7 +420,7 @@ def forecast_arm(label: str, kind: str, x: Sequence[float], y: Sequence[float], 
     if "E=min" in fit.at_bound or "alpha=max" in fit.at_bound:
         refuse = refuse or ("the rungs look like a plateau (the fit's floor E is the lowest loss seen): a plateau "
                             "can end, and nothing before it says when")
-    if "E=0" in fit.at_bound or "alpha=min" in fit.at_bound or k < 4:
+    if "E=0" in fit.at_bound or "alpha=min" in fit.at_bound or not backtested:
         # no floor in sight (or nothing to backtest): the curve may bend either way from here; the width is the
         # gap between the fit and the straight log-log line through the last two rungs
         lin = top * (target / R.x[-1]) ** s[-1]
@@ -450,7 +454,7 @@ def forecast_arm(label: str, kind: str, x: Sequence[float], y: Sequence[float], 
         out.message = "interval widened: " + "; ".join(checks) + f"; add a rung at {nxt} to narrow it"
     else:
         out.status = "ok"
-        out.message = "backtest within the seed noise, slopes flattening"
+        out.message = "; ".join(["backtest within the seed noise, slopes flattening"] + checks)
     return out
 
 

@@ -25,7 +25,7 @@
 
 from __future__ import annotations
 
-import math
+import json
 import os
 import re
 import shutil
@@ -37,7 +37,7 @@ from fractions import Fraction
 from typing import Optional
 
 from .. import rundir
-from ..config import FLAGS, RunConfig, build_config, flags_where, flatten, get_value, set_value
+from ..config import RunConfig, build_config, flags_where, set_value
 from ..data.prepare import prepare
 from ..errors import UserError
 from ..files import atomic_copy, atomic_write_text, json_text
@@ -264,8 +264,6 @@ def default_name(cfg: RunConfig, kind: str, target: float) -> str:
 
 def check_folder(plan: Plan, train_args: list[str]) -> None:
     """Refuse a ladder folder that holds another plan (another target, rungs, seeds or train flags)."""
-    import json  # noqa: PLC0415 (stdlib, local: only this check reads the record)
-
     path = os.path.join(plan.folder, LADDER_FILE)
     if not os.path.isfile(path):
         return
