@@ -9,18 +9,29 @@ bounds E in [0, lowest value seen], A >= 0, alpha in ALPHA_BOUNDS, several start
 
 Per arm (`forecast_arm`):
 - forecast: the fit at the target budget;
-- bootstrap (N_DRAWS draws, a fixed seed): each draw perturbs every run by its rung's seed noise (a wild
+- bootstrap (N_DRAWS draws, seeded per arm): each draw perturbs every run by its rung's seed noise (a wild
   bootstrap: the run's deviation from its rung mean times a random sign, scaled by sqrt(n/(n-1)) so the variance
   of a rung mean is the sample one; a rung with one seed gets the arm's pooled relative seed sd) and, with 4 or
   more rungs, refits on a random subset of the rungs (all of them, or all but one), so the draws carry both the
   seed noise and how much the forecast depends on which rungs were run. The interval is the draws' 10th-90th
   percentile (80%);
-- backtest: the fit without the largest rung predicts it; the error is prediction - mean of that rung;
-- regime checks (`regime_problems`), which widen the interval in the direction the evidence points, or refuse:
-  the backtest error beyond the seed noise, local log-log slopes still steepening, alpha or E at a bound;
+- backtest (4+ rungs): the fit without the largest rung predicts it; the error is prediction - mean of that rung;
+- regime checks, each widening the interval on the side the evidence points to, or refusing:
+  - backtest error beyond the seed noise (0 outside the 5-95% range of the bootstrap's backtest errors): that side
+    extends by |error| x max(1, reach), reach = log(target / x_k) / log(x_k / x_(k-1)), the number of such
+    extrapolation steps between the largest rung and the target;
+  - the last log-log slope steeper than the one before (the loss still falls faster with each doubling: not yet
+    the power law's flattening): refused when 90% of the draws agree, else the low side extends to where that
+    steepening, continued, would reach;
+  - the fit's floor E at the lowest value seen, or alpha at its upper bound: a plateau, which can end: refused;
+  - no backtest (3 rungs), E at 0 or alpha at its lower bound: both sides extend by the gap between the fit and
+    the straight log-log line through the last two rungs (the curve may bend either way from there).
+  Status: `ok` (no finding), `widened` (says why and which rung to add: twice the largest), `refused`;
 - p_best: the share of bootstrap draws in which the arm has the lowest forecast, the draws of all arms taken
-  jointly (draw i of every arm); only arms with a number take part, so the shares sum to 1.
+  jointly (draw i of every arm; a widened arm's draws carry its widening as a uniform shift); only arms with a
+  number take part, so the shares sum to 1.
 
+The interval is for the arm's expected metric at the target (the mean over seeds), not for one run of it.
 Refused (no number, one line saying what to run): fewer than MIN_RUNGS distinct budgets, a fit that does not
 converge, no rung with two seeds (the noise is unknown), or rungs clearly not in the power-law regime.
 """
@@ -30,6 +41,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -351,9 +363,13 @@ def next_rung(xs: np.ndarray, target: float, kind: str) -> str:
 
 
 def forecast_arm(label: str, kind: str, x: Sequence[float], y: Sequence[float], seeds: list, target: float,
-                 n_draws: int = N_DRAWS, seed: int = BOOT_SEED) -> ArmForecast:
+                 n_draws: int = N_DRAWS, seed: Optional[int] = None) -> ArmForecast:
     """Fit, bootstrap, backtest and regime checks of one arm (see the module doc); never raises for bad data:
-    a refusal is an ArmForecast with status `refused` and the one line saying what to run."""
+    a refusal is an ArmForecast with status `refused` and the one line saying what to run. The draws' random
+    stream is BOOT_SEED + a hash of the label unless `seed` is given: reproducible, and independent between arms
+    (so p_best's joint draws do not pair one arm's sign flips with another's)."""
+    if seed is None:
+        seed = BOOT_SEED + zlib.crc32(label.encode())
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     R = Rungs.of(x, y)
     k = len(R.x)
