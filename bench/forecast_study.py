@@ -18,7 +18,6 @@ only recomputes the forecasts.
 """
 
 import argparse
-import glob
 import json
 import os
 import statistics as st

@@ -3,7 +3,6 @@ on synthetic data with known noise, p_best, the regime checks, arms from run dir
 one line with exit status 2."""
 
 import json
-import math
 
 import numpy as np
 import pytest
