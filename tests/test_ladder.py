@@ -125,6 +125,19 @@ def test_refused_ladder_arguments(in_process, tmp_path):
         assert r.returncode == 2 and expect in r.stderr, (args, r.stderr)
 
 
+def test_a_folder_made_for_another_plan_is_refused(in_process, tmp_path):
+    f = flags(tmp_path / "d", tmp_path / "e")
+    values = {f[i].lstrip("-"): f[i + 1] for i in range(0, len(f), 2)}
+    plan = L.plan_ladder("400", "1/4,1/2", "2", values, None, "lad")
+    L.write_record(plan, f)
+    r = in_process("ladder", "--at", "400", "--rungs", "1/4,1/2", "--seeds", "3", "--name", "lad", "--", *f)
+    assert r.returncode == 2 and "was made for another plan (seeds differ)" in r.stderr, r.stderr
+    r = in_process("ladder", "--at", "400", "--rungs", "1/4,1/2", "--seeds", "2", "--name", "lad", "--", *f,
+                   "--lr", "0.02")
+    assert r.returncode == 2 and "(train_values differ)" in r.stderr, r.stderr
+    assert sorted(os.listdir(tmp_path / "e" / "lad")) == ["ladder.json"]  # nothing was trained
+
+
 # ---------------------------------------------------------------------------------------------------- real runs
 
 

@@ -139,12 +139,14 @@ class Plan:
     seeds: list
     branched: bool
     warmup_steps: Optional[int]
+    train_values: dict = field(default_factory=dict)   # the train flags as typed (what the runs share)
     tasks: list = field(default_factory=list)
 
     def record(self, train_args: list[str]) -> dict:
         return {"target": fmt_budget(self.kind, self.target).replace(",", ""), "kind": self.kind,
                 "rungs": [str(r.fraction) for r in self.rungs], "seeds": self.seeds, "branched": self.branched,
                 "warmup_steps": self.warmup_steps, "train_args": train_args,
+                "train_values": {k: str(v) for k, v in sorted(self.train_values.items())},
                 "runs": [{"name": t.name, "budget": t.rung.budget, "seed": t.seed, "source": t.source,
                           "branch_step": t.branch_step} for t in self.tasks]}
 
@@ -206,9 +208,12 @@ def plan_ladder(target_text: str, rungs_text: str, seeds_text: str, train_values
         rungs.append(Rung(f, b, _rung_name(kind, b)))
     branched = base.optim.scheduler == "wsd" and kind == "iterations" and not no_branch and len(rungs) > 1
     warmup = None
-    if base.optim.scheduler == "wsd" and kind == "time" and not no_branch:
-        print("note: a time-budgeted wsd ladder is not branched (its schedule runs on elapsed time, which no "
-              "checkpoint repeats); each rung is trained on its own", file=sys.stderr)
+    if kind == "time":
+        print("note: time-budgeted rungs measure this machine's speed under its load of the moment as much as the "
+              "idea; iterations are the honest unit (--at N, converted from your hours with the steps/s you "
+              "measure)" + ("; and a wsd ladder on time is not branched (no checkpoint repeats a schedule run on "
+                             "elapsed time)" if base.optim.scheduler == "wsd" and not no_branch else ""),
+              file=sys.stderr)
     if branched:
         if base.optim.opt == "muon" and base.optim.muon_momentum_warmup > 0:
             raise UserError(f"--muon_momentum_warmup {base.optim.muon_momentum_warmup} is a fraction of each run, "
@@ -220,7 +225,7 @@ def plan_ladder(target_text: str, rungs_text: str, seeds_text: str, train_values
         warmup = base.optim.warmup_steps
     name = check_name(name or default_name(base, kind, target))
     folder = os.path.join(base.train.results_base_folder, name)
-    plan = Plan(name, folder, kind, target, rungs, seeds, branched, warmup)
+    plan = Plan(name, folder, kind, target, rungs, seeds, branched, warmup, dict(train_values))
     for seed in seeds:
         for r in rungs:
             values = {"seed": seed, "exp_name": f"{r.name_part}_s{seed}"}
@@ -273,8 +278,8 @@ def check_folder(plan: Plan, train_args: list[str]) -> None:
     except (OSError, ValueError):
         return
     new = json.loads(json_text(plan.record(train_args)))
-    diff = [k for k in ("target", "kind", "rungs", "seeds", "branched", "warmup_steps", "train_args")
-            if old.get(k) != new.get(k)]
+    diff = [k for k in ("target", "kind", "rungs", "seeds", "branched", "warmup_steps", "train_values")
+            if k in old and old.get(k) != new.get(k)]  # a key an older record lacks is not compared
     if diff:
         raise UserError(f"ladder folder {plan.folder} was made for another plan ({', '.join(diff)} differ); rerun "
                         "its own command to resume it, or give this ladder another --name")
