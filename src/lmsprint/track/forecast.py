@@ -14,7 +14,10 @@ Per arm (`forecast_arm`):
   of a rung mean is the sample one; a rung with one seed gets the arm's pooled relative seed sd) and, with 4 or
   more rungs, refits on a random subset of the rungs (all of them, or all but one), so the draws carry both the
   seed noise and how much the forecast depends on which rungs were run. The interval is the draws' 10th-90th
-  percentile (80%);
+  percentile (80%), and its low side always reaches the straight log-log line through the last two rungs (the
+  10th percentile of that line's extrapolation under the same draws): the floor E is the least certain
+  parameter, and a curve that flattens no further than it already has is the lowest that the checked regime
+  allows (added after the first validation run, whose intervals missed low on a second corpus: docs/forecast.md);
 - backtest (4+ rungs): the fit without the largest rung predicts it; the error is prediction - mean of that rung;
 - regime checks, each widening the interval on the side the evidence points to, or refusing:
   - backtest error beyond the seed noise (0 outside the 5-95% range of the bootstrap's backtest errors): that side
@@ -24,12 +27,12 @@ Per arm (`forecast_arm`):
     the power law's flattening): refused when 90% of the draws agree, else the low side extends to where that
     steepening, continued, would reach;
   - the fit's floor E at the lowest value seen, or alpha at its upper bound: a plateau, which can end: refused;
-  - no backtest (3 rungs), E at 0 or alpha at its lower bound: both sides extend by the gap between the fit and
-    the straight log-log line through the last two rungs (the curve may bend either way from there).
+  - no backtest (3 rungs), E at 0 or alpha at its lower bound: the high side extends by the gap between the fit
+    and the straight log-log line through the last two rungs (the curve may also flatten faster than fitted).
   Status: `ok` (no finding), `widened` (says why and which rung to add: twice the largest), `refused`;
 - p_best: the share of bootstrap draws in which the arm has the lowest forecast, the draws of all arms taken
-  jointly (draw i of every arm; a widened arm's draws carry its widening as a uniform shift); only arms with a
-  number take part, so the shares sum to 1.
+  jointly (draw i of every arm; each draw moves a uniform share of the way to its straight line, and a widened
+  arm's draws carry the widening as a uniform shift); only arms with a number take part, so the shares sum to 1.
 
 The interval is for the arm's expected metric at the target (the mean over seeds), not for one run of it.
 Refused (no number, one line saying what to run): fewer than MIN_RUNGS distinct budgets, a fit that does not
@@ -391,7 +394,7 @@ def forecast_arm(label: str, kind: str, x: Sequence[float], y: Sequence[float], 
         out.message = f"the power-law fit did not converge on the rungs {shown}; add a rung at {nxt}"
         return out
     out.fit, out.forecast = fit, float(fit(target))
-    draws, bt, slopes, grid_x, grid = _bootstrap(x, y, R, fit, target, n_draws, seed)
+    draws, bt, slopes, lines, grid_x, grid, line_grid = _bootstrap(x, y, R, fit, target, n_draws, seed)
     ok = np.isfinite(draws)
     if ok.mean() < 0.9:
         out.message = (f"the fit is unstable: {100 * (1 - ok.mean()):.0f}% of bootstrap refits did not converge; "
@@ -437,15 +440,16 @@ def forecast_arm(label: str, kind: str, x: Sequence[float], y: Sequence[float], 
         refuse = refuse or ("the rungs look like a plateau (the fit's floor E is the lowest loss seen): a plateau "
                             "can end, and nothing before it says when")
     if "E=0" in fit.at_bound or "alpha=min" in fit.at_bound or not backtested:
-        # no floor in sight (or nothing to backtest): the curve may bend either way from here; the width is the
-        # gap between the fit and the straight log-log line through the last two rungs
+        # no floor in sight (or nothing to backtest): the curve may also flatten faster than fitted; the high side
+        # extends by the gap between the fit and the straight log-log line through the last two rungs (the low
+        # side reaches that line anyway, below)
         lin = top * (target / R.x[-1]) ** s[-1]
         gap = abs(out.forecast - lin)
         if "E=0" in fit.at_bound:
             checks.append("the fit has no floor (E at 0)")
         if "alpha=min" in fit.at_bound:
             checks.append("alpha at its lower bound")
-        lo_w, hi_w = max(lo_w, gap), max(hi_w, gap)
+        hi_w = max(hi_w, gap)
     if refuse:
         out.forecast = None
         out.checks = checks + [refuse]
@@ -453,13 +457,21 @@ def forecast_arm(label: str, kind: str, x: Sequence[float], y: Sequence[float], 
         return out
     half = (1 - LEVEL) / 2
     lo, hi = np.nanquantile(draws, [half, 1 - half])
-    out.low, out.high = float(min(lo, out.forecast) - lo_w), float(max(hi, out.forecast) + hi_w)
     band_lo, band_hi = np.nanquantile(grid, half, axis=0), np.nanquantile(grid, 1 - half, axis=0)
+    rng = np.random.default_rng(seed + 1)
+    if target > R.x[-1]:
+        # the floor E is the least certain parameter: the low side always reaches the straight log-log line through
+        # the last two rungs (the curve flattening no further than it has), under the seed noise; each p_best draw
+        # takes a uniform point between its fit and its line
+        lo = min(lo, float(np.nanquantile(lines, half)))
+        beyond = grid_x >= R.x[-1]
+        band_lo[beyond] = np.fmin(band_lo[beyond], np.nanquantile(line_grid[:, beyond], half, axis=0))
+        draws = np.where(lines < draws, draws + rng.random(len(draws)) * (lines - draws), draws)
+    out.low, out.high = float(min(lo, out.forecast) - lo_w), float(max(hi, out.forecast) + hi_w)
     if lo_w or hi_w:  # the widening grows along the curve from the largest rung to the target (for the plot)
         ramp = np.clip(np.log(grid_x / R.x[-1]) / math.log(target / R.x[-1]), 0, 1) if target > R.x[-1] else 0
         band_lo, band_hi = band_lo - lo_w * ramp, band_hi + hi_w * ramp
         # p_best's draws carry the widening too: each draw moves by a uniform share of it, down or up
-        rng = np.random.default_rng(seed + 1)
         u, side = rng.random(len(draws)), rng.random(len(draws)) < lo_w / (lo_w + hi_w)
         draws = np.where(side, draws - lo_w * u, draws + hi_w * u)
     out.draws = draws
@@ -508,6 +520,9 @@ def _bootstrap(x, y, R: Rungs, fit: PowerLawFit, target: float, n_draws: int, se
     bt = np.full(n_draws, np.nan)
     slopes = np.full((n_draws, k - 1), np.nan)
     grid = np.full((n_draws, len(grid_x)), np.nan)
+    lines = np.full(n_draws, np.nan)               # the straight log-log line through the last two rungs
+    line_grid = np.full((n_draws, len(grid_x)), np.nan)
+    beyond = grid_x >= R.x[-1]
     start = (fit.E, fit.A, fit.alpha)
     cache: dict = {}  # a fit depends only on the multiset of points: with 2 seeds a rung has 3 distinct draws
 
@@ -523,6 +538,8 @@ def _bootstrap(x, y, R: Rungs, fit: PowerLawFit, target: float, n_draws: int, se
         ys = np.where(single, y + sigma1 * v, R.mean[idx] + scale * dev * v)
         means = np.array([ys[idx == i].mean() for i in range(k)])
         slopes[b] = log_slopes(R.x, means)
+        lines[b] = means[-1] * (target / R.x[-1]) ** slopes[b, -1]
+        line_grid[b, beyond] = means[-1] * (grid_x[beyond] / R.x[-1]) ** slopes[b, -1]
         drop = -1  # all rungs, or (4+ rungs, half the draws) all but one
         if k >= 4 and rng.random() >= 0.5:
             drop = int(rng.integers(k))
@@ -534,7 +551,7 @@ def _bootstrap(x, y, R: Rungs, fit: PowerLawFit, target: float, n_draws: int, se
             fbt = refit(k - 1, ys)
             if fbt is not None:
                 bt[b] = float(fbt(R.x[-1])) - means[-1]
-    return draws, bt, slopes, grid_x, grid
+    return draws, bt, slopes, lines, grid_x, grid, line_grid
 
 
 def p_best(forecasts: list[ArmForecast]) -> None:
