@@ -125,6 +125,21 @@ def test_refusals_say_what_to_run():
     assert f.status == "refused" and "plateau" in f.message
 
 
+def test_steepening_within_the_noise_widens_the_low_side():
+    # slopes -0.100, -0.100, -0.115 per doubling, seeds +-0.02 apart: steeper at the end, but not beyond the noise
+    x = np.repeat([200.0, 400.0, 800.0, 1600.0], 2)
+    y = np.repeat(3.0 * np.exp(np.cumsum([0, -0.10, -0.10, -0.115])), 2)  # log-loss steps per doubling
+    y = y + np.tile([0.02, -0.02], 4)
+    f = F.forecast_arm("a", "iterations", x, y, [(0, 0), (1, 0)] * 4, 3200)
+    assert f.status == "widened" and "falls faster with each doubling" in f.message
+    assert "within the seed noise" in f.message
+    R = F.Rungs.of(x, y)
+    # the steepening continued one more doubling: slope -0.115 + (-0.015) from the last rung's mean
+    continued = float(R.mean[-1] * np.exp(-0.13))
+    assert F._steepening_continued(R, F.log_slopes(R.x, R.mean), 3200) == pytest.approx(continued, rel=1e-12)
+    assert f.low <= continued < f.forecast
+
+
 def test_a_fit_that_does_not_converge_is_refused(monkeypatch):
     x = np.repeat([200.0, 400.0, 800.0, 1600.0], 2)
     monkeypatch.setattr(F, "MAX_NFEV", 1)  # least_squares stops before converging: status 0

@@ -435,7 +435,7 @@ def forecast_arm(label: str, kind: str, x: Sequence[float], y: Sequence[float], 
             refuse = f"not yet in the power-law regime: {phrase}"
         else:
             checks.append(phrase + ", within the seed noise")
-            lo_w = max(lo_w, top - _steepening_continued(R, s, target))
+            lo_w = max(lo_w, out.forecast - _steepening_continued(R, s, target))
     if "E=min" in fit.at_bound or "alpha=max" in fit.at_bound:
         refuse = refuse or ("the rungs look like a plateau (the fit's floor E is the lowest loss seen): a plateau "
                             "can end, and nothing before it says when")
