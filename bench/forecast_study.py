@@ -127,7 +127,8 @@ def main():
         for lname, budgets, target in cases:
             acts = {f"{c}-{arm}": actual(os.path.join(out, f"{c}-{arm}"), target) for arm in ARMS}
             fc = forecast_of(folders, budgets, target)
-            plot_forecast(fc, os.path.join(out, f"{c}-{lname.replace('/', '_').replace(' ', '_')}.png"))
+            plot_forecast(fc, os.path.join(out, f"{c}-{lname.replace('/', '_').replace(' ', '_')}.png"),
+                          actual={k: v[0] for k, v in acts.items()})
             order_fc = [f.arm for f in sorted(fc.live, key=lambda f: f.forecast)]
             order_act = [k for k, _ in sorted(((f.arm, acts[f.arm][0]) for f in fc.live), key=lambda t: t[1])]
             for f in fc.arms:

@@ -633,9 +633,10 @@ def forecast_runs(specs: list[str], at: str, metric: str = K.VAL_LOSS, n_draws: 
     return Forecast(metric, kind, target, out, n_draws)
 
 
-def plot_forecast(fc: Forecast, path: str) -> str:
+def plot_forecast(fc: Forecast, path: str, actual: Optional[dict] = None) -> str:
     """One PNG: each arm's runs (dots), its fit (solid over the rungs, dashed beyond), the 80% band, the forecast
-    with its interval at the target, and the target marked."""
+    with its interval at the target, and the target marked; `actual` ({arm: value at the target}, a validation's
+    runs) adds those values as crosses."""
     from matplotlib.figure import Figure  # lazy: matplotlib is the optional `plots` extra
 
     fig = Figure(figsize=(7.5, 4.8), dpi=110)
@@ -657,6 +658,10 @@ def plot_forecast(fc: Forecast, path: str) -> str:
             ax.fill_between(gx, lo, hi, color=color, alpha=0.15, linewidth=0)
         ax.errorbar([fc.target], [a.forecast], yerr=[[a.forecast - a.low], [a.high - a.forecast]], fmt="D",
                     color=color, markeredgecolor="black", capsize=4, zorder=10)
+    for i, a in enumerate(fc.arms):
+        if actual and actual.get(a.arm) is not None:
+            ax.plot([fc.target * 1.04], [actual[a.arm]], "X", color=f"C{i % 10}", markeredgecolor="black",
+                    markersize=9, zorder=11, label=f"{a.arm}: actual")
     ax.axvline(fc.target, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log")
     unit = "iterations" if fc.kind == "iterations" else "training time (s)"
