@@ -389,7 +389,8 @@ def run_ladder(plan: Plan, train_values: dict, config_file: Optional[str], train
 
     try:
         while todo or running:
-            runs = existing_runs(plan.folder) if os.path.isdir(plan.folder) else {}
+            free = todo and len(running) < max(parallel, 1)
+            runs = existing_runs(plan.folder) if free and os.path.isdir(plan.folder) else {}
             started = False
             for t in list(todo):
                 if len(running) >= max(parallel, 1):
@@ -429,7 +430,8 @@ def run_ladder(plan: Plan, train_values: dict, config_file: Optional[str], train
                         print(f"{tag(t)}: would branch from {src_dir} at step {t.branch_step:,}", flush=True)
                         continue
                     d = fork_run(src_dir, t.branch_step, plan.folder, t.name,
-                                 {k: v for k, v in t.values.items() if k in ("iterations", "exp_name")})
+                                 {**{k: v for k, v in t.values.items() if k in ("iterations", "exp_name")},
+                                  "save_checkpoint_steps": ""})  # the stable run's branch points are not its
                     print(f"{tag(t)}: branched from {src_dir} at step {t.branch_step:,}", flush=True)
                     state, override = "resume", True
                 elif state == "resume":
