@@ -374,6 +374,8 @@ def forecast_arm(label: str, kind: str, x: Sequence[float], y: Sequence[float], 
     if seed is None:
         seed = BOOT_SEED + zlib.crc32(label.encode())
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    order = np.lexsort((y, x))  # the same runs give the same draws, in whatever order they were passed
+    x, y, seeds = x[order], y[order], [seeds[i] for i in order]
     R = Rungs.of(x, y)
     k = len(R.x)
     out = ArmForecast(label, kind, [float(v) for v in R.x], _seed_labels(seeds), len(y), "refused", "",
