@@ -8,9 +8,11 @@ docs/recipes.md; speedrun = the recipe) one `lmsprint ladder` trains rungs 1/16,
 itself, the "actual") x 2 seeds at a tiny shape on one CPU thread each, iteration budgets (independent of machine
 load). Under wsd the rungs branch from the target run (the ladder's stable run), which the ladder tests show is
 bit-identical to training each rung on its own. Then `forecast` is asked, per corpus, for the target from the
-rungs 1/16..1/2 (4 rungs) and 1/16..1/4 (3 rungs), and each forecast is compared with the mean of the two actual
-runs at the target. `--ablations` adds, on the first corpus, ladders (without the target rung) of the speedrun
-recipe less one kept ingredient at a time, forecast at the target next to speedrun and m0.
+rungs 1/16..1/2 (4 rungs) and 1/16..1/4 (3 rungs), and for T/2 from the rungs 1/16..1/4 (the fourth rung is then
+the actual), and each forecast is compared with the mean of the two actual runs. `--ablations` adds, on the first
+corpus, ladders (1/16..1/2, without the target rung) of the speedrun recipe less one kept ingredient at a time,
+at this shape and (ReLU², lr) at the race shape of docs/recipes.md, each forecast at the target and at the
+iterations with the FLOPs of the target's speedrun iterations.
 
 Writes OUT_DIR/study.md (the tables of docs/forecast.md), OUT_DIR/study.json and one plot per corpus and
 ladder. Rerunning skips every training that finished (the ladders are resumable), so `--skip_training` or a rerun
