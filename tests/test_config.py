@@ -158,15 +158,16 @@ def test_config_errors_name_options_without_cli_wording():
 def test_resume_safe_flags():
     assert set(flags_where("resume_safe")) == {
         "device", "progress", "data_dir", "data_in_ram", "num_proc", "compile", "compile_mode", "ckpt_interval",
-        "save_checkpoint_freq", "wandb", "wandb_project", "wandb_run_prefix", "wandb_entity", "tensorboard",
-        "distributed_backend", "results_base_folder", "attn_backend", "quiet", "threads", "target"}
+        "save_checkpoint_freq", "save_checkpoint_steps", "wandb", "wandb_project", "wandb_run_prefix",
+        "wandb_entity", "tensorboard", "distributed_backend", "results_base_folder", "attn_backend", "quiet",
+        "threads", "target"}
 
 
 def test_bookkeeping_flags():
     assert set(flags_where("bookkeeping")) == {
         "exp_name", "run_prefix", "results_base_folder", "wandb", "wandb_project", "wandb_run_prefix",
         "wandb_entity", "tensorboard", "progress", "data_dir", "num_proc", "log_interval", "ckpt_interval",
-        "save_checkpoint_freq", "quiet", "threads", "target"}
+        "save_checkpoint_freq", "save_checkpoint_steps", "quiet", "threads", "target"}
 
 
 def test_sweep_reserved_flags_and_reasons():

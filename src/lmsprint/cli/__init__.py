@@ -4,7 +4,8 @@ line of text.
 - `COMMANDS`: name -> (one-line help, its arguments builder in `arguments.py`, what runs it as
   "module:function"). The parser is built from `arguments.py` alone (the config package, no torch), so
   `--help`, `--version` and `train --print_config` answer in well under a second; the command's own module
-  (`train.py` for train/eval/generate, `prepare.py`, `bench.py`, `compare.py`, `sweep.py`, `export.py`), which
+  (`train.py` for train/eval/generate, `prepare.py`, `bench.py`, `compare.py`, `sweep.py`, `ladder.py`,
+  `forecast.py`, `export.py`), which
   imports the training stack, is imported by name only when the command runs (`importlib`, here and nowhere else;
   tests/test_layers.py checks that every target is a module of this package).
 - Every subcommand has `-h/--help [GROUP]` (the most used flags, or one group's) and `--help-all` (cli/help.py).
@@ -40,6 +41,10 @@ COMMANDS = {
     "compare": ("compare runs: tables by val set, arms, tests, targets, plots, report", A.add_compare_arguments,
                 "lmsprint.cli.compare:run_compare"),
     "sweep": ("run a grid of flag values x seeds, resumable", A.add_sweep_arguments, "lmsprint.cli.sweep:run_sweep"),
+    "ladder": ("train one arm at fractions of a target budget x seeds (wsd: branched), for forecast",
+               A.add_ladder_arguments, "lmsprint.cli.ladder:run_ladder"),
+    "forecast": ("forecast each arm's metric at a budget from its ladder, with an interval",
+                 A.add_forecast_arguments, "lmsprint.cli.forecast:run_forecast"),
 }
 
 

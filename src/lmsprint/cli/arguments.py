@@ -25,7 +25,8 @@ from .. import keys as K
 from ..bench.options import add_measure_arguments
 from ..config import FLAGS, add_flags, option
 from ..config.flags import add_options
-from ..config.options import INT_MAX, SEED_MAX, convert, field_problem, nonneg, positive, temperature_problem
+from ..config.options import (INT_MAX, SEED_MAX, budget_check, convert, field_problem, fractions_check, nonneg,
+                              positive, seed_list_check, temperature_problem)
 from ..errors import ConfigError
 
 # where `train --print_config` goes: the config resolution alone (cli/train_config.py), never the training stack
@@ -163,6 +164,36 @@ class SweepOptions:
 
 
 @dataclass
+class LadderOptions:
+    at: Optional[str] = option(None, "the target budget the rungs are fractions of: iterations (e.g. 25000) or a "
+                               "duration (3h); required", check=budget_check, numeric=True, metavar="BUDGET")
+    rungs: str = option("1/16,1/8,1/4,1/2", "fractions of the target, comma-separated", check=fractions_check,
+                        numeric=True, metavar="F1,F2,...")
+    seeds: str = option("2", "a number of seeds N (seeds 0..N-1) or a list such as 0,3,7", check=seed_list_check,
+                        numeric=True, metavar="N|S1,S2,...")
+    name: Optional[str] = option(None, "ladder folder under --results_base_folder (default: ladder-<run name>-at"
+                                 "<BUDGET>); rerun with the same name to continue it")
+    parallel: int = option(1, "run N trainings at a time, each one's output in <folder>/<run>.log", check=positive,
+                           metavar="N")
+    no_branch: bool = option(False, "train every rung on its own even with --scheduler wsd")
+    dry_run: bool = option(False, "print the plan and the commands, run nothing")
+
+
+@dataclass
+class ForecastOptions:
+    at: Optional[str] = option(None, "the budget to forecast: iterations (e.g. 25000) for runs budgeted by "
+                               "--iterations, a duration (e.g. 3h) for runs budgeted by --time_budget; required",
+                               check=budget_check, numeric=True, metavar="BUDGET")
+    metric: str = option(K.VAL_LOSS, "the final metric to forecast",
+                         choices=[m.key for m in K.VAL_METRICS if m.lower_is_better])
+    json: bool = option(False, "print a JSON list, one object per arm: arm, forecast, low, high, p_best, rungs, "
+                        "seeds, backtest_error (+ status, message, budget_unit, fit)")
+    plot: Optional[str] = option(None, "where to write the plot (PNG; default: ./reports/forecast-<timestamp>.png)",
+                                 metavar="PATH")
+    no_plot: bool = option(False, "write no plot")
+
+
+@dataclass
 class BenchOptions:
     """`lmsprint bench`'s options beyond one measurement's (`bench/options.py`): output, the suite, --memory."""
 
@@ -253,6 +284,31 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     add_options(p, SweepOptions)
     p.add_argument("train_args", nargs="*", metavar="-- TRAIN_FLAGS",
                    help="flags passed to every `lmsprint train` (after a literal --)")
+
+
+def add_ladder_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("With --scheduler wsd and an iteration target the rungs branch from one stable-phase run per seed "
+                "(each rung's cool-down starts from a checkpoint of the longest rung; the warmup is counted in "
+                "steps, --warmup_steps, the same in every rung): the ladder costs about the longest rung plus the "
+                "cool-downs. Rerun the same command to continue an interrupted ladder. Then: lmsprint forecast "
+                "FOLDER [FOLDER ...] --at BUDGET.")
+    add_options(p, LadderOptions)
+    p.add_argument("train_args", nargs="*", metavar="-- TRAIN_FLAGS",
+                   help="flags passed to every `lmsprint train` (after a literal --)")
+
+
+def add_forecast_arguments(p: argparse.ArgumentParser) -> None:
+    # the method itself is described in track/forecast.py's docstring and docs/forecast.md (the parse path stays
+    # free of track/, which imports numpy and scipy)
+    p.epilog = ("An arm is the runs whose configs differ only in seed, data_seed and the budget (--iterations or "
+                "--time_budget). Per arm: L(x) = E + A*x^-alpha fitted to every run's final metric (scipy "
+                "least_squares with bounds), an 80% interval from a bootstrap over seeds and rungs, a backtest (the "
+                "fit without the largest rung predicts it), and checks that the rungs are in the power-law regime: "
+                "an arm that is not is widened or refused with the rung to add. Fewer than 3 budgets, a fit that "
+                "does not converge or one seed per rung: no number.")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run directories, folders holding runs (a ladder's folder) or glob patterns")
+    add_options(p, ForecastOptions)
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:

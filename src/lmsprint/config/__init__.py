@@ -18,11 +18,11 @@ from .io import build_config, config_yaml, load_config_file
 from .options import iter_fields, option, parse_bool, parse_duration
 from .presets import PRESETS
 from .schema import (AUTO, FLAGS, RESUME_SAFE, AttentionConfig, DataConfig, LogConfig, ModelConfig, MoEConfig,
-                     OptimConfig, RunConfig, TrainConfig, apply_values, coerce, flags_where, flatten, get_value,
-                     run_name_parts, set_value, typed, unknown_option_error)
+                     OptimConfig, RunConfig, TrainConfig, apply_values, checkpoint_steps, coerce, flags_where, flatten,
+                     get_value, run_name_parts, set_value, typed, unknown_option_error)
 
 __all__ = ["RunConfig", "DataConfig", "ModelConfig", "AttentionConfig", "MoEConfig", "OptimConfig", "TrainConfig",
            "LogConfig", "option", "FLAGS", "iter_fields", "get_value", "set_value", "coerce", "parse_duration",
            "parse_bool", "flatten", "apply_values", "build_config", "load_config_file", "add_flags",
            "SuggestingParser", "unknown_option_error", "PRESETS", "flags_where", "run_name_parts", "config_yaml",
-           "AUTO", "RESUME_SAFE", "typed"]
+           "AUTO", "RESUME_SAFE", "typed", "checkpoint_steps"]

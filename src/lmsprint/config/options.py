@@ -26,6 +26,7 @@ import difflib
 import math
 import re
 from dataclasses import field
+from fractions import Fraction
 from typing import Any, Callable, Iterable, Optional, Union, get_args, get_origin, get_type_hints
 
 from ..errors import ConfigError, UserError
@@ -132,6 +133,84 @@ def parse_duration(text: Optional[str]) -> Optional[float]:
     if total <= 0 or not math.isfinite(total):
         raise ValueError(text)
     return total
+
+
+def parse_budget(text) -> tuple[str, float]:
+    """A target budget (`ladder --at`, `forecast --at`): '25000' / '2.5e4' / '25k' -> ('iterations', 25000.0);
+    '3h' / '90m' / '1h30m' -> ('time', seconds). Raises ValueError saying what is wrong."""
+    s = str(text).strip().lower().replace("_", "").replace(",", "")
+    why = "is neither a number of iterations (e.g. 25000) nor a duration (e.g. 3h, 90m)"
+    v = None
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)?(e[0-9]+)?", s):
+        v = float(s)
+    elif re.fullmatch(r"[0-9]+(\.[0-9]+)?k", s):
+        v = float(s[:-1]) * 1000
+    if v is not None:
+        if not math.isfinite(v) or v > INT_MAX:
+            raise ValueError(f"must be at most {INT_MAX:,} iterations")
+        if v < 1 or v != int(v):
+            raise ValueError("must be a whole number of iterations >= 1")
+        return "iterations", float(int(v))
+    try:
+        secs = parse_duration(s) if s.isascii() else None
+    except ValueError:
+        secs = None
+    if not secs:
+        raise ValueError(why)
+    return "time", secs
+
+
+def parse_fractions(text) -> list:
+    """`ladder --rungs`: '1/16,1/8,0.25' -> [Fraction(1, 16), Fraction(1, 8), Fraction(1, 4)] (sorted, distinct,
+    each in (0, 1]). Raises ValueError saying what is wrong."""
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            f = Fraction(part) if part.isascii() else None
+        except (ValueError, ZeroDivisionError, OverflowError):
+            f = None
+        if f is None:
+            raise ValueError(f"'{part}' is not a fraction of the target; use e.g. 1/16,1/8,1/4")
+        if not 0 < f <= 1:
+            raise ValueError(f"{part}: each rung must be a fraction of the target in (0, 1]")
+        out.append(f)
+    if not out:
+        raise ValueError("is empty; use e.g. 1/16,1/8,1/4")
+    return sorted(set(out))
+
+
+def parse_seed_list(text) -> list[int]:
+    """`ladder --seeds`: '2' -> [0, 1] (a count); '0,3,7' -> [0, 3, 7] (a list). Raises ValueError."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not all(re.fullmatch(r"[0-9]+", p) for p in parts if p) or not any(parts):
+        raise ValueError("is neither a number of seeds (e.g. 2) nor a list of seeds (e.g. 0,3,7)")
+    nums = [int(p) for p in parts if p]
+    if any(n > SEED_MAX for n in nums):
+        raise ValueError(f"seeds must be at most {SEED_MAX}")
+    if len(parts) == 1:
+        if nums[0] < 1 or nums[0] > 1000:
+            raise ValueError("a number of seeds must be in 1..1000")
+        return list(range(nums[0]))
+    return list(dict.fromkeys(nums))
+
+
+def _problem(parse):
+    """An option `check` from a parser that raises ValueError(what is wrong)."""
+    def check(v) -> Optional[str]:
+        try:
+            parse(v)
+        except ValueError as e:
+            return str(e)
+        return None
+    return check
+
+
+budget_check = _problem(parse_budget)
+fractions_check = _problem(parse_fractions)
+seed_list_check = _problem(parse_seed_list)
 
 
 def parse_bool(v) -> bool:

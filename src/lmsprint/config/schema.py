@@ -85,6 +85,19 @@ def _micro_batch_check(v) -> Optional[str]:
     return None if ok else _MICRO_BATCH
 
 
+def _steps_check(v) -> Optional[str]:
+    if v.strip() and not re.fullmatch(r"\s*[0-9]+\s*(,\s*[0-9]+\s*)*,?\s*", v):
+        return "must be a comma-separated list of step numbers, e.g. 80,160,320"
+    if any(not 0 < int(x) <= INT_MAX for x in v.split(",") if x.strip()):
+        return f"each step must be in 1..{INT_MAX}"
+    return None
+
+
+def checkpoint_steps(train_cfg) -> frozenset:
+    """The steps of `save_checkpoint_steps` as a set of ints (empty when unset)."""
+    return frozenset(int(x) for x in str(train_cfg.save_checkpoint_steps or "").split(",") if x.strip())
+
+
 _SEED = (0, SEED_MAX)
 _NAMED_BY_SWEEP = "the sweep names each run"
 
@@ -247,7 +260,10 @@ class OptimConfig:
                                      "lr_decay_iters": "the schedule spans the whole run (--iterations or "
                                      "--time_budget)"})
     warmup_percent: float = option(0.05, "fraction of the run spent warming up", check=frac_open, group="schedule",
-                                near_names={"warmup_iters": "warmup is a fraction of the run, not a step count"})
+                                near_names={"warmup_iters": "--warmup_steps N counts the warmup in steps"})
+    warmup_steps: int = option(0, "warmup length in optimizer steps instead of --warmup_percent (0 = use "
+                            "--warmup_percent): the same warmup for every run length, as a ladder of budgets needs; "
+                            "needs an --iterations budget", check=nonneg, group="schedule")
     wsd_decay_frac: float = option(0.2, "wsd: fraction of the run spent in the final linear decay", check=frac,
                                 group="schedule")
     div_factor: float = option(1e2, "cos/linear: start lr = lr / div_factor (llm-baselines: 100)", check=positive,
@@ -304,6 +320,9 @@ class TrainConfig:
                                     check=nonneg, resume_safe=True, bookkeeping=True,
                                     group="checkpoints and run directory",
                                     near_names={"always_save_checkpoint": "the latest checkpoint is always kept"})
+    save_checkpoint_steps: str = option("", "also keep a checkpoint at these steps, comma-separated (e.g. 80,160,320: "
+                                     "the branch points of `lmsprint ladder`)", check=_steps_check, metavar="N,N,...",
+                                     resume_safe=True, bookkeeping=True, group="checkpoints and run directory")
     ckpt_interval: str = option("5m", "write the resume checkpoint at least this often (duration) and at every eval",
                              check=duration_check, resume_safe=True, bookkeeping=True,
                              group="checkpoints and run directory")

@@ -16,7 +16,7 @@ def check_optim_config(cfg: RunConfig | OptimConfig) -> None:
     """Refuse optimizer and schedule options that cannot run together; raises ConfigError. `cfg` is a RunConfig
     (its `optim` section is checked) or an OptimConfig."""
     o = getattr(cfg, "optim", cfg)
-    check_schedule_config(o)
+    check_schedule_config(o, getattr(cfg, "train", None))
     check_optimizer_config(o)
 
 

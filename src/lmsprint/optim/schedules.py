@@ -15,6 +15,11 @@ Schedules (`scheduler`):
 - `wsd` (warmup-stable-decay): linear warmup from 1/div_factor to 1 over `warmup_percent`, constant, then linear
   decay to 0 over the last `wsd_decay_frac` of the run.
 
+`warmup_steps N` (> 0, step-based runs only) counts the warmup in steps instead of `warmup_percent`: the
+multiplier at step s < N is then a function of s/N alone, bit for bit the same whatever the run's length, so a
+short wsd run and the stable phase of a longer one take identical steps up to the short one's decay (what
+`lmsprint ladder` branches on). The step is recovered exactly as round(progress * total_steps).
+
 `muon_momentum(progress, optim_cfg)`: Muon's momentum under `muon_momentum_warmup f`, rising linearly from
 `muon_momentum_start` to `muon_momentum` over the first f of the run (modded-nanogpt: 0.85 -> 0.95), then
 constant. `apply_schedule(param_groups, progress, optim_cfg, total_steps)` is what the training loop calls
@@ -47,7 +52,8 @@ def _one_cycle(progress: float, cfg, anneal, total_steps: Optional[int]) -> floa
     final = initial / cfg.final_div_factor
     if total_steps:  # OneCycleLR's discrete phases, in steps
         x = progress * total_steps
-        warm_end, end = float(cfg.warmup_percent * total_steps) - 1, float(total_steps - 1)
+        warm = cfg.warmup_steps if getattr(cfg, "warmup_steps", 0) else cfg.warmup_percent * total_steps
+        warm_end, end = float(warm) - 1, float(total_steps - 1)
     else:
         x, warm_end, end = progress, cfg.warmup_percent, 1.0
     if x <= warm_end and warm_end > 0:
@@ -57,9 +63,14 @@ def _one_cycle(progress: float, cfg, anneal, total_steps: Optional[int]) -> floa
     return anneal(1.0, final, min(max(pct, 0.0), 1.0))
 
 
-def _wsd(progress: float, cfg) -> float:
+def _wsd(progress: float, cfg, total_steps: Optional[int]) -> float:
     w, d = cfg.warmup_percent, cfg.wsd_decay_frac
-    if w > 0 and progress < w:
+    warmup_steps = getattr(cfg, "warmup_steps", 0)
+    if warmup_steps and total_steps:  # warmup in steps: the same multipliers whatever total_steps is
+        step = round(progress * total_steps)
+        if step < warmup_steps:
+            return _anneal_linear(1.0 / cfg.div_factor, 1.0, step / warmup_steps)
+    elif w > 0 and progress < w:
         return _anneal_linear(1.0 / cfg.div_factor, 1.0, progress / w)
     if d > 0 and progress > 1.0 - d:
         return max(0.0, (1.0 - progress) / d)
@@ -75,7 +86,7 @@ def lr_multiplier(progress: float, optim_cfg, total_steps: Optional[int] = None)
     if kind == "linear":
         return _one_cycle(p, optim_cfg, _anneal_linear, total_steps)
     if kind == "wsd":
-        return _wsd(p, optim_cfg)
+        return _wsd(p, optim_cfg, total_steps)
     if kind == "none":
         return 1.0
     raise ValueError(f"unknown scheduler {kind!r}")
@@ -107,8 +118,9 @@ FLOAT32_MAX = 3.4028234663852886e38
 LR_OPTIONS = ("lr", "muon_lr", "embed_lr", "head_lr")
 
 
-def check_schedule_config(optim_cfg) -> None:
-    """Refuse schedule options that cannot work together (ConfigError).
+def check_schedule_config(optim_cfg, train_cfg=None) -> None:
+    """Refuse schedule options that cannot work together (ConfigError); with `train_cfg`, also `warmup_steps`
+    against the run's budget.
 
     The schedule never goes above the peak lr: cos/linear/wsd start at lr / `div_factor` (so `div_factor` >= 1) and
     cos/linear end at lr / (`div_factor` x `final_div_factor`) (so that product >= 1; llm-baselines: 100 x 0.1).
@@ -128,6 +140,18 @@ def check_schedule_config(optim_cfg) -> None:
         if getattr(o, name) > FLOAT32_MAX:
             raise ConfigError(f"`{name}` {getattr(o, name):g} is larger than the largest float32 "
                               f"({FLOAT32_MAX:.3g}); the optimizer cannot use it")
-    if o.scheduler == "wsd" and o.warmup_percent + o.wsd_decay_frac > 1.0:
+    ws = getattr(o, "warmup_steps", 0)
+    if o.scheduler == "wsd" and not ws and o.warmup_percent + o.wsd_decay_frac > 1.0:
         raise ConfigError(f"`warmup_percent` {o.warmup_percent} + `wsd_decay_frac` {o.wsd_decay_frac} exceed 1; "
                           "lower one of them so warmup and decay fit in the run")
+    if not ws or train_cfg is None or o.scheduler == "none":
+        return
+    if train_cfg.time_budget:
+        raise ConfigError(f"`warmup_steps` {ws} needs a budget in steps, and `time_budget` {train_cfg.time_budget} "
+                          "runs the schedule on elapsed time; use `warmup_percent` with a time budget")
+    n = train_cfg.iterations
+    room = n * (1.0 - o.wsd_decay_frac) if o.scheduler == "wsd" else n
+    if ws > room:
+        raise ConfigError(f"`warmup_steps` {ws} does not fit in {n} `iterations`"
+                          + (f" before the last `wsd_decay_frac` {o.wsd_decay_frac} of decay" if o.scheduler == "wsd"
+                             else "") + "; lower it or train longer")

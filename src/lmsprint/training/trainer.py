@@ -28,7 +28,7 @@ import torch
 
 from .. import keys as K
 from .. import rundir
-from ..config import RunConfig, parse_duration
+from ..config import RunConfig, checkpoint_steps, parse_duration
 from ..data.loader import BatchSampler, DeviceBatches, n_val_windows, val_batches
 from ..hw import autocast_context, enable_tf32, mfu, peak_flops, set_cpu_threads
 from ..model.transformer import Transformer
@@ -140,6 +140,7 @@ class Trainer:
         self.batches = DeviceBatches(sampler, dev)
         self.metrics = MetricAccumulator(dev)  # device sums between log steps (in checkpoints: exact resumes)
         self.ckpt_every = parse_duration(cfg.train.ckpt_interval) or float("inf")
+        self.keep_steps = checkpoint_steps(cfg.train)  # step_N.pt copies kept at these steps (a ladder's branches)
         info.tokens_per_step = self.tokens_per_step
         info.params_total, info.params_active = self.model.num_params(), self.model.num_active_params()
         info.flops_per_token, info.peak_flops = self.model.flops_per_token(), peak_flops(dev)
@@ -278,8 +279,8 @@ class Trainer:
             bar.advance()
             if tick.eval:
                 bar.eval_done(tick.step, self.periodic_eval())
-            keep = f"step_{tick.step}.pt" if t.save_checkpoint_freq and tick.step % t.save_checkpoint_freq == 0 \
-                else None
+            kept = (t.save_checkpoint_freq and tick.step % t.save_checkpoint_freq == 0) or tick.step in self.keep_steps
+            keep = f"step_{tick.step}.pt" if kept else None
             due = ranks.save_due(time.perf_counter() - last_ckpt >= self.ckpt_every, tick.log, self.world)
             saved = tick.eval or tick.last or bool(keep) or due
             if saved:
