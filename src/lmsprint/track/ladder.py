@@ -37,7 +37,7 @@ from fractions import Fraction
 from typing import Optional
 
 from .. import rundir
-from ..config import RESUME_SAFE, RunConfig, build_config, flags_where, set_value
+from ..config import RESUME_SAFE, RunConfig, build_config, set_value
 from ..config.options import parse_fractions, parse_seed_list as _parse_seed_list
 from ..data.prepare import prepare
 from ..errors import UserError
