@@ -56,7 +56,7 @@ from ..config import parse_duration
 from ..config.options import parse_budget
 from ..errors import UserError
 from .discover import Run, find_runs, load_run
-from .stats import SEED_KEYS, differing_keys, exp_stem, fmt_val, norm
+from .stats import SEED_KEYS, exp_stem, group_runs, norm
 
 MIN_RUNGS = 3
 LEVEL = 0.80                      # the interval's coverage
@@ -210,27 +210,23 @@ def _finite(v) -> bool:
 
 
 def group_arms(runs: list[Run], metric: str) -> list[Arm]:
-    """Runs grouped into arms: configs that differ only in seed, data_seed and the budget (iterations,
-    time_budget); bookkeeping options ignored. Runs that are not complete, or lack a finite `metric`, are listed
-    in `left_out` of their arm."""
-    diff = [k for k in differing_keys(runs) if k not in SEED_KEYS and k not in BUDGET_KEYS]
-    arms: dict[tuple, Arm] = {}
-    for r in runs:
-        key = tuple((k, norm(r.flat.get(k))) for k in diff)
-        if key not in arms:
-            arms[key] = Arm(label=" ".join(f"{k}={fmt_val(r.flat.get(k))}" for k in diff) or "all runs",
-                            kind=run_budget(r)[0], runs=[])
-        arm = arms[key]
-        kind, x = run_budget(r)
-        if not r.complete:
-            arm.left_out.append((r.name, f"status {r.status}"))
-        elif x is None:
-            arm.left_out.append((r.name, "no budget in its config"))
-        elif not _finite(r.final.get(metric)):
-            arm.left_out.append((r.name, f"no finite final {metric}"))
-        else:
-            arm.runs.append(r)
-    out = list(arms.values())
+    """Runs grouped into arms as `compare` groups them (`stats.group_runs`), with the budget (iterations,
+    time_budget) ignored too: configs that differ only in seed, data_seed and the budget; bookkeeping options
+    ignored. Runs that are not complete, or lack a finite `metric`, are listed in `left_out` of their arm."""
+    out = []
+    for g in group_runs(runs, ignore=SEED_KEYS + BUDGET_KEYS, complete_only=False):
+        arm = Arm(label=g.label, kind=run_budget(g.runs[0])[0], runs=[])
+        for r in g.runs:
+            kind, x = run_budget(r)
+            if not r.complete:
+                arm.left_out.append((r.name, f"status {r.status}"))
+            elif x is None:
+                arm.left_out.append((r.name, "no budget in its config"))
+            elif not _finite(r.final.get(metric)):
+                arm.left_out.append((r.name, f"no finite final {metric}"))
+            else:
+                arm.runs.append(r)
+        out.append(arm)
     for arm in out:
         kinds = {run_budget(r)[0] for r in arm.runs}
         if len(kinds) > 1:

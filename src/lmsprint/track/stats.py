@@ -122,13 +122,15 @@ def finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def group_runs(runs: list[Run], diff: Optional[list[str]] = None) -> list[Group]:
-    """Complete runs grouped by every differing config key except seed/data_seed."""
+def group_runs(runs: list[Run], diff: Optional[list[str]] = None, ignore: tuple = SEED_KEYS,
+               complete_only: bool = True) -> list[Group]:
+    """Runs grouped into arms by every differing config key except those in `ignore` (seed/data_seed; `forecast`
+    also ignores the budget); only complete runs unless `complete_only` is False."""
     diff = differing_keys(runs) if diff is None else diff
-    gkeys = [k for k in diff if k not in SEED_KEYS]
+    gkeys = [k for k in diff if k not in ignore]
     groups: dict[tuple, Group] = {}
     for r in runs:
-        if not r.complete:
+        if complete_only and not r.complete:
             continue
         key = tuple((k, norm(r.flat.get(k))) for k in gkeys)
         if key not in groups:
