@@ -372,6 +372,27 @@ def test_checkpoint_fields_of_the_wrong_type(run, in_process, field, value, word
     one_line(in_process("eval", run, "--checkpoint", "latest.pt", "--device", "cpu"), "latest.pt", words)
 
 
+def test_the_combined_muon_optimizer_state_is_a_valid_checkpoint_field(tiny, tmp_path):
+    """--opt muon saves {combined, optimizers} (Muon + AdamW), not one torch optimizer's {state, param_groups}: the
+    field check accepts that shape (a muon run must resume) and still names a damaged one."""
+    from lmsprint.model.transformer import Transformer
+    from lmsprint.training import state
+    from lmsprint.training.step import build_train_step
+
+    cfg = tiny(model="llama2", opt="muon", scheduler="wsd", lr=0.01)
+    step = build_train_step(cfg, Transformer(cfg.model), "cpu")
+    x = torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size * cfg.train.acc_steps, cfg.model.sequence_length))
+    step.step(x, x)
+    sd = step.optimizer.state_dict()
+    assert sorted(sd) == ["combined", "optimizers"]
+    path = str(tmp_path / "latest.pt")
+    ok = {"model": {}, "step": 1, "optimizer": sd}
+    assert state.check_checkpoint(ok, path) is ok
+    for bad in ({**sd, "optimizers": [1, 2]}, {**sd, "combined": "Muon"}, {**sd, "optimizers": sd["optimizers"][:1]}):
+        with pytest.raises(RunFileError, match="field 'optimizer'"):
+            state.check_checkpoint({**ok, "optimizer": bad}, path)
+
+
 def test_a_checkpoint_without_what_a_resume_needs_is_refused_by_resume_only(run, in_process):
     st = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     del st["record"]

@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from ..files import atomic_copy, atomic_write_text, json_text
 from ..optim.schedules import lr_multiplier, muon_momentum
 from ..training.checks import check_run
 from .forecast import fmt_budget, parse_target
-from .sweep import existing_runs
+from .sweep import announce, existing_runs, finished, launch, stop_all
 
 LADDER_FILE = "ladder.json"
 # flags the ladder sets for every run -> why
@@ -363,7 +362,7 @@ def run_ladder(plan: Plan, train_values: dict, config_file: Optional[str], train
     n = len(plan.tasks)
     index = {t.name: i for i, t in enumerate(plan.tasks, 1)}
     todo = list(plan.tasks)
-    running: list = []  # (task, proc, t0, log, run_dir)
+    running: list = []  # sweep.Launched: the training processes now running
 
     def tag(t: Task) -> str:
         return f"[ladder {index[t.name]}/{n}] {t.name}"
@@ -420,16 +419,12 @@ def run_ladder(plan: Plan, train_values: dict, config_file: Optional[str], train
                 resume_dir = d if state == "resume" else None
                 cmd = train_command(t, train_values, config_file, plan, resume_dir, override)
                 todo.remove(t)
-                _announce(tag(t), resume_dir, cmd)
                 if dry_run:
+                    announce(tag(t), resume_dir, cmd, "continuing")
                     results[t.name] = ("planned", resume_dir)
                     continue
                 os.makedirs(plan.folder, exist_ok=True)
-                log = open(os.path.join(plan.folder, t.name + ".log"), "a") if parallel > 1 else None
-                if log is not None:
-                    print(f"  output: {log.name}", flush=True)
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None)
-                running.append((t, proc, time.time(), log, resume_dir))
+                running.append(launch(tag(t), t.name, resume_dir, cmd, plan.folder, parallel > 1, "continuing"))
                 started = True
             if dry_run:
                 for t in todo:
@@ -443,41 +438,12 @@ def run_ladder(plan: Plan, train_values: dict, config_file: Optional[str], train
                               file=sys.stderr, flush=True)
                     todo.clear()
                 break
-            done = [r for r in running if r[1].poll() is not None]
+            done = finished(running, plan.folder)
             if not done:
                 time.sleep(0.2 if started else 0.5)
-                continue
-            for item in done:
-                t, proc, t0, log, resume_dir = item
-                rc = proc.wait()
-                running.remove(item)
-                if log is not None:
-                    log.close()
-                after = existing_runs(plan.folder).get(t.name, [])
-                d = resume_dir or (after[-1] if after else None)
-                ok = rc == 0 and d is not None and rundir.status(d) == "complete"
-                print(f"{tag(t)}: {'complete' if ok else f'FAILED (exit {rc})'} after {time.time() - t0:.0f}s",
-                      flush=True)
-                results[t.name] = ("complete" if ok else "failed", d)
-    except KeyboardInterrupt:  # Ctrl-C reaches the children too: let them write their checkpoints, then stop
-        for t, proc, _t0, log, _d in running:
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if log is not None:
-                log.close()
-            print(f"{tag(t)}: interrupted; rerun the same ladder command to continue it", file=sys.stderr,
-                  flush=True)
+            for run, outcome, d in done:
+                results[run.name] = (outcome, d)
+    except KeyboardInterrupt:
+        stop_all(running, "rerun the same ladder command to continue it")
         raise
     return results
-
-
-def _announce(tag: str, resume_dir: Optional[str], cmd: list[str]) -> None:
-    print(f"{tag}: {'continuing ' + resume_dir if resume_dir else 'starting'}", flush=True)
-    print("  $ " + " ".join(_quote(c) for c in cmd[2:]), flush=True)
-
-
-def _quote(s: str) -> str:
-    return s if re.fullmatch(r"[\w@%+=:,./-]+", s) else "'" + s.replace("'", "'\\''") + "'"

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from .. import rundir
 from ..config import FLAGS, RESUME_SAFE, build_config, coerce, flags_where, flatten, unknown_option_error
@@ -296,7 +296,7 @@ def run_sweep_points(points: list[Point], train_values: dict, config_file: Optio
             resume_dir = run_dir if action == "resume" else None
             cmd = train_command(point, train_values, config_file, sweep_dir, resume_dir)
             if dry_run:
-                _announce(tag, resume_dir, cmd)
+                announce(tag, resume_dir, cmd)
                 results[point.name] = ("planned", run_dir)
                 continue
             todo.append((tag, point, resume_dir, cmd))
@@ -311,47 +311,80 @@ def _run_batch(todo: list, sweep_dir: str, to_logs: bool) -> dict[str, tuple[str
     """Start every run of one batch together, wait for all of them; output to <run>.log files when `to_logs`."""
     results: dict[str, tuple[str, Optional[str]]] = {}
     record_launch(sweep_dir, [point.name for _tag, point, _d, _cmd in todo])
-    running: list = []  # (tag, point, resume_dir, proc, t0, log file)
+    running: list[Launched] = []
     try:
         for tag, point, resume_dir, cmd in todo:
-            _announce(tag, resume_dir, cmd)
-            log = open(os.path.join(sweep_dir, point.name + ".log"), "a") if to_logs else None
-            if log is not None:
-                print(f"  output: {log.name}", flush=True)
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None)
-            running.append((tag, point, resume_dir, proc, time.time(), log))
+            running.append(launch(tag, point.name, resume_dir, cmd, sweep_dir, to_logs))
         while running:
-            done = [r for r in running if r[3].poll() is not None]
+            done = finished(running, sweep_dir)
             if not done:
                 time.sleep(0.2)
-                continue
-            for item in done:
-                tag, point, resume_dir, proc, t0, log = item
-                rc = proc.wait()
-                running.remove(item)
-                if log is not None:
-                    log.close()
-                after = existing_runs(sweep_dir).get(point.name, [])
-                run_dir = resume_dir or (after[-1] if after else None)
-                ok = rc == 0 and run_dir is not None and rundir.status(run_dir) == "complete"
-                print(f"{tag}: {'complete' if ok else f'FAILED (exit {rc})'} after {time.time() - t0:.0f}s", flush=True)
-                results[point.name] = ("complete" if ok else "failed", run_dir)
-    except KeyboardInterrupt:  # Ctrl-C reaches the children too: let them write their checkpoints/summaries, then stop
-        for tag, _point, _d, proc, _t0, log in running:
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if log is not None:
-                log.close()
-            print(f"{tag}: interrupted; rerun the same sweep command to resume", file=sys.stderr, flush=True)
+            for run, outcome, run_dir in done:
+                results[run.name] = (outcome, run_dir)
+    except KeyboardInterrupt:
+        stop_all(running, "rerun the same sweep command to resume")
         raise
     return results
 
 
-def _announce(tag: str, resume_dir: Optional[str], cmd: list[str]) -> None:
-    print(f"{tag}: {'resuming ' + resume_dir if resume_dir else 'starting'}", flush=True)
+# ---------------------------------------------------------------------------------------------------- processes
+# one `lmsprint train` process of a sweep or a ladder: started, waited for, told its outcome, stopped on Ctrl-C
+
+
+@dataclass
+class Launched:
+    tag: str                      # how the run is named in the console
+    name: str                     # its exp_name in the folder
+    resume_dir: Optional[str]
+    proc: subprocess.Popen
+    t0: float
+    log: Optional[Any]            # its output file (runs in parallel), or None (the console)
+
+
+def launch(tag: str, name: str, resume_dir: Optional[str], cmd: list[str], folder: str, to_log: bool,
+           verb: str = "resuming") -> Launched:
+    """Start one training process (its command echoed; with `to_log` its output in <folder>/<name>.log)."""
+    announce(tag, resume_dir, cmd, verb)
+    log = open(os.path.join(folder, name + ".log"), "a") if to_log else None
+    if log is not None:
+        print(f"  output: {log.name}", flush=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None)
+    return Launched(tag, name, resume_dir, proc, time.time(), log)
+
+
+def finished(running: list[Launched], folder: str) -> list[tuple[Launched, str, Optional[str]]]:
+    """The processes of `running` that have ended, removed from it: (launched, 'complete' | 'failed', run dir),
+    each with its console line."""
+    out = []
+    for run in [r for r in running if r.proc.poll() is not None]:
+        rc = run.proc.wait()
+        running.remove(run)
+        if run.log is not None:
+            run.log.close()
+        after = existing_runs(folder).get(run.name, [])
+        run_dir = run.resume_dir or (after[-1] if after else None)
+        ok = rc == 0 and run_dir is not None and rundir.status(run_dir) == "complete"
+        print(f"{run.tag}: {'complete' if ok else f'FAILED (exit {rc})'} after {time.time() - run.t0:.0f}s",
+              flush=True)
+        out.append((run, "complete" if ok else "failed", run_dir))
+    return out
+
+
+def stop_all(running: list[Launched], then: str) -> None:
+    """Ctrl-C reaches the children too: let them write their checkpoints and summaries, then stop."""
+    for run in running:
+        try:
+            run.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            run.proc.kill()
+            run.proc.wait()
+        if run.log is not None:
+            run.log.close()
+        print(f"{run.tag}: interrupted; {then}", file=sys.stderr, flush=True)
+
+
+def announce(tag: str, resume_dir: Optional[str], cmd: list[str], verb: str = "resuming") -> None:
+    print(f"{tag}: {verb + ' ' + resume_dir if resume_dir else 'starting'}", flush=True)
     print("  $ " + " ".join(_quote(c) for c in cmd[2:]), flush=True)
 
 

@@ -183,6 +183,16 @@ def _target(v) -> bool:
                          and isinstance(r.get("measured"), float) and math.isfinite(r["measured"]))
 
 
+def _optimizer_state(v) -> bool:
+    """A torch optimizer's state dict {state, param_groups}, or that of optim.optimizers' combined optimizer (Muon on
+    the hidden matrices + AdamW on the rest): {combined: [class names], optimizers: [their state dicts]}."""
+    if isinstance(v, dict) and "combined" in v:
+        names, parts = v.get("combined"), v.get("optimizers")
+        return (isinstance(names, list) and all(isinstance(n, str) for n in names) and isinstance(parts, list)
+                and len(parts) == len(names) and all(_optimizer_state(o) and "combined" not in o for o in parts))
+    return isinstance(v, dict) and isinstance(v.get("state"), dict) and isinstance(v.get("param_groups"), list)
+
+
 def _plain_name(name) -> bool:
     return (isinstance(name, str) and bool(name) and name not in (".", "..")
             and not any(c in name for c in ("/", "\\", "\0", os.sep)))
@@ -218,9 +228,7 @@ def check_checkpoint(state: dict, path: str) -> dict:
         read_shard_metadata(target)  # a planted pickle is refused here, before any other work of a resume
     need("model", (sharded is not None and state["model"] is None) or _tensor_dict(state["model"]),
          "a mapping of tensor names to tensors")
-    opt = state.get("optimizer")
-    need("optimizer", opt is None or (
-        isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)),
+    need("optimizer", state.get("optimizer") is None or _optimizer_state(state["optimizer"]),
          "an optimizer state dict")
     need("step", _count(state["step"]), "a whole number >= 0")
     need("clock", state.get("clock") is None or _clock(state["clock"]), "the clock's state lmsprint saves")
