@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 import lmsprint
 from lmsprint import rundir
+from lmsprint.config import flatten
 from lmsprint.errors import (ArgumentError, ArgumentTypeError, CheckpointError, ConfigError, InputNotFound,
                              RunFileError, RunNotFound, UnsafePathError, UserError)
 
@@ -393,13 +394,17 @@ def test_the_combined_muon_optimizer_state_is_a_valid_checkpoint_field(tiny, tmp
             state.check_checkpoint({**ok, "optimizer": bad}, path)
 
 
-def test_a_checkpoint_without_what_a_resume_needs_is_refused_by_resume_only(run, in_process):
+@pytest.mark.parametrize("field", ["clock", "sampler", "record", "target", "ranks", "config", "data", "optimizer"])
+def test_a_checkpoint_without_what_a_resume_needs_is_refused_by_resume_only(run, in_process, field):
+    """Every state a resume restores or checks must be in the checkpoint: without the sampler's the run would go on
+    from the first batch again, without the data identity it would not notice other data."""
     st = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
-    del st["record"]
+    del st[field]
     torch.save(st, run / "checkpoints" / "latest.pt")
     set_summary(run, status="interrupted")
-    one_line(in_process("train", "--resume", run, "--device", "cpu"), "latest.pt", "field 'record'",
+    one_line(in_process("train", "--resume", run, "--device", "cpu"), "latest.pt", f"field '{field}'",
              "missing")
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
     res = in_process("eval", run, "--checkpoint", "latest.pt", "--eval_tokens", "64", "--device", "cpu")
     assert res.returncode == 0, res.stderr
 
@@ -423,10 +428,33 @@ def test_a_checkpoint_past_the_runs_end_is_refused_unless_the_end_is_raised(run,
     assert summary["status"] == "complete" and summary["iterations_done"] == 12
 
 
+def test_an_accepted_override_is_kept_by_the_checkpoints_the_resumed_run_writes(run, in_process):
+    """A change accepted with --resume_override is the run's config from then on: the checkpoints written after it
+    hold it, so resuming one of them again needs no override and continues with the accepted values."""
+    ckpts = run / "checkpoints"
+    shutil.copy(ckpts / "step_2.pt", ckpts / "latest.pt")
+    set_summary(run, status="interrupted")
+    res = in_process("train", "--resume", run, "--device", "cpu", "--resume_override", "lr,iterations", "--lr", "0.002",
+                     "--iterations", "6", "--save_checkpoint_steps", "4")
+    assert res.returncode == 0, res.stderr
+    for name in ("step_4.pt", "latest.pt"):
+        saved = flatten(torch.load(ckpts / name, weights_only=True)["config"])
+        assert (saved["lr"], saved["iterations"]) == (0.002, 6), name
+    shutil.copy(ckpts / "step_4.pt", ckpts / "latest.pt")
+    set_summary(run, status="interrupted")
+    res = in_process("train", "--resume", run, "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["iterations_done"] == 6
+    cfg = rundir.read_config(str(run))
+    assert (cfg.optim.lr, cfg.train.iterations) == (0.002, 6)
+
+
 @pytest.mark.parametrize("text,words", [
     ("model:\n  n_layer: abc\n", ("config.yaml", "n_layer", "'abc'")),
     ("- 1\n- 2\n", ("config.yaml", "list")),
     ("a: &x [1]\nb: *x\n", ("config.yaml", "alias")),
+    ("model:\n  n_layer: 1\n  n_layer: 2\n", ("config.yaml", "'n_layer' is given twice")),
     ("model: {1: 2}\n", ("config.yaml", "key 1")),
     ("model:\n  bogus_option: 1\n", ("config.yaml", "bogus_option")),
 ])
@@ -578,6 +606,21 @@ def test_api_errors_are_typed_and_name_the_argument(run, model, tmp_path):
         if isinstance(info.value, (ArgumentError, ArgumentTypeError)):
             assert info.value.argument in str(info.value)
     assert not rundir.is_locked(str(run))  # refused resumes left the run free
+
+
+@pytest.mark.parametrize("name,value", [("seed", 2**63), ("seed", 2**64 - 1), ("top_k", 2**31),
+                                        ("max_new_tokens", 2**31)])
+def test_api_generate_keeps_the_rules_of_the_cli_flags(run, model, in_process, name, value):
+    """`generate`'s arguments are checked by `lmsprint generate`'s own flags: a value the CLI refuses (a seed past
+    2**63 - 1, a count past 2**31 - 1) is an ArgumentError from Python too, never a sample the CLI cannot repeat."""
+    one_line(in_process("generate", run, "--max_new_tokens", "2", "--device", "cpu", f"--{name}", value),
+             f"--{name}")
+    with pytest.raises(ArgumentError, match=f"^{name} .*: must be at most") as info:
+        model.generate("a", **{"max_new_tokens": 2, name: value})
+    assert info.value.argument == name and "\n" not in str(info.value)
+    top = 2**63 - 1  # the largest seed both take, with the same sample
+    cli = in_process("generate", run, "--prompt", "ROMEO:", "--max_new_tokens", "6", "--seed", top, "--device", "cpu")
+    assert cli.returncode == 0 and cli.stdout == model.generate("ROMEO:", max_new_tokens=6, seed=top) + "\n"
 
 
 def test_api_ids_accept_lists_1d_and_numpy(model):

@@ -71,6 +71,18 @@ def test_sweep_cli_errors_are_one_line(tmp_path, capsys):
     assert not os.path.exists(base)  # nothing was started
 
 
+@pytest.mark.parametrize("name", [".", "..", "", "a/b", "../up", "latest"])
+def test_a_name_that_is_no_plain_folder_name_is_refused(in_process, tmp_path, name):
+    """`--name .` would make the results folder itself the sweep folder, `..` its parent: refused in one line."""
+    base = tmp_path / "exps" / "inner"
+    base.mkdir(parents=True)
+    r = in_process("sweep", "--grid", "label_smoothing=0,0.1", "--seeds", "0", "--name", name, "--", *TINY,
+                   "--results_base_folder", base)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"--name '{name}' must be a plain folder name" in r.stderr, r.stderr
+    assert not list(tmp_path.rglob(S.SWEEP_FILE)) and not os.listdir(base)  # nothing written anywhere
+
+
 def test_dry_run_plans_commands(tmp_path, capsys):
     base = str(tmp_path / "exps")
     assert main(["sweep", "--grid", "label_smoothing=0,0.1", "--seeds", "0,1", "--dry_run", "--",

@@ -39,7 +39,8 @@ import torch
 
 from . import rundir
 from .config import FLAGS, RunConfig, apply_values, build_config
-from .config.options import MIN_TEMPERATURE, temperature_problem
+from .config.options import MIN_TEMPERATURE, base_type, field_problem, iter_fields, shown
+from .config.sampling import SamplingOptions
 from .config.schema import ALIASES, unknown_option_error
 from .data.tokenizer import get_tokenizer
 from .errors import ArgumentError, ArgumentTypeError, InputNotFound, UserError
@@ -50,7 +51,8 @@ from .training.generate import sample_text
 from .training.resume import open_resume, parse_overrides
 from .training.trainer import train as _train
 
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes at most 64 bits
+# `generate`'s arguments are `lmsprint generate`'s flags: name -> (their option field, its type)
+_GENERATE_OPTIONS = {path[-1]: (f, tp) for path, f, tp in iter_fields(SamplingOptions)}
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
@@ -67,12 +69,17 @@ def _path_arg(name: str, value, optional: bool = False) -> Optional[str]:
     return text
 
 
-def _int_arg(name: str, value, low: int, high: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ArgumentTypeError(name, f"`{name}` must be an int, not {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ArgumentError(name, f"`{name}` is {value}; it must be {bound}")
+def _option_arg(name: str, value, options: dict = _GENERATE_OPTIONS):
+    """`value` if it keeps every rule of the CLI flag of the same name (`options`: name -> (field, type)): its type
+    (else ArgumentTypeError), then its range, choices and check (else ArgumentError)."""
+    f, tp = options[name]
+    base = base_type(tp)
+    if isinstance(value, bool) or not isinstance(value, (int, float) if base is float else base):
+        kind = {int: "an int", float: "a number"}.get(base, base.__name__)
+        raise ArgumentTypeError(name, f"`{name}` must be {kind}, not {type(value).__name__}")
+    problem = field_problem(f, tp, value)
+    if problem:
+        raise ArgumentError(name, f"`{name}` {shown(value)}: {problem}")
     return value
 
 
@@ -222,18 +229,16 @@ class LoadedModel:
     def generate(self, prompt: str = "", max_new_tokens: int = 100, temperature: float = 0.8,
                  top_k: Optional[int] = 200, seed: int = 0) -> str:
         """Sample a continuation of `prompt` (returned with the prompt); temperature 0 = greedy; top_k None or 0 =
-        sample among all tokens."""
+        sample among all tokens. Every argument keeps the rules of `lmsprint generate`'s flag of its name (seed in
+        [0, 2**63 - 1], ...): another value is an ArgumentError (a wrong type an ArgumentTypeError)."""
         if not isinstance(prompt, str):
             raise ArgumentTypeError("prompt", f"`prompt` must be a str, not {type(prompt).__name__}")
-        _int_arg("max_new_tokens", max_new_tokens, 0)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-            raise ArgumentTypeError("temperature", f"`temperature` must be a number, not {type(temperature).__name__}")
-        problem = temperature_problem(temperature)  # the CLI's --temperature rule
-        if problem:
-            raise ArgumentError("temperature", f"`temperature` {temperature} {problem}")
+        # the rules of `lmsprint generate`'s flags of the same names (config.sampling.SamplingOptions)
+        _option_arg("max_new_tokens", max_new_tokens)
+        _option_arg("temperature", temperature)
         if top_k is not None:
-            _int_arg("top_k", top_k, 0)
-        _int_arg("seed", seed, 0, MAX_SEED)
+            _option_arg("top_k", top_k)
+        _option_arg("seed", seed)
         try:
             self.tokenizer.encode(prompt)
         except UserError as e:  # a character outside a char vocabulary

@@ -13,6 +13,7 @@ vocab_size)`: a final val loss above ln(vocab_size), the loss of a uniform guess
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -74,6 +75,7 @@ def diverged(val_loss, vocab_size) -> bool:
 
 # summary.json: the identity of the val sets a run was evaluated on ({"fixed": ..., "final": ...})
 VAL_SETS = "val_sets"
+FINAL_PREFIXES = "final_prefixes"  # summary.json: the final eval's metrics at each nested prefix, by token count
 # summary.json: the `--target` record; metrics.jsonl: one row with these keys at the first eval reaching it
 TARGET = "target"
 TARGET_STEP = "target/step"
@@ -109,6 +111,11 @@ VAL_KEYS = tuple(m.key for m in VAL_METRICS)
 VAL_BY_KEY = {m.key: m for m in VAL_METRICS}
 
 
+# how a number is written wherever lmsprint reads one (flags, config files, --target): ASCII digits, an optional
+# exponent, or inf/nan (refused by the caller's finiteness rule with its own reason); not '3_28' or '３.２８'
+NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)", re.IGNORECASE)
+
+
 def parse_target(text) -> tuple[str, float]:
     """'val/loss=3.28' -> ('val/loss', 3.28): a target on a val metric. ValueError saying what is wrong: a metric
     that is not in VAL_METRICS, a value that is not a finite number, or one no run can reach (an accuracy outside
@@ -119,10 +126,9 @@ def parse_target(text) -> tuple[str, float]:
         raise ValueError(f"'{text}' is not METRIC=VALUE; e.g. {VAL_LOSS}=3.28 or {VAL_ACC}=0.4361")
     if metric not in VAL_BY_KEY:
         raise ValueError(f"'{metric}' is not a val metric; use one of {', '.join(VAL_KEYS)} (e.g. {VAL_LOSS}=3.28)")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"'{raw}' is not a number; e.g. {metric}=3.28") from None
+    if not NUMBER.fullmatch(raw):
+        raise ValueError(f"'{raw}' is not a number; e.g. {metric}=3.28")
+    value = float(raw)
     if not math.isfinite(value):
         raise ValueError(f"'{raw}' is not a finite number; give the value to reach, e.g. {VAL_LOSS}=3.28")
     lowest = {VAL_ACC: 0.0, VAL_PPL: 1.0}.get(metric, 0.0)

@@ -37,9 +37,9 @@ A run directory is untrusted input (it may come from someone else), so:
   writes into a run (`RUN_ENTRIES`, the contents of checkpoints/ and evals/, wandb/run_id) may be a symbolic link; `lock_run_dir` (every run that trains,
   new or resumed) and `write_eval` check it, and every write opens without following links (`files`).
 - The readers validate what they read and name the file and the field (`RunFileError`, a CheckpointError):
-  `read_config` (YAML without aliases, every option's type and check), `read_summary` (field types; `status`
-  required), `read_metrics` (UTF-8, every complete line a JSON object with an integer `iter` and numbers where
-  metrics are). `read_config_dict` stays lenient (sweep naming). `compare` skips a run whose file is malformed
+  `read_config` (YAML without aliases or duplicate keys, `config.load_yaml`; every option's type and check),
+  `read_summary` (field types; `status` required), `read_metrics` (UTF-8, every complete line a JSON object with an
+  integer `iter` and numbers where metrics are). `read_config_dict` stays lenient (sweep naming). `compare` skips a run whose file is malformed
   with one line (track/discover.py).
 """
 
@@ -55,7 +55,7 @@ from typing import Optional
 import yaml
 
 from . import keys as K
-from .config import RunConfig, run_name_parts
+from .config import RunConfig, load_yaml, run_name_parts
 from .errors import ConfigError, RunFileError, RunNotFound, UnsafePathError, UserError
 from .files import atomic_open, atomic_write_text, json_text, open_no_follow, refuse_link
 
@@ -402,26 +402,18 @@ def write_config(run_dir: str, cfg: RunConfig) -> None:
     atomic_write_text(config_path(run_dir), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-class _RunYamlLoader(yaml.SafeLoader):
-    """yaml.SafeLoader without aliases: lmsprint's config.yaml never has one, and a few nested aliases can expand
-    into billions of nodes."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise yaml.YAMLError(f"a YAML alias at line {mark.line + 1}")
-        return super().compose_node(parent, index)
-
-
 def read_config_mapping(run_dir: str) -> dict:
     """config.yaml as the nested mapping it holds, unvalidated (runs of other versions can still be compared);
-    RunFileError if it is not UTF-8 YAML of one mapping (or uses an alias)."""
+    RunFileError if it is not UTF-8 YAML of one mapping (or uses an alias, or gives a key twice)."""
     path = config_path(run_dir)
     text = read_text(run_dir, path, limit=1 << 20)
     try:
-        d = yaml.load(text, Loader=_RunYamlLoader)  # noqa: S506 -- a SafeLoader subclass
+        d = load_yaml(text)  # the config files' strict loader: no alias (a few nested ones expand into billions
+        # of nodes), no key given twice
     except yaml.YAMLError as e:
         raise RunFileError(path, "", f"is not valid YAML ({' '.join(str(e).split())[:160]})", _DAMAGED)
+    except UserError as e:
+        raise RunFileError(path, "", f"is not valid YAML ({e.template})", _DAMAGED)
     if not isinstance(d, dict):
         raise RunFileError(path, "", f"holds {type(d).__name__}, not a config mapping", _DAMAGED)
     stack = [d]

@@ -3,6 +3,8 @@ every fact about it (help, type, bounds, choices, check, keywords, metavar) — 
 tree's train flags (config/options.py). `add_<command>_arguments(parser)` builds each subcommand's flags from them
 (`config.flags.add_options` / `add_flags`), so a value is typed and checked while parsing by the rules train's
 flags follow (type, finiteness, range, ASCII digits) and a bad one is one line, exit 2, before any work.
+`parse_pass_through`: the train flags `lmsprint sweep` and `ladder` pass to their runs (after `--`), parsed as
+`lmsprint train` parses them.
 
 To add a flag to a subcommand, add a field to its dataclass, e.g. in `CompareOptions`:
     alpha: Optional[float] = option(None, "the significance level", check=positive)
@@ -19,14 +21,15 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from .. import keys as K
 from ..bench.options import add_measure_arguments
-from ..config import FLAGS, add_flags, option
+from ..config import FLAGS, SuggestingParser, add_flags, option
 from ..config.flags import add_options
-from ..config.options import (INT_MAX, SEED_MAX, budget_check, convert, field_problem, fractions_check, nonneg,
-                              positive, seed_list_check, temperature_problem)
+from ..config.options import (INT_MAX, budget_check, convert, field_problem, fractions_check, nonneg, positive,
+                              seed_list_check)
+from ..config.sampling import SamplingOptions
 from ..errors import ConfigError
 
 # where `train --print_config` goes: the config resolution alone (cli/train_config.py), never the training stack
@@ -110,12 +113,9 @@ class LmEvalOptions:
 
 
 @dataclass
-class GenerateOptions(RunOptions):
-    prompt: str = option("", "text to continue (default: start of text)")
-    max_new_tokens: int = option(200, "tokens to generate", check=nonneg)
-    temperature: float = option(0.8, "sampling temperature; 0 = greedy", check=temperature_problem)
-    top_k: int = option(200, "sample among the k most likely tokens; 0 = all", check=nonneg)
-    seed: int = option(0, "sampling seed", bounds=(0, SEED_MAX))
+class GenerateOptions(SamplingOptions, RunOptions):
+    """The run's options, then the sampling options (shared with the Python API's generate), then these."""
+
     num_samples: int = option(1, "number of samples", check=positive)
 
 
@@ -230,6 +230,23 @@ class PrepareOptions:
 
 
 # ---------------------------------------------------------------------------------------------------- parsers
+
+
+def parse_pass_through(argv: list[str], command: str, check: Callable[[dict], None]) -> tuple[list[str], dict,
+                                                                                            Optional[str]]:
+    """The train flags given to `lmsprint sweep` / `ladder` after `--` -> (those arguments less the `--`, the flag
+    values as typed, the --config file). They parse exactly as `lmsprint train`'s; `check(values)` (the values and
+    `resume`) refuses those the command sets itself."""
+    args = list(argv or [])
+    if args and args[0] == "--":
+        args = args[1:]
+    p = SuggestingParser(prog=f"lmsprint {command} -- <train flags>", add_help=False)
+    add_train_arguments(p)
+    ns = p.parse_args(args)
+    # only the flags typed appear (config flag defaults are SUPPRESS); --resume is the train command's own option
+    values = {k: v for k, v in vars(ns).items() if k in FLAGS}
+    check({**values, "resume": getattr(ns, "resume", None)})
+    return args, values, getattr(ns, "config", None)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:

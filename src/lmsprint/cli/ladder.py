@@ -10,24 +10,12 @@ import statistics
 import sys
 
 from .. import keys as K
-from ..config import FLAGS, SuggestingParser
 from ..errors import UserError, plural
 from ..track import ladder as L
 from ..track.forecast import fmt_budget
 from ..track.discover import load_run
 from ..track.report import text_table
-from .arguments import add_train_arguments  # the pass-through flags are exactly `lmsprint train`'s
-
-
-def parse_train_args(argv: list[str]):
-    """The pass-through train flags -> (flag values as typed, --config file)."""
-    p = SuggestingParser(prog="lmsprint ladder -- <train flags>", add_help=False)
-    add_train_arguments(p)
-    ns = p.parse_args(argv)
-    # only the flags typed appear (config flag defaults are SUPPRESS); --resume is the train command's own option
-    values = {k: v for k, v in vars(ns).items() if k in FLAGS and k != "resume"}
-    L.check_train_values({**values, "resume": getattr(ns, "resume", None)})
-    return values, getattr(ns, "config", None)
+from .arguments import parse_pass_through  # the pass-through flags are exactly `lmsprint train`'s
 
 
 def rung_table(plan: L.Plan, results: dict) -> str:
@@ -52,10 +40,7 @@ def rung_table(plan: L.Plan, results: dict) -> str:
 def run_ladder(args: argparse.Namespace) -> int:
     if args.at is None:
         raise UserError("--at BUDGET is required: the target the rungs are fractions of, e.g. --at 25000 or --at 3h")
-    train_args = list(args.train_args or [])
-    if train_args and train_args[0] == "--":
-        train_args = train_args[1:]
-    values, config_file = parse_train_args(train_args)
+    train_args, values, config_file = parse_pass_through(args.train_args, "ladder", L.check_train_values)
     plan = L.plan_ladder(args.at, args.rungs, args.seeds, values, config_file, args.name, args.no_branch)
     rungs = ", ".join(f"{r.fraction} = {fmt_budget(plan.kind, r.budget)}" for r in plan.rungs)
     unit = "steps" if plan.kind == "iterations" else "of training time"

@@ -8,36 +8,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional
 
-from ..config import FLAGS, SuggestingParser
 from ..errors import plural
 from ..track import sweep as S
 from ..track.report import compare
-from .arguments import add_train_arguments  # the pass-through flags are exactly `lmsprint train`'s
-
-
-def parse_train_args(argv: list[str]) -> tuple[dict, Optional[str]]:
-    """The pass-through train flags -> (flag values as typed, --config file)."""
-    p = SuggestingParser(prog="lmsprint sweep -- <train flags>", add_help=False)
-    add_train_arguments(p)
-    ns = p.parse_args(argv)
-    # only the flags typed appear (config flag defaults are SUPPRESS); --resume is the train command's own option
-    values = {k: v for k, v in vars(ns).items() if k in FLAGS}
-    S.check_train_values({**values, "resume": getattr(ns, "resume", None)})
-    return values, getattr(ns, "config", None)
+from .arguments import parse_pass_through  # the pass-through flags are exactly `lmsprint train`'s
 
 
 def run_sweep(args: argparse.Namespace) -> int:
     grid = S.parse_grid(args.grid)
     seeds = S.parse_seeds(args.seeds)
-    train_args = list(args.train_args or [])
-    if train_args and train_args[0] == "--":
-        train_args = train_args[1:]
-    train_values, config_file = parse_train_args(train_args)
+    train_args, train_values, config_file = parse_pass_through(args.train_args, "sweep", S.check_train_values)
     points = S.plan(grid, seeds)
     base_cfg = S.validate_points(points, train_values, config_file)
-    name = S.check_name(args.name or S.default_name(grid))
+    name = S.check_name(S.default_name(grid) if args.name is None else args.name)
     sweep_dir = os.path.join(base_cfg.train.results_base_folder, name)
     if not args.dry_run:
         S.write_record(sweep_dir, {"grid": grid, "seeds": seeds, "train_args": train_args,

@@ -10,11 +10,12 @@ Invalid values raise `ConfigError` with one line naming the option and what to d
 
 Modules (imports flow down this list): options.py (one option: metadata, checks, parsing, conversion) ->
 validate.py (field checks + pure-config cross-field rules) -> schema.py (the tree, FLAGS, access by flag name) ->
-presets.py -> io.py (config files, build_config) -> flags.py (argparse).
+presets.py -> io.py (config files, build_config) -> flags.py (argparse); sampling.py (the options of sampling
+from a trained model, `lmsprint generate`'s and the API's) uses options.py alone.
 """
 
 from .flags import SuggestingParser, add_flags
-from .io import build_config, config_yaml, load_config_file
+from .io import build_config, config_yaml, load_config_file, load_yaml
 from .options import iter_fields, option, parse_bool, parse_duration
 from .presets import PRESETS
 from .schema import (AUTO, FLAGS, RESUME_SAFE, AttentionConfig, DataConfig, LogConfig, ModelConfig, MoEConfig,
@@ -25,4 +26,4 @@ __all__ = ["RunConfig", "DataConfig", "ModelConfig", "AttentionConfig", "MoEConf
            "LogConfig", "option", "FLAGS", "iter_fields", "get_value", "set_value", "coerce", "parse_duration",
            "parse_bool", "flatten", "apply_values", "build_config", "load_config_file", "add_flags",
            "SuggestingParser", "unknown_option_error", "PRESETS", "flags_where", "run_name_parts", "config_yaml",
-           "AUTO", "RESUME_SAFE", "typed", "checkpoint_steps"]
+           "AUTO", "RESUME_SAFE", "typed", "checkpoint_steps", "load_yaml"]

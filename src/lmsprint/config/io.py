@@ -6,6 +6,8 @@
   tree's (data, model, attn, moe, optim, train, log, at their place in the tree), an option under another section
   than its own, an option given twice (flat and nested, or under its own name and another name such as nanoGPT's
   `learning_rate` for `lr`) and a `resume:` value (a run is continued with `--resume`) are refused by `file_values`.
+- `load_yaml(text)`: the one strict YAML reader (no aliases, no duplicate keys), also for a run's config.yaml
+  (rundir.py).
 - `config_yaml(cfg)`: the resolved config as YAML.
 - `build_config(cli_values, config_file)`: dataclass defaults < `--config_format` preset < config file < CLI flags,
   then `RunConfig.validate()`.
@@ -116,6 +118,17 @@ def _yaml_loader():
     return StrictLoader
 
 
+def load_yaml(source):
+    """YAML text (or an open text file) -> the data it holds, read by lmsprint's one strict loader (`_yaml_loader`:
+    no aliases, no key given twice in one mapping, each refused as UserError 'line N: ...'); a malformed file raises
+    PyYAML's own YAMLError. Used for config files and for a run directory's config.yaml alike."""
+    loader = _yaml_loader()(source)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_config_file(path: str) -> dict:
     """Read a YAML (.yaml/.yml) or TOML (.toml) file into a flat {flag: value} dict (strict: see the module doc)."""
     if not os.path.isfile(path):
@@ -130,11 +143,7 @@ def load_config_file(path: str) -> dict:
             with open(path) as fh:
                 # lazy (inside _yaml_loader): `lmsprint bench` must run on a bare GPU box with only torch, numpy and
                 # tiktoken installed
-                loader = _yaml_loader()(fh)
-                try:
-                    data = loader.get_single_data() or {}
-                finally:
-                    loader.dispose()
+                data = load_yaml(fh) or {}
     except UserError as e:
         raise UserError(f"config file '{path}' {e.template}" if e.template.startswith("line ") else e.template)
     except Exception as e:  # parse errors of either format

@@ -30,6 +30,7 @@ from fractions import Fraction
 from typing import Any, Callable, Iterable, Optional, Union, get_args, get_origin, get_type_hints
 
 from ..errors import ConfigError, UserError
+from ..keys import NUMBER
 
 # Integer options must fit in a signed 32-bit int unless they say otherwise (`bounds=`): shapes, counts and
 # intervals beyond it cannot be allocated or run (an embedding of 2**31 rows is terabytes) and fail deep inside
@@ -227,7 +228,6 @@ def parse_bool(v) -> bool:
 # ASCII digits only (str.isdigit and int() also take '²', '١' and '1_000'); an exponent form must be an exact integer
 _INT = re.compile(r"[+-]?[0-9]+")
 _INT_EXP = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?[eE]\+?[0-9]{1,3}")
-_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)", re.IGNORECASE)
 _KIND = {bool: "true/false", int: "an integer", float: "a number"}
 
 
@@ -270,7 +270,7 @@ def _to_float(value) -> float:
             return float(value)
         except OverflowError:  # an int beyond float range: refused as not finite by value_problem
             return math.inf if value > 0 else -math.inf
-    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+    if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
         return float(value.strip())  # inf / nan parse here and are refused by value_problem with a clear reason
     raise ValueError(value)
 

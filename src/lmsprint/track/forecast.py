@@ -365,13 +365,13 @@ def forecast_arm(label: str, kind: str, x: Sequence[float], y: Sequence[float], 
     k = len(R.x)
     out = ArmForecast(label, kind, [float(v) for v in R.x], _seed_labels(seeds), len(y), "refused", "",
                       points=(x, y))
-    nxt = next_rung(R.x, target, kind)
     shown = ", ".join(fmt_budget(kind, v) for v in R.x)
     if k < MIN_RUNGS:
         more = [fmt_budget(kind, float(R.x.max()) * 2 ** i) for i in range(1, MIN_RUNGS - k + 1)] if k else []
-        out.message = (f"{k} distinct budget{'s' if k != 1 else ''} ({shown or 'none'}): a forecast needs "
-                       f"{MIN_RUNGS}; run rungs at {' and '.join(more) if more else '3 budgets'}")
+        out.message = (f"{k} distinct budget{'s' if k != 1 else ''} ({shown or 'no complete run'}): a forecast "
+                       f"needs {MIN_RUNGS}; run rungs at {' and '.join(more) if more else '3 budgets'}")
         return out
+    nxt = next_rung(R.x, target, kind)
     if R.pooled_rel_sd() is None:
         out.message = ("one seed per rung: the seed noise is unknown, so no interval can be given; run a second seed "
                        "of every rung (lmsprint ladder --seeds 2)")

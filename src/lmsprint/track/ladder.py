@@ -44,7 +44,7 @@ from ..files import atomic_copy, atomic_write_text, json_text
 from ..optim.schedules import lr_multiplier, muon_momentum
 from ..training.checks import check_run
 from .forecast import fmt_budget, parse_target
-from .sweep import announce, existing_runs, finished, launch, stop_all
+from .sweep import announce, check_name, existing_runs, finished, launch, stop_all, train_argv
 
 LADDER_FILE = "ladder.json"
 # flags the ladder sets for every run -> why
@@ -81,12 +81,6 @@ def check_train_values(values: dict) -> None:
     for k, why in RESERVED.items():
         if values.get(k) is not None:
             raise UserError(f"--{k} cannot be passed to a ladder's runs: {why}")
-
-
-def check_name(name: str) -> str:
-    if not re.fullmatch(r"[\w.+=-]+", name) or name in (".", ".."):
-        raise UserError(f"--name '{name}' must be a plain folder name (letters, digits, . _ - + =)")
-    return name
 
 
 # ---------------------------------------------------------------------------------------------------- the plan
@@ -203,7 +197,7 @@ def plan_ladder(target_text: str, rungs_text: str, seeds_text: str, train_values
                                              if base.optim.warmup_percent > 0 else 0)
     elif base.optim.warmup_steps:
         warmup = base.optim.warmup_steps
-    name = check_name(name or default_name(base, kind, target))
+    name = check_name(default_name(base, kind, target) if name is None else name)
     folder = os.path.join(base.train.results_base_folder, name)
     plan = Plan(name, folder, kind, target, rungs, seeds, branched, warmup, dict(train_values))
     for seed in seeds:
@@ -311,28 +305,17 @@ def fork_run(source_dir: str, step: int, folder: str, exp_name: str, values: dic
 # ---------------------------------------------------------------------------------------------------- running
 
 
-def _flag_args(values: dict) -> list[str]:
-    out = []
-    for k, v in values.items():
-        out += [f"--{k}", str(v)]
-    return out
-
-
 def train_command(task: Task, train_values: dict, config_file: Optional[str], plan: Plan,
                   resume_dir: Optional[str], override: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "lmsprint", "train"]
-    safe = {k: v for k, v in train_values.items() if k in LADDER_RESUME_SAFE}
     if resume_dir:
-        cmd += ["--resume", resume_dir] + _flag_args(safe)
+        cmd = train_argv({k: v for k, v in train_values.items() if k in LADDER_RESUME_SAFE}, resume_dir=resume_dir)
         if override:  # a fork: its branch checkpoint holds the stable run's iterations and name
             cmd += ["--resume_override", "iterations,exp_name"]
         return cmd
-    if config_file:
-        cmd += ["--config", config_file]
     values = {k: v for k, v in train_values.items() if k not in task.values and k != "results_base_folder"}
     values.update(task.values)
     values["results_base_folder"] = plan.folder
-    return cmd + _flag_args(values)
+    return train_argv(values, config_file)
 
 
 def _state(task: Task, runs: dict) -> tuple[str, Optional[str]]:

@@ -5,7 +5,8 @@
 - `--grid FLAG=V1,V2,...` (repeatable): a train flag and its values; the sweep is the cross product of all grids
   and `--seeds`. Grid keys are checked against the config's flags (unknown -> one-line error naming the closest
   flag) and every point's full config is validated (`validate_points`) before anything runs.
-- Runs live in `<results_base_folder>/<sweep name>/` (default name `sweep-<grid keys>`), each with a
+- Runs live in `<results_base_folder>/<sweep name>/` (default name `sweep-<grid keys>`; `check_name`, also the
+  ladder's: one plain folder name, never empty, `.` or `..`), each with a
   deterministic `--exp_name` made of the grid point and the seed, e.g. `label_smoothing=0.1_seed=2`.
 - Resumable: run the same command again and finished runs (summary status "complete") are skipped, an
   interrupted run with a checkpoint is continued with `lmsprint train --resume <its dir>` (with only the
@@ -125,8 +126,12 @@ def check_train_values(values: dict) -> None:
 
 
 def check_name(name: str) -> str:
-    if not re.fullmatch(r"[\w.+=-]+", name):
-        raise UserError(f"--name '{name}' must be a plain folder name (letters, digits, . _ - + =)")
+    """`name` if it is one plain folder name for a sweep's or a ladder's folder under --results_base_folder, else
+    UserError: not empty, `.`, `..` or the results folder's `latest` pointer, no path separator; so the folder
+    never escapes or clobbers the results folder."""
+    if not re.fullmatch(r"[\w.+=-]+", name) or name in (".", "..", rundir.LATEST_POINTER):
+        raise UserError(f"--name '{name}' must be a plain folder name (letters, digits, . _ - + =), not "
+                        f"'.', '..' or '{rundir.LATEST_POINTER}'")
     return name
 
 
@@ -256,24 +261,28 @@ def decide(point: Point, runs: dict[str, list[str]]) -> tuple[str, Optional[str]
 # ---------------------------------------------------------------------------------------------------- running
 
 
-def _flag_args(values: dict) -> list[str]:
-    out = []
+def train_argv(values: dict, config_file: Optional[str] = None, resume_dir: Optional[str] = None) -> list[str]:
+    """The command of one training process of a sweep or a ladder: `python -m lmsprint train` with `values` as
+    flags; a new run (from `config_file` if given), or with `resume_dir` the resume of that run (`values` then only
+    flags that may accompany --resume)."""
+    cmd = [sys.executable, "-m", "lmsprint", "train"]
+    if resume_dir:
+        cmd += ["--resume", resume_dir]
+    elif config_file:
+        cmd += ["--config", config_file]
     for k, v in values.items():
-        out += [f"--{k}", str(v)]
-    return out
+        cmd += [f"--{k}", str(v)]
+    return cmd
 
 
 def train_command(point: Point, train_values: dict, config_file: Optional[str], sweep_dir: str,
                   resume_dir: Optional[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "lmsprint", "train"]
     if resume_dir:
-        return cmd + ["--resume", resume_dir] + _flag_args({k: v for k, v in train_values.items() if k in SWEEP_RESUME_SAFE})
-    if config_file:
-        cmd += ["--config", config_file]
+        return train_argv({k: v for k, v in train_values.items() if k in SWEEP_RESUME_SAFE}, resume_dir=resume_dir)
     values = {k: v for k, v in train_values.items() if k not in point.values and k != "results_base_folder"}
     values.update(point.values)
     values.update({"seed": point.seed, "exp_name": point.name, "results_base_folder": sweep_dir})
-    return cmd + _flag_args(values)
+    return train_argv(values, config_file)
 
 
 def run_sweep_points(points: list[Point], train_values: dict, config_file: Optional[str], sweep_dir: str,

@@ -9,6 +9,8 @@
 - `check_data(saved, manifest, overrides, run_dir)`: the checkpoint's data identity against the prepared data now;
   a difference is refused unless `overrides` holds `dataset`.
 Both raise ConfigError naming every differing key with its old and new value.
+- `kept_config(saved, cfg, overrides)`: the config the checkpoints of the resumed run save: the checkpoint's, with
+  the changes accepted by `overrides` (a later resume of them needs no override again).
 - `open_resume(spec, base, values, overrides)` -> (run_dir, cfg): what `lmsprint train --resume` and
   `lmsprint.train(resume=...)` both do before training: find the run (`rundir.resolve_run_dir`), take its lock,
   refuse a complete run or one without a checkpoint, and build the config (`resume_config`: the run's config.yaml
@@ -20,6 +22,7 @@ Both raise ConfigError naming every differing key with its old and new value.
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Iterable
 
@@ -91,6 +94,32 @@ def check_data(saved: dict, manifest, overrides: Iterable[str], run_dir: str) ->
     diffs = [(f"{DATA_KEY}.{k}", saved[k], now.get(k)) for k in saved if saved[k] != now.get(k)]
     if diffs:
         _refuse(run_dir, diffs, "the prepared data")
+
+
+def kept_config(saved: dict, cfg, overrides: Iterable[str]) -> dict:
+    """The config the checkpoints of a resumed run save: the checkpoint's own (`saved`: it keeps what the resume
+    adapted only for this run's processes, `ranks.adapt_batch`) with every option named in `overrides` set to its
+    accepted value in `cfg`, so a later resume of those checkpoints continues with the accepted values and needs no
+    override again."""
+    out = copy.deepcopy(saved)
+    now = flatten(cfg.to_dict())
+    for name in sorted(frozenset(overrides) & FLAGS.keys()):
+        if not _replace(out, name, now[name]):  # not in the saved config (an older lmsprint): at its place now
+            section = out
+            for part in FLAGS[name][0][:-1]:
+                if not isinstance(section.get(part), dict):
+                    section[part] = {}
+                section = section[part]
+            section[name] = now[name]
+    return out
+
+
+def _replace(d: dict, name: str, value) -> bool:
+    """Set option `name` wherever it is in the nested (or flat) config dict `d`; whether it was there."""
+    if name in d and not isinstance(d[name], dict):
+        d[name] = value
+        return True
+    return any(isinstance(v, dict) and _replace(v, name, value) for v in d.values())
 
 
 def check_step(step: int, cfg, run_dir: str) -> None:

@@ -6,7 +6,7 @@ A checkpoint is one `torch.save`d dict, format `FORMAT_VERSION` (3), written by 
   config (the run's config), data (the dataset identity, `resume.data_identity`), world_size and global_batch
   (the processes and sequences per optimizer step that saved it),
   model, optimizer (None under `data_parallel` fsdp: then `sharded` names their DCP folder, training/sharded.py),
-  one entry per state saved once: clock {step, train_time, eval_time, compile_time, wall_time}, sampler {seed, step},
+  one entry per state saved once: clock {step, train_time, eval_time, compile_time, wall_time, finished}, sampler {seed, step},
   record {rows, samples_bytes, n_evals, last_val}, target {spec, n_evals, record} (training/target.py), scaler
   (float16 only),
   ranks: one dict per process, by rank, of the states every process has: rng, metrics (the loss accumulators
@@ -29,8 +29,9 @@ Where checkpoints live in a run directory is `rundir.checkpoint_path`'s business
   times, whole non-negative counters, and `sharded` one plain folder name of the checkpoint's own folder (no path,
   no symbolic link out of it; its DCP metadata is read through the allow-list of sharded.py right away). A wrong
   field is a `RunFileError` naming it.
-- `check_resumable(state, path, cfg)`: what a resume needs besides that: every state it restores, and a step not
-  past the run's end (`resume.check_step`).
+- `check_resumable(state, path, cfg)`: what a resume needs besides that: every state it restores or checks
+  (`RESUME_FIELDS`: clock, sampler, record, target, ranks, config, data; the optimizer unless the weights are
+  sharded), a missing one a `RunFileError` naming it, and a step not past the run's end (`resume.check_step`).
 - `RNGState`: every RNG of this process as a checkpoint state (`rng_state` / `set_rng_state`).
 """
 
@@ -154,8 +155,10 @@ def _rng(v) -> bool:
 
 
 def _clock(v) -> bool:
-    """A `clock.Clock.state_dict()` (`wall_time` absent in format 2)."""
-    return (isinstance(v, dict) and _count(v.get("step")) and _seconds(v.get("train_time"))
+    """A `clock.Clock.state_dict()` (`wall_time` absent in format 2, `finished` absent before it was kept)."""
+    fin = v.get("finished") if isinstance(v, dict) else None
+    fin_ok = fin is None or (isinstance(fin, (list, tuple)) and len(fin) == 2 and _seconds(fin[0]) and _count(fin[1]))
+    return (isinstance(v, dict) and _count(v.get("step")) and _seconds(v.get("train_time")) and fin_ok
             and all(k not in v or _seconds(v[k]) for k in ("eval_time", "compile_time", "wall_time")))
 
 
@@ -198,9 +201,12 @@ def _plain_name(name) -> bool:
             and not any(c in name for c in ("/", "\\", "\0", os.sep)))
 
 
-# the states a resume restores besides the weights (eval, generate and export read only `model` / `sharded` and
-# `step`)
-RESUME_FIELDS = ("clock", "record", "ranks", "config")
+# what a resume restores or checks besides the weights (eval, generate and export read only `model` / `sharded` and
+# `step`): without one a resume would go on with a fresh state (the sampler back at the first batch) or skip a check
+# (the data identity). `target` is {} in a checkpoint of an older lmsprint (a state the resume rebuilds from the
+# metrics rows). Not required: `scaler` (a float16 run only, and a run resumed on another device may start using
+# one), `world_size` and `global_batch` (format-2 checkpoints of older lmsprint versions lack them).
+RESUME_FIELDS = ("clock", "sampler", "record", "target", "ranks", "config", "data")
 
 
 def check_checkpoint(state: dict, path: str) -> dict:
