@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: the prepared Shakespeare data, one thread, the tiny config shape, a tiny local corpus,
+"""Shared pytest fixtures: the prepared Shakespeare data (GPT-2 BPE and characters), one thread, the tiny config shape, a tiny local corpus,
 the CLI run in this process."""
 
 import random
@@ -18,6 +18,17 @@ def shakespeare_manifest(tmp_path_factory):
 
     data_dir = tmp_path_factory.mktemp("data_cache")
     return prepare(DataConfig(dataset="shakespeare", data_dir=str(data_dir)), progress=False)
+
+
+@pytest.fixture(scope="session")
+def char_data(tmp_path_factory):
+    """`shakespeare-char` prepared once per test session: the prepared folder, usable as `--dataset` (tests that
+    change its files copy it first)."""
+    from lmsprint.config import DataConfig
+    from lmsprint.data.prepare import prepare
+
+    data_dir = tmp_path_factory.mktemp("char_data")
+    return str(prepare(DataConfig(dataset="shakespeare-char", data_dir=str(data_dir)), progress=False).dir)
 
 
 @pytest.fixture(scope="module")

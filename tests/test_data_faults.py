@@ -15,12 +15,12 @@ import pytest
 
 from lmsprint.config import DataConfig, build_config
 from lmsprint.data import integrity
-from lmsprint.data.manifest import MANIFEST, load_manifest, verify_manifest
+from lmsprint.data.manifest import MANIFEST, load_manifest
 from lmsprint.data.prepare import prepare
 from lmsprint.data.sources import shakespeare_documents
 from lmsprint.data.split import VAL_FLOOR_TOKENS, cut_pieces, split_document
 from lmsprint.data.tokenizer import get_tokenizer
-from lmsprint.errors import DataError, UserError, cli_message
+from lmsprint.errors import DataError, cli_message
 from lmsprint.training.data import check_data
 
 PARAS = [f"Paragraph {i}: " + "the quick brown fox jumps over the lazy dog. " * 8 for i in range(80)]

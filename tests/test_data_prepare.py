@@ -258,31 +258,39 @@ def _children(pid):
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker processes in /proc")
 def test_ctrl_c_stops_a_parallel_prepare_at_once(tmp_path):
     """A real SIGINT to the process group while 2 workers tokenize: the parent exits 130 with one line. It used to
-    print a traceback per worker and then wait forever in Pool.join() for the jobs the workers had dropped."""
+    print a traceback per worker and then wait forever in Pool.join() for the jobs the workers had dropped. On a
+    machine so loaded that the prepare finished before the signal was sent (exit 0, nothing interrupted), the same
+    is tried on twice the text, up to 4 times as much."""
     import random
     import signal
     import time
 
     rng = random.Random(0)
     words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
-    # one 24 MB file: its paragraphs are the documents, more than enough for worker jobs (encode.MIN_PARALLEL_CHARS)
-    (tmp_path / "big.txt").write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(200))
-                                                  for _ in range(18000)))
-    p = subprocess.Popen([sys.executable, "-m", "lmsprint", "prepare", "--dataset", "big.txt", "--data_dir", "cache",
-                          "--num_proc", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    try:
-        deadline = time.time() + 240
-        while len(_children(p.pid)) < 2 and p.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert len(_children(p.pid)) >= 2, "the workers never started"
-        time.sleep(1.0)  # the workers are in their jobs
-        os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
+    for docs in (18000, 36000, 72000):
+        # one file of 24 MB (and more): its paragraphs are the documents, enough for worker jobs
+        # (encode.MIN_PARALLEL_CHARS)
+        name = f"big{docs}.txt"
+        (tmp_path / name).write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(200))
+                                                  for _ in range(docs)))
+        p = subprocess.Popen([sys.executable, "-m", "lmsprint", "prepare", "--dataset", name, "--data_dir", "cache",
+                              "--num_proc", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        try:
+            deadline = time.time() + 240
+            while len(_children(p.pid)) < 2 and p.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+            assert len(_children(p.pid)) >= 2 or p.returncode == 0, "the workers never started"
+            time.sleep(0.5)  # the workers are in their jobs
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+            _, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.communicate()
+        if p.returncode != 0:  # the signal came while it worked
+            break
     assert p.returncode == 130, err[-3000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "lmsprint: interrupted", err[-3000:]
     time.sleep(0.5)

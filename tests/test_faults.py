@@ -115,13 +115,9 @@ def tensors_equal(a, b):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """shakespeare-char prepared once: the path of the prepared directory (usable as --dataset)."""
-    d = tmp_path_factory.mktemp("faults_data")
-    p = cli("prepare", "--dataset", "shakespeare-char", "--data_dir", d, cwd=d)
-    assert p.returncode == 0, p.stderr[-2000:]
-    (prepared,) = [os.path.join(d, x) for x in os.listdir(d) if os.path.isfile(os.path.join(d, x, "manifest.json"))]
-    return prepared
+def data(char_data):
+    """shakespeare-char prepared once (conftest): the path of the prepared directory (usable as --dataset)."""
+    return char_data
 
 
 @pytest.fixture(scope="module")

@@ -125,6 +125,19 @@ def test_refused_ladder_arguments(in_process, tmp_path):
         assert r.returncode == 2 and expect in r.stderr, (args, r.stderr)
 
 
+@pytest.mark.parametrize("name", [".", "..", "", "a/b", "latest"])
+def test_a_name_that_is_no_plain_folder_name_is_refused(in_process, tmp_path, name):
+    """The ladder's --name is checked by the sweep's own rule: `.` or `..` would put ladder.json and the rungs in
+    the results folder itself or its parent."""
+    base = tmp_path / "e" / "inner"
+    base.mkdir(parents=True)
+    r = in_process("ladder", "--at", "400", "--rungs", "1/4,1/2", "--seeds", "1", "--name", name, "--",
+                   *flags(tmp_path / "d", base))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"--name '{name}' must be a plain folder name" in r.stderr, r.stderr
+    assert not list(tmp_path.rglob(L.LADDER_FILE)) and not os.listdir(base)  # nothing written anywhere
+
+
 def test_a_folder_made_for_another_plan_is_refused(in_process, tmp_path):
     f = flags(tmp_path / "d", tmp_path / "e")
     values = {f[i].lstrip("-"): f[i + 1] for i in range(0, len(f), 2)}
@@ -185,24 +198,45 @@ def test_branched_rung_equals_an_independent_run_bit_for_bit(in_process, tmp_pat
     assert r.returncode == 2 and "2 distinct budgets (32, 64)" in r.stderr
 
 
+def _child_running(pid: int, name: str) -> bool:
+    """Whether process `pid` has a child whose command line holds `name` (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            kids = fh.read().split()
+    except OSError:
+        return False
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/cmdline", "rb") as fh:
+                if name.encode() in fh.read():
+                    return True
+        except OSError:
+            pass
+    return False
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the ladder's training process in /proc")
 def test_interrupted_ladder_continues_and_reruns_nothing_finished(tmp_path):
-    """A real Ctrl-C (SIGINT to the ladder's process group) while the second fork starts; the same command again
-    finishes the ladder, skipping every run that was complete, and the interrupted fork continues from its
-    checkpoint rather than starting over."""
+    """A real Ctrl-C (SIGINT to the ladder's process group) while the second fork's training process runs; the same
+    command again finishes the ladder, skipping every run that was complete, and the interrupted fork continues from
+    its checkpoint rather than starting over. The signal is sent as soon as that process is seen in /proc (not after
+    reading the ladder's output, which a loaded machine may deliver after the fork has already finished)."""
     data, exps = tmp_path / "data", tmp_path / "exps"
     cmd = [sys.executable, "-m", "lmsprint", "ladder", "--at", "64", "--rungs", "1/4,1/2,1", "--seeds", "1",
            "--name", "lad", "--", *flags(data, exps)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "it32_s0: continuing" in line:  # the first fork (it16) is complete, the second just launched
-            time.sleep(0.5)
+    out = tmp_path / "ladder.out"
+    with open(out, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and not _child_running(proc.pid, "it32_s0"):
+            time.sleep(0.02)
+        if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
-            break
+        proc.wait(timeout=300)
+    seen, rest = [], out.read_text()
     rest = proc.communicate(timeout=300)[0]
     assert proc.returncode == 130, "".join(seen) + rest
     folder = exps / "lad"

@@ -86,16 +86,18 @@ class Encoder:
         if self.num_proc <= 1 or n_chars < MIN_PARALLEL_CHARS:
             return encode_docs(self.tok, docs, self.dtype)
         if self.pool is None:
-            # the workers start with SIGINT ignored (inherited; a new interpreter keeps an ignored SIGINT too), so
-            # that a Ctrl-C during their start-up is not a traceback per worker either
-            main = threading.current_thread() is threading.main_thread()
-            old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+            # the workers start with SIGINT blocked (the mask is inherited by a fork and kept across the exec of a
+            # new interpreter) until worker_init ignores it, so that a Ctrl-C during their start-up is not a
+            # traceback per worker; in this process it stays pending while blocked and is raised right after, so a
+            # Ctrl-C during the pool's start is not lost either
+            block = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if block else None
             try:
                 self.pool = _pool_context().Pool(self.num_proc, initializer=worker_init,
                                                  initargs=(self.name, self.vocab))
             finally:
-                if main:
-                    signal.signal(signal.SIGINT, old)
+                if block:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
         jobs, cur, size = [], [], 0
         for d in docs:
             cur.append(d)
