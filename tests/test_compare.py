@@ -108,7 +108,7 @@ def test_arms_mean_sd_and_welch_verdicts(runs):
     c = report.compare([runs])
     assert len(c.groups) == 2 and len(c.tables) == 1
     by = {g.label: g for g in c.groups}  # named runs (ls0_s0, ...): arms carry the name stem
-    a, b = by["ls0"], by["ls01"]
+    a = by["ls0"]
     m, s = a.mean_sd("val/loss")
     ref = np.array([3.0, 3.1, 3.2])
     assert m == pytest.approx(ref.mean()) and s == pytest.approx(ref.std(ddof=1))  # sample sd
@@ -339,6 +339,7 @@ def test_diverged_is_computed_for_summaries_without_the_key(tmp_path):
 # ---------------------------------------------------------------------------------------------------- val sets
 
 
+@pytest.mark.slow
 def test_runs_on_another_val_set_get_their_own_table_with_a_one_line_reason(tmp_path, capsys):
     base = str(tmp_path / "exps")
     for s in range(3):
@@ -506,3 +507,35 @@ def test_plot_legend_says_what_the_final_eval_covered_and_bands_are_confidence_i
     assert report.final_label(c.tables[0]) == "final eval (fixed set, 4,096 tokens)"
     mx, my, lo, hi = plots._band([([1, 2], [3.0, 2.0]), ([1, 2], [3.2, 2.2]), ([1, 2], [3.4, 2.4])])
     assert my == pytest.approx([3.2, 2.2]) and (lo[0], hi[0]) == pytest.approx(stats.t_interval([3.0, 3.2, 3.4]))
+
+
+def _stopped_at(d, sizes: dict):
+    """Rewrite run `d`'s summary as a final eval that scored nested prefixes {tokens: val_loss}, stopping at the
+    largest (what `--final_eval auto` leaves when it sizes the eval to the run's time)."""
+    path = os.path.join(d, "summary.json")
+    s = json.load(open(path))
+    s["final_prefixes"] = {str(n): {"val/loss": v, "val/perplexity": float(np.exp(v)), "val/acc": 0.5,
+                                    "val/bpb": v / 2, "eval_tokens": n} for n, v in sizes.items()}
+    last = max(sizes)
+    s["final"] = dict(s["final_prefixes"][str(last)])
+    s["val_sets"]["final"].update(tokens=last, covers="val prefix")
+    json.dump(s, open(path, "w"))
+
+
+def test_runs_whose_final_evals_stopped_at_different_prefixes_are_ranked_on_the_largest_common_one(tmp_path):
+    """Three seeds of arm a stopped at 1,024, 2,048 and 1,024 tokens, arm b at 2,048: one table, every run scored on
+    its 1,024-token prefix (the largest all of them have), with a note; a run without prefixes is left as it is."""
+    base = str(tmp_path / "exps")
+    for s, top in enumerate((1024, 2048, 1024)):
+        d = make_run(base, f"a_s{s}", seed=s, lr=1e-3, val_set="aa" * 32)
+        _stopped_at(d, {512: 3.2 + s / 100, 1024: 3.1 + s / 100, 2048: 3.0 + s / 100} if top == 2048
+                    else {512: 3.2 + s / 100, 1024: 3.1 + s / 100})
+    for s in range(3):
+        d = make_run(base, f"b_s{s}", seed=s, lr=3e-3, val_set="aa" * 32)
+        _stopped_at(d, {512: 2.2 + s / 100, 1024: 2.1 + s / 100, 2048: 2.0 + s / 100})
+    c = report.compare([base])
+    assert len(c.tables) == 1
+    finals = {r.name: r.final["val/loss"] for g in c.tables[0].groups for r in g.runs}
+    assert finals == pytest.approx({"a_s0": 3.1, "a_s1": 3.11, "a_s2": 3.12, "b_s0": 2.1, "b_s1": 2.11, "b_s2": 2.12})
+    assert any("final metrics on the first 1,024 val tokens" in n and "1,024, 2,048 tokens" in n for n in c.notes)
+    assert c.tables[0].valset.tokens == 1024 and c.tables[0].valset.covers == "val prefix"

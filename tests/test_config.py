@@ -36,7 +36,7 @@ def test_seed_command_parses_with_llm_baselines_defaults():
     assert (cfg.train.batch_size, cfg.train.acc_steps, cfg.model.sequence_length) == (32, 4, 512)
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.beta2, cfg.optim.warmup_percent) == (1e-3, 0.1, 0.95, 0.05)
     assert cfg.data.dataset == "slimpajama" and cfg.model.vocab_size == 50304 and cfg.data.data_seed == 1337
-    assert cfg.train.eval_freq == 200 and cfg.train.results_base_folder == "./exps"
+    assert cfg.eval_cadence == (200, 0.0) and cfg.train.results_base_folder == "./exps"  # eval_freq auto: 200 steps
 
 
 def test_every_llm_baselines_flag_exists():

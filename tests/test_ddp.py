@@ -75,6 +75,7 @@ def test_kill_9_then_resume_on_2_is_bit_identical(runs):
         assert json.load(fh)["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_rank_0_alone_speaks(runs, shakespeare_manifest, tmp_path):
     """Under torchrun no rank prints third-party warnings (DDP's FutureWarning came once per rank), and a stop
     signal is announced once, by rank 0, though every rank stops and saves its part."""
@@ -134,3 +135,26 @@ def test_kill_9_of_one_rank_leaves_the_run_interrupted_in_one_line(shakespeare_m
     resume(2, tmp_path / "exps", tmp_path)
     with open(run / "summary.json") as fh:
         assert json.load(fh)["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_a_time_budget_on_two_processes_stops_and_evaluates_at_the_same_steps(shakespeare_manifest, tmp_path):
+    """--time_budget with --eval_freq auto (an eval every tenth of the budget in training time) and an auto final
+    eval on 2 processes: the ranks agree on the training time at log steps (every 2nd) and extrapolate it between,
+    so they stop and evaluate at the same steps (a disagreement would leave one rank waiting in a collective: the
+    run would not finish); the run stays within one step of its budget."""
+    flags = [f for f in FLAGS]
+    for name, value in (("--time_budget", "4s"), ("--eval_freq", "auto"), ("--final_eval", "auto"),
+                        ("--log_interval", "2"), ("--iterations", "100000")):
+        flags[flags.index(name) + 1] = value
+    finish(start(2, [*flags, "--dataset", shakespeare_manifest.dir, "--batch_size", 2], tmp_path / "exps", tmp_path))
+    run = tmp_path / "exps" / "r"
+    with open(run / "summary.json") as fh:
+        s = json.load(fh)
+    with open(run / "metrics.jsonl") as fh:
+        times = [0.0] + [r["time/train_s"] for r in map(json.loads, fh) if "train/loss" in r]
+    steps = s["iterations_done"]
+    assert s["status"] == "complete" and s["world_size"] == 2 and steps >= 2
+    assert s["time/train_s"] <= 4.0 + max(b - a for a, b in zip(times, times[1:]))  # a log interval >= a step
+    evals = [r["iter"] for r in rows(run) if "val/loss" in r and "final/val/loss" not in r]
+    assert evals and evals[0] < steps and s["final"]["eval_tokens"] == s["val_sets"]["final"]["tokens"]

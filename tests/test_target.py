@@ -132,6 +132,8 @@ def test_tracker_state_round_trip_and_replay_of_a_new_target_from_the_rows():
     ("val/loss=inf", "not a finite number"),
     ("val/loss", "is not METRIC=VALUE"),
     ("val/loss=abc", "'abc' is not a number"),
+    ("val/loss=3_28", "'3_28' is not a number"),  # Python's float() takes it (328.0): the flags' number rule does not
+    ("val/loss=\uff13.\uff12\uff18", "is not a number"),  # full-width digits
     ("val/acc=1.5", "can never be reached"),
 ])
 def test_a_bad_target_is_one_line(in_process, spec, says):

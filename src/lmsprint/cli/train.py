@@ -3,7 +3,8 @@
 - train: the config of `train_config.train_config` (a new run, or `--resume RUN_DIR|latest` with the run's own
   config.yaml), then `training.trainer.train`. A stop signal ends it with `lmsprint: stopped: ...` on rank 0 only.
 - eval: `lmsprint eval RUN_DIR|latest [--eval_tokens N|full] [--device D] [--checkpoint NAME]` re-evaluates the
-  run's latest weights, prints the metrics and writes eval.json in the run directory (and nothing else); with
+  run's latest weights (with progress: a bar on a terminal, quarter lines in a log), prints the metrics and writes
+  eval.json in the run directory (and nothing else); with
   `--tasks a,b` it runs lm-evaluation-harness instead (cli/lmeval.py).
 - generate: `lmsprint generate RUN_DIR|latest --prompt "..." --max_new_tokens 200 --temperature 0.8
   --top_k 200 --seed 0 --num_samples 1` prints samples from the run's latest weights, with the tokenizer rebuilt
@@ -17,7 +18,7 @@ import sys
 
 from .. import keys as K
 from .. import rundir
-from ..data.loader import val_batches
+from ..data.loader import n_val_windows, val_batches
 from ..errors import plural
 from ..hw import autocast_context, resolve_device, resolve_dtype
 from ..track.sinks import Sinks, check_available
@@ -26,6 +27,7 @@ from ..training.distributed import World, launched_rank, quiet_under_torchrun
 from ..training.evaluate import evaluate
 from ..training.generate import samples
 from ..training.guard import RunInterrupted
+from ..training.report import eval_progress
 from ..training.artifacts import load_run_model, run_tokenizer
 from ..training.trainer import train
 from .lmeval import run_lm_eval_command
@@ -65,7 +67,10 @@ def run_eval(args) -> int:
     cfg.train.device = device
     world = World(device=device)
     _, tok, _, val_tokens = load_data(cfg, world, progress=False)
-    batches = val_batches(val_tokens, cfg.model.sequence_length, cfg.train.batch_size, max_tokens=max_tokens)
+    seq, bs = cfg.model.sequence_length, cfg.train.batch_size
+    batches = val_batches(val_tokens, seq, bs, max_tokens=max_tokens)
+    n = n_val_windows(len(val_tokens), seq, max_tokens)  # progress as a run's final eval shows it
+    batches = eval_progress(batches, -(-n // bs), n * seq, "eval", bar=sys.stdout.isatty() and sys.stderr.isatty())
     ctx = autocast_context(device, resolve_dtype(cfg.train.dtype, device))
     res = evaluate(model, batches, tok.token_bytes(), device, ctx, world)
     out = {"run_dir": run_dir, "step": step, "eval_tokens_requested": max_tokens or "full",

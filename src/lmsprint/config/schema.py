@@ -63,8 +63,29 @@ def _target_check(v) -> Optional[str]:
     return None
 
 
-AUTO = "auto"  # `micro_batch` auto
+AUTO = "auto"  # `micro_batch`, `eval_freq` and `final_eval` auto
+EVALS_PER_BUDGET = 10  # `eval_freq` auto with a time budget: an eval every tenth of it
+EVAL_FREQ_STEPS = 200  # `eval_freq` auto without one: llm-baselines' default
 _MICRO_BATCH = "must be empty, 'auto' or a positive integer"
+_EVAL_FREQ = "must be 'auto' or a positive integer (steps)"
+
+
+def _auto_or_count(v, problem: str) -> Union[int, str]:
+    """'auto' or a positive integer in ASCII digits (what the CLI and config files give: 'auto', '8', 8); ValueError
+    saying `problem` otherwise."""
+    if isinstance(v, str) and v.strip() == AUTO:
+        return AUTO
+    text = str(v).strip() if isinstance(v, (str, int)) and not isinstance(v, bool) else ""
+    if not re.fullmatch(r"[0-9]+", text) or not 0 < int(text) <= INT_MAX:
+        raise ValueError(problem)
+    return int(text)
+
+
+def _auto_or_count_check(problem: str):
+    def check(v) -> Optional[str]:
+        ok = v == AUTO or (isinstance(v, int) and not isinstance(v, bool) and 0 < v <= INT_MAX)
+        return None if ok else problem
+    return check
 
 
 def parse_micro_batch(v) -> Union[None, int, str]:
@@ -72,17 +93,16 @@ def parse_micro_batch(v) -> Union[None, int, str]:
     the CLI and config files give ('', 'auto', '8', 8, null)."""
     if v is None or (isinstance(v, str) and v.strip() in ("", "none", "null")):
         return None
-    if isinstance(v, str) and v.strip() == AUTO:
-        return AUTO
-    text = str(v).strip() if isinstance(v, (str, int)) and not isinstance(v, bool) else ""
-    if not re.fullmatch(r"[0-9]+", text) or not 0 < int(text) <= INT_MAX:
-        raise ValueError(_MICRO_BATCH)
-    return int(text)
+    return _auto_or_count(v, _MICRO_BATCH)
 
 
-def _micro_batch_check(v) -> Optional[str]:
-    ok = v == AUTO or (isinstance(v, int) and not isinstance(v, bool) and 0 < v <= INT_MAX)
-    return None if ok else _MICRO_BATCH
+def parse_eval_freq(v) -> Union[int, str]:
+    """`eval_freq` as typed once: 'auto' or a positive number of steps."""
+    return _auto_or_count(v, _EVAL_FREQ)
+
+
+_micro_batch_check = _auto_or_count_check(_MICRO_BATCH)
+_eval_freq_check = _auto_or_count_check(_EVAL_FREQ)
 
 
 def _steps_check(v) -> Optional[str]:
@@ -300,14 +320,21 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "label smoothing of the training loss (reported val metrics stay plain CE)",
                                  check=frac_open, name_part=_label_smoothing_part)
     loss_chunk: int = option(0, "compute head + cross-entropy in chunks of this many tokens (0 = auto)", check=nonneg)
-    eval_freq: int = option(200, "evaluate on the fixed val set every N steps", check=positive, group="evaluation",
-                         aliases=("eval_interval",))
+    eval_freq: Union[int, str] = option(AUTO, "evaluate on the fixed val set every N steps; auto: every tenth of "
+                                        "--time_budget in training time, else every 200 steps (llm-baselines)",
+                                        metavar="N|auto", parse=parse_eval_freq, check=_eval_freq_check,
+                                        group="evaluation", aliases=("eval_interval",))
+    eval_every: Optional[str] = option(None, "evaluate every this much training time (e.g. 30s, 5m) instead of "
+                                       "every --eval_freq steps", check=duration_check, metavar="DURATION",
+                                       group="evaluation")
     eval_tokens: int = option(24 * 32 * 512, "size of the fixed val set used during training, in tokens "
                            "(llm-baselines: 24 batches of 32x512)", check=positive, group="evaluation",
                            near_names={"eval_iters": "the fixed val set is counted in tokens, not batches"})
-    final_eval: str = option("full", "final evaluation: full val split, the fixed set, or none",
-                          choices=["full", "fixed", "none"], group="evaluation",
-                          near_names={"eval_only": "use `lmsprint eval RUN_DIR` to evaluate a run's checkpoint"})
+    final_eval: str = option(AUTO, "final evaluation: auto (with --time_budget: the largest prefix of the val split "
+                             "that fits in 15% of the budget, at least the fixed set; else the full split), the full "
+                             "val split, the fixed set, or none", choices=[AUTO, "full", "fixed", "none"],
+                             group="evaluation",
+                             near_names={"eval_only": "use `lmsprint eval RUN_DIR` to evaluate a run's checkpoint"})
     target: Optional[str] = option(None, "time to target: record the first eval on the fixed val set that reaches "
                                 "METRIC=VALUE (val/loss=3.28: at or below; val/acc=0.4361: at or above) with its "
                                 "step, tokens, train and wall seconds, in summary.json and metrics.jsonl",
@@ -393,6 +420,20 @@ class RunConfig:
     @property
     def time_budget_s(self) -> Optional[float]:
         return parse_duration(self.train.time_budget)
+
+    @property
+    def eval_cadence(self) -> tuple[int, float]:
+        """(every N steps, every S seconds of training time) of the periodic evals, one of them 0: --eval_every S,
+        else --eval_freq N, else auto (a tenth of --time_budget, else llm-baselines' 200 steps)."""
+        t = self.train
+        every = parse_duration(t.eval_every)
+        if every:
+            return 0, every
+        if t.eval_freq != AUTO:
+            return int(t.eval_freq), 0.0
+        if self.time_budget_s:
+            return 0, self.time_budget_s / EVALS_PER_BUDGET
+        return EVAL_FREQ_STEPS, 0.0
 
 
 # ---------------------------------------------------------------------------------------------------- by flag name

@@ -2,7 +2,7 @@
 
 `validate_config(cfg)` (called by `RunConfig.validate()`):
 1. every option: type, finiteness and range (`options.value_problem`), `choices`, then its `check`;
-2. pure-config cross-field rules (head sizes, MoE top-k, attention pattern, micro-batch).
+2. pure-config cross-field rules (eval cadence, head sizes, MoE top-k, attention pattern, micro-batch).
 
 Rules that depend on what an implementation supports (attention backends, optimizers, schedules) live with that
 implementation (`model`, `optim`) and are combined by `training/checks.py::check_run(cfg)`. Raises `ConfigError`.
@@ -45,6 +45,10 @@ def _shown(v) -> str:
 
 
 def _cross_field_rules(cfg) -> None:
+    t = cfg.train
+    if t.eval_every not in (None, "") and t.eval_freq != "auto":
+        raise ConfigError(f"`eval_every` {t.eval_every} and `eval_freq` {t.eval_freq} both set the eval cadence; give "
+                          "one of them (in training time or in steps)")
     m = cfg.model
     if m.n_embd % m.n_head:
         raise ConfigError(f"`n_embd` {m.n_embd} is not divisible by `n_head` {m.n_head}; choose e.g. "

@@ -150,14 +150,15 @@ def n_val_windows(n_tokens: int, seq_len: int, max_tokens: Optional[int] = None)
 
 
 def val_batches(tokens: np.ndarray, seq_len: int, batch_size: int, max_tokens: Optional[int] = None, rank: int = 0,
-                world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Fixed val windows [i*seq_len, i*seq_len + seq_len] (inputs) from the start of the split, in batches; window i
-    goes to rank i % world_size. The last batch of a rank may be smaller; ranks differ by at most one window."""
+                world_size: int = 1, first_window: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed val windows [i*seq_len, i*seq_len + seq_len] (inputs) from the start of the split (or from window
+    `first_window`: one piece of a longer eval), in batches; window i goes to rank (i - first_window) % world_size.
+    The last batch of a rank may be smaller; ranks differ by at most one window."""
     n = n_val_windows(len(tokens), seq_len, max_tokens)
     if n == 0:
         raise DataError(f"the val split has {len(tokens)} tokens, fewer than sequence_length + 1 = {seq_len + 1}; "
                         "use a smaller `sequence_length` or a larger `val_fraction`")
-    mine = np.arange(rank, n, world_size, dtype=np.int64) * seq_len
+    mine = np.arange(first_window + rank, n, world_size, dtype=np.int64) * seq_len
     for i in range(0, len(mine), batch_size):
         yield _windows(tokens, mine[i:i + batch_size], seq_len)
 

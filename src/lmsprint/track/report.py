@@ -43,7 +43,7 @@ from .stats import (AGAINST_BEST, CONFIDENCE, METHOD, MIN_SEEDS, NO_SPREAD, NON_
                     target_test, throughput_flags)
 from .sweep import started_together_fn
 from .target import arm_time_to_target, common_target
-from .valsets import ValSet, fixed_val_set, split_by_val_set, why_apart
+from .valsets import ValSet, align_final_prefixes, fixed_val_set, split_by_val_set, why_apart
 
 # ---------------------------------------------------------------------------------------------------- formatting
 
@@ -368,6 +368,9 @@ def compare(specs: list[str], metric: str = K.VAL_LOSS, only_complete: bool = Fa
         tg = Target(*common_target(runs), "recorded by every run's train --target")
     together = started_together_fn()
     tables: list[Table] = []
+    runs, aligned = align_final_prefixes(runs)
+    if aligned:
+        notes.append(aligned)
     parts = split_by_val_set(runs)
     for vs, truns in parts:
         diff = differing_keys(truns)

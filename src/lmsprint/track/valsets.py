@@ -9,12 +9,17 @@ length and the final-eval settings) and is never equal to a recorded one, since 
 another split then.
 
 - `final_val_set(run)` / `fixed_val_set(run)` -> `ValSet` (key, description, recorded?).
+- `align_final_prefixes(runs)` -> (runs, note): complete runs on the same val token file whose final evals stopped
+  at different prefixes (`--final_eval auto` sizes it to each run's time) are scored on the largest prefix all of
+  them evaluated (summary.json `final_prefixes`, training/final_eval.py), with a note saying so.
 - `split_by_val_set(runs)` -> [(ValSet, runs)], the val set with the most complete runs first (ties: first seen).
 - `why_apart(vs, main)` -> the one-line reason a table is not ranked with the main one.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -77,6 +82,48 @@ def fixed_val_set(run: Run) -> ValSet:
     """The val set of the run's periodic evals (its curves and its time to target)."""
     ident = _recorded(run, "fixed")
     return _from_record(ident) if ident else _inferred(run, fixed=True)
+
+
+def _prefixes(run: Run) -> dict[int, dict]:
+    """The run's final eval metrics by prefix size in tokens (summary.json `final_prefixes`), valid entries only."""
+    raw = run.summary.get(K.FINAL_PREFIXES)
+    out = {}
+    for k, v in (raw.items() if isinstance(raw, dict) else ()):
+        if isinstance(k, str) and k.isascii() and k.isdigit() and isinstance(v, dict):
+            out[int(k)] = v
+    return out
+
+
+def align_final_prefixes(runs: list[Run]) -> tuple[list[Run], Optional[str]]:
+    """Runs whose final evals scored different prefixes of the same val split, each re-scored on the largest prefix
+    every one of them recorded (their final metrics and final val-set identity then say that prefix); other runs
+    unchanged. The note names the prefix and the sizes the runs had stopped at (None when nothing changed)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(runs):
+        ident = _recorded(r, "final")
+        if r.complete and ident and _prefixes(r) and ident.get("tokens") in _prefixes(r):
+            groups.setdefault(tuple(str(ident[k]) for k in IDENTITY_KEYS[:-1]), []).append(i)
+    out, notes = list(runs), []
+    for members in groups.values():
+        sizes = {_recorded(runs[i], "final")["tokens"] for i in members}
+        if len(members) < 2 or len(sizes) < 2:
+            continue
+        common = set.intersection(*(set(_prefixes(runs[i])) for i in members))
+        if not common:
+            continue
+        n = max(common)
+        for i in members:
+            r = runs[i]
+            if _recorded(r, "final")["tokens"] == n:
+                continue
+            summary = copy.deepcopy(r.summary)
+            final = summary[K.VAL_SETS]["final"]
+            final["tokens"], final["covers"] = n, "val prefix"
+            metrics = _prefixes(r)[n]
+            out[i] = dataclasses.replace(r, summary=summary, final={k: metrics.get(k) for k in K.VAL_KEYS})
+        notes.append(f"final metrics on the first {n:,} val tokens, the largest prefix every run's final eval scored "
+                     f"(their final evals stopped at {', '.join(f'{x:,}' for x in sorted(sizes))} tokens)")
+    return out, "; ".join(notes) or None
 
 
 def split_by_val_set(runs: list[Run]) -> list[tuple[ValSet, list[Run]]]:

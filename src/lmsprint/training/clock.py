@@ -5,21 +5,22 @@ of log rows and evaluations, and when the run is done.
   --compile is compilation, kept in `compile_time`, outside the budget) and evaluations (`with clock.evaluating():`,
   `eval_time`). Only `train_time` counts against --time_budget. The device is synchronised only where a step needs
   its time exactly: log and eval steps, the first compiled step and the last step.
-- Decisions: `progress()` is step/iterations or, with --time_budget, train_time/budget; `total_steps` is the step
-  count the schedule is fitted to (None: the schedule runs on time); `done()` says whether another step may run.
-  `end_step()` returns a `Tick` saying what the step that just ended must do: write a log row (every log_interval
-  steps, and at the last step), evaluate (every eval_freq steps), finish (`last`: the iterations are done or the
-  budget is spent; the device is synchronised first so that its last work counts as training time).
-- Several processes with a time budget: every rank must stop at the same step and use the same learning rate, so the
-  ranks agree on the training time at log steps (one all-reduce, where the loop syncs anyway) and extrapolate it in
-  between with the agreed seconds per step, without extra syncs.
+- Decisions: `total_steps` is the step count the schedule is fitted to (None: the schedule runs on time);
+  `done()` says whether another step may run. With --time_budget a step runs only if the measured seconds per step
+  (`step_estimate()`: the mean step of the last log interval) say it ends within the budget, so a run ends at most one step's time over the budget and
+  usually just under it; the step after which none fits is known before it runs, and `progress()` (the schedule's
+  position: step/iterations, or training time over the start time of that last step) is exactly 1 there, so the
+  schedule ends at the last step. `end_step()` returns a `Tick` saying what the step that just ended must do: write
+  a log row (every log_interval steps, and at the last step), evaluate (every eval_every steps, or the first step
+  ending in each new period of eval_seconds of training time: --eval_every, or auto = a tenth of the budget), finish
+  (`last`; the device is synchronised first so that its last work counts as training time).
+- Several processes with a time budget or --eval_every: every rank must stop and evaluate at the same step and use
+  the same learning rate, so the ranks agree on the training time at log steps (one all-reduce, where the loop
+  syncs anyway) and extrapolate it in between with the agreed seconds per step, without extra syncs.
 - `wall_time`: wall seconds since training started, summed over the processes of a resumed run (what `--target`
   records next to training time).
-- `state_dict()` / `load_state_dict()`: step and times, for checkpoints (training/checkpoint.py).
-
-Where a follow-up plugs in: `_spent()` is the one budget rule (e.g. "stop when the next step would pass the budget",
-from the measured seconds per step), `_eval_due()` the one eval cadence (e.g. every N seconds of training time,
-agreed over ranks like the budget), and `budget` the training share of the time (e.g. less a final eval's share).
+- `state_dict()` / `load_state_dict()`: step, times and whether the last step has run (under which budget and
+  iterations: a resume that extends either trains on), for checkpoints (training/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -50,21 +51,28 @@ class Tick:
 
 class Clock:
     def __init__(self, budget: Optional[float], iterations: int, world: World, log_every: int = 1,
-                 eval_every: int = 0, compiled: bool = False):
+                 eval_every: int = 0, compiled: bool = False, eval_seconds: float = 0.0,
+                 timer: Callable[[], float] = time.perf_counter):
+        self._now = timer  # seconds (a test passes a clock it advances itself)
         self.budget = budget or 0.0
         self.iterations = iterations
         self.world = world
-        self.log_every, self.eval_every = log_every, eval_every
+        self.log_every, self.eval_every, self.eval_seconds = log_every, eval_every, eval_seconds
         self.compiled = compiled
         self.step = 0
         self.train_time = 0.0
         self.eval_time = 0.0
         self.compile_time = 0.0
-        self._agreed = world.distributed and bool(self.budget)
+        self.finished = False  # the last step has run (kept in checkpoints: a resume then only runs the final eval)
+        self._agreed = world.distributed and bool(self.budget or self.eval_seconds)
         self._sec_per_step, self._agreed_time, self._agreed_step = 0.0, 0.0, 0
         self._first = compiled
         self._t0 = 0.0
         self._interval_steps, self._interval_time = 0, 0.0
+        self._timed_steps, self._timed_time = 0, 0.0  # this process's training steps and their seconds
+        self._recent = 0.0  # seconds per step over the last log interval (synced at both ends)
+        self._final = False  # the step under way is the last one the budget allows (decided before it runs)
+        self._eval_slot = 0  # --eval_every: how many eval periods of training time have passed
         self.wall_base = 0.0  # wall seconds of this run's earlier processes (from the checkpoint, `wall_time`)
         self._wall_t0: Optional[float] = None
 
@@ -74,9 +82,25 @@ class Clock:
         """The step count the lr schedule is fitted to; None when it runs on training time (a time budget)."""
         return None if self.budget else self.iterations
 
+    def step_estimate(self) -> float:
+        """Seconds the next step is expected to take: the mean step of the last log interval (the device is synced
+        at both ends, so it is exact on a GPU too, and it follows a machine whose speed changes); under several
+        processes the ranks' agreed mean of that interval; before the first log step this process's mean so far
+        (0 before any step)."""
+        if self._agreed:
+            return self._sec_per_step
+        if self._recent:
+            return self._recent
+        return self._timed_time / self._timed_steps if self._timed_steps else 0.0
+
     def progress(self) -> float:
+        """The schedule's position for the step about to run: step / iterations, or with a time budget the training
+        time over the time at which the last step starts (budget - one step), and exactly 1 at that last step."""
         if self.budget:
-            return min(self.train_time / self.budget, 1.0)
+            if self._final:
+                return 1.0
+            horizon = self.budget - self.step_estimate()
+            return min(self.train_time / horizon, 1.0) if horizon > 0 else 1.0
         return min(self.step / self.iterations, 1.0)
 
     def done(self) -> bool:
@@ -84,62 +108,91 @@ class Clock:
         return self._spent()
 
     def _spent(self) -> bool:
-        if self.step >= self.iterations:
+        """The budget rule: the iterations are done, or the next step would pass the time budget (judged from the
+        measured seconds per step: a run ends at most one step's time over its budget, usually under it)."""
+        if self.finished or self.step >= self.iterations:
             return True
-        return bool(self.budget) and self.train_time >= self.budget
+        if not self.budget:
+            return False
+        return self.train_time >= self.budget or self.train_time + self.step_estimate() > self.budget
+
+    def _last_by_budget(self) -> bool:
+        """Before a step: whether the budget leaves room for no step after this one."""
+        est = self.step_estimate()
+        return bool(self.budget) and est > 0 and self.train_time + 2 * est > self.budget
 
     def _eval_due(self) -> bool:
+        """The eval cadence: every eval_every steps, or (--eval_every, auto with a time budget) the first step
+        that ends in a new period of eval_seconds of training time (agreed over ranks like the budget)."""
+        if self.eval_seconds:
+            slot = int(self.train_time // self.eval_seconds)
+            due, self._eval_slot = slot > self._eval_slot, max(slot, self._eval_slot)
+            return due
         return bool(self.eval_every) and self.step % self.eval_every == 0
 
     @property
     def wall_time(self) -> float:
         """Wall seconds since training started (compile, evals, checkpoints included), summed over the processes of
         a resumed run up to each one's last checkpoint; setup and the time between processes are not counted."""
-        return self.wall_base + (time.perf_counter() - self._wall_t0 if self._wall_t0 is not None else 0.0)
+        return self.wall_base + (self._now() - self._wall_t0 if self._wall_t0 is not None else 0.0)
 
     # ------------------------------------------------------------------ time
     def start(self) -> None:
         """Before the loop (after setup or a resume): the agreement over ranks and the wall time start from here."""
         self._sec_per_step, self._agreed_time, self._agreed_step = 0.0, self.train_time, self.step
-        self._wall_t0 = time.perf_counter()
+        self._wall_t0 = self._now()
 
     def begin_step(self) -> None:
-        self._t0 = time.perf_counter()
+        self._final = self._last_by_budget()
+        self._t0 = self._now()
 
     def end_step(self) -> Tick:
         """Count the optimizer step begun at `begin_step` and say what it asks of the loop (see the module doc)."""
         self.step += 1
         step = self.step
         log = step % self.log_every == 0
-        ev = self._eval_due()
+        step_eval = not self.eval_seconds and self._eval_due()
         compiling, self._first = self._first, False
-        synced = log or ev or step >= self.iterations or compiling
+        synced = log or step_eval or step >= self.iterations or compiling or self._final
         if synced:
             sync(self.world.device)
-        dt = time.perf_counter() - self._t0
+        dt = self._now() - self._t0
         if compiling:  # the first step compiles: outside the budget and the throughput
             self.compile_time += dt
             dt = 0.0
         else:
             self.train_time += dt
             self._interval_steps += 1
+            self._timed_steps += 1
+            self._timed_time += dt
         self._agree(log)
-        last = self._spent()
-        if last and not synced:  # the device may still run the last steps: that time is training time too
-            t1 = time.perf_counter()
+        if log and self._interval_steps:  # the estimate the budget rule uses from here on (synced at this step)
+            self._recent = (self._interval_time + dt) / self._interval_steps
+        # judged on the time and the estimate as they now stand, so that `done()` is true exactly after a `last` tick
+        last = self._final or self._spent()
+        ev = step_eval or (bool(self.eval_seconds) and self._eval_due())
+        if (last or ev) and not synced:  # the device may still run queued steps: that time is training time too
+            t1 = self._now()
             sync(self.world.device)
-            extra = time.perf_counter() - t1
+            extra = self._now() - t1
             self.train_time += extra
             dt += extra
+            last = last or self._spent()
         self._interval_time += dt
+        self._final = False
+        if last:
+            self.finished = True
         if not (log or last):
             return Tick(step, False, ev, last, dt)
         tick = Tick(step, True, ev, last, dt, self._interval_steps, self._interval_time)
+        if self._interval_steps:
+            self._recent = self._interval_time / self._interval_steps
         self._interval_steps, self._interval_time = 0, 0.0
         return tick
 
     def _agree(self, is_log: bool) -> None:
-        """Distributed + time budget: all-reduce the training time at log steps, extrapolate it in between."""
+        """Distributed + time budget or --eval_every: all-reduce the training time at log steps, extrapolate it in
+        between."""
         if not self._agreed:
             return
         if is_log:
@@ -153,17 +206,18 @@ class Clock:
     @contextlib.contextmanager
     def evaluating(self):
         """Time the block (waiting for the device at its end) as evaluation time."""
-        t0 = time.perf_counter()
+        t0 = self._now()
         try:
             yield
         finally:
             sync(self.world.device)
-            self.eval_time += time.perf_counter() - t0
+            self.eval_time += self._now() - t0
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         return {"step": self.step, "train_time": self.train_time, "eval_time": self.eval_time,
-                "compile_time": self.compile_time, "wall_time": self.wall_time}
+                "compile_time": self.compile_time, "wall_time": self.wall_time,
+                "finished": [self.budget, self.iterations] if self.finished else None}
 
     def load_state_dict(self, st: dict) -> None:
         self.step = int(st["step"])
@@ -171,3 +225,7 @@ class Clock:
         self.eval_time = float(st.get("eval_time", 0.0))
         self.compile_time = float(st.get("compile_time", 0.0))
         self.wall_base = float(st.get("wall_time", 0.0))
+        # finished under the same budget and iterations (a resume that extends either trains on)
+        self.finished = st.get("finished") == [self.budget, self.iterations]
+        if self.eval_seconds:
+            self._eval_slot = int(self.train_time // self.eval_seconds)

@@ -3,7 +3,9 @@
 `evaluate(model, batches, token_bytes, device, ctx, world)` runs the model over `batches` (an iterable of
 (x, y) CPU tensors, e.g. `lmsprint.data.loader.val_batches`), sums plain CE, correct argmax predictions, token
 count and the UTF-8 bytes of the target tokens, all-reduces the sums across processes, and returns
-`{val/loss, val/perplexity, val/acc, val/bpb, eval_tokens}`. bpb = ce_sum / ln(2) / target_bytes.
+`{val/loss, val/perplexity, val/acc, val/bpb, eval_tokens}`. bpb = ce_sum / ln(2) / target_bytes. The same in two
+parts: `eval_sums(...)` (the all-reduced sums, which add up over consecutive pieces of the val split: the final
+eval's nested prefixes) and `val_metrics(sums)`.
 The model is put in eval mode under no_grad (`inference=True`: torch.inference_mode, for an evaluation after which
 the model is not trained again) and its previous mode is restored afterwards.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -26,6 +28,16 @@ from .distributed import World, all_reduce_sum
 
 def evaluate(model: torch.nn.Module, batches: Iterable, token_bytes: Optional[np.ndarray], device: str,
              ctx=None, world: Optional[World] = None, inference: bool = False) -> dict:
+    """The val metrics of `model` over `batches` (see the module doc)."""
+    return val_metrics(eval_sums(model, batches, token_bytes, device, ctx, world, inference))
+
+
+def eval_sums(model: torch.nn.Module, batches: Iterable, token_bytes: Optional[np.ndarray], device: str,
+              ctx=None, world: Optional[World] = None, inference: bool = False,
+              stop: Optional[Callable[[], bool]] = None) -> torch.Tensor:
+    """[ce_sum, correct, tokens, target_bytes] over `batches`, summed over processes (float64, on `device`).
+    `stop()`, asked before each batch, ends the loop early when it returns true (the caller then discards the sums:
+    a stop signal during a long eval)."""
     world = world or World(device=device)
     ctx = ctx if ctx is not None else contextlib.nullcontext()
     head_owner = unwrap(model)
@@ -39,6 +51,8 @@ def evaluate(model: torch.nn.Module, batches: Iterable, token_bytes: Optional[np
         # not be used in training afterwards: only for evaluations after which the model does not train again
         with torch.inference_mode() if inference else torch.no_grad():
             for x, y in batches:
+                if stop is not None and stop():
+                    break
                 x, y = to_device(x, y, device)
                 with ctx:
                     hidden, _ = model(x)
@@ -51,6 +65,11 @@ def evaluate(model: torch.nn.Module, batches: Iterable, token_bytes: Optional[np
     finally:
         model.train(was_training)
     all_reduce_sum(sums, world)
+    return sums
+
+
+def val_metrics(sums: torch.Tensor) -> dict:
+    """{val/loss, val/perplexity, val/acc, val/bpb, eval_tokens} of `eval_sums`' [ce_sum, correct, n, bytes]."""
     ce_sum, correct, n, nbytes = sums.tolist()
     if n == 0:
         return {**{k: float("nan") for k in keys.VAL_KEYS}, keys.EVAL_TOKENS: 0}

@@ -4,7 +4,8 @@ training/checkpoint.py.)
 
 - `adapt_batch(cfg, st, world)`: on a different number of processes, the per-process batch and accumulation are
   changed so the global batch (tokens per optimizer step) stays the checkpoint's; one line says how. Returns the
-  config as the checkpoint holds it, which later checkpoints keep saving.
+  config as the checkpoint holds it, which later checkpoints keep saving (with the changes accepted by
+  `resume_override`: `resume.kept_config`).
 - `lockstep(batches, n_batches, model, world, seq_len, device)`: under FSDP every forward is a collective, so a
   rank with fewer validation batches (`val_batch_count`) runs dummy forwards (outputs dropped) until all ranks have
   run as many.
@@ -63,10 +64,11 @@ def lockstep(batches, n_batches: int, model: torch.nn.Module, world: World, seq_
             model(torch.zeros(1, seq_len, dtype=torch.long, device=device))
 
 
-def val_batch_count(n_tokens: int, seq_len: int, batch_size: int, max_tokens, world: World) -> int:
+def val_batch_count(n_tokens: int, seq_len: int, batch_size: int, max_tokens, world: World,
+                    first_window: int = 0) -> int:
     """How many batches `data.loader.val_batches` gives this rank."""
     n = n_val_windows(n_tokens, seq_len, max_tokens)
-    mine = len(range(world.rank, n, world.world_size))
+    mine = len(range(first_window + world.rank, n, world.world_size))
     return -(-mine // batch_size)
 
 

@@ -87,6 +87,8 @@ class RunInfo:
     train_tokens: int = 0
     val_tokens: int = 0
     val_sets: Optional[dict] = None    # the identities of the val sets the evals score (training/valsets.py)
+    final_plan: Any = None             # training/final_eval.FinalPlan
+    final_prefixes: Optional[dict] = None  # the final eval's metrics at each prefix it scored, by token count
 
 
 def final_metrics(res: dict) -> dict:
@@ -119,6 +121,7 @@ def run_summary(info: RunInfo, clock, final: Optional[dict], status: str, error:
         K.MFU: mfu(info.flops_per_token, tps or None, info.peak_flops, info.world_size) if built else None,
         K.FINAL: final_metrics(final) if final else None,
         K.VAL_SETS: info.val_sets,
+        K.FINAL_PREFIXES: info.final_prefixes,
         K.TARGET: target,
         "seed": cfg.train.seed,
         "data_seed": cfg.data.data_seed,
@@ -215,11 +218,40 @@ def banner_rows(info: RunInfo) -> list[tuple[str, str]]:
         length = f"{cfg.train.time_budget} of training time (at most {plural(t.iterations, 'step')})"
     else:
         length = f"{plural(t.iterations, 'step')} ({plural(t.iterations * info.tokens_per_step, 'token')})"
-    evals = f"every {plural(t.eval_freq, 'step')} on {t.eval_tokens:,} val tokens; final: " + \
-        {"full": "the full val split", "fixed": "the fixed val set", "none": "none"}[t.final_eval]
+    evals = eval_plan_text(info)
     data = f"{cfg.data.dataset} ({info.tokenizer}): {info.train_tokens:,} train / {info.val_tokens:,} val tokens"
     return [("model", arch), ("params", params), ("batch", batch), ("device", f"{info.device}, {info.dtype}, {compile_}"),
             ("length", length), ("eval", evals), ("data", data), ("run dir", str(info.run_dir))]
+
+
+def eval_plan_text(info: RunInfo) -> str:
+    """The banner's eval row: the cadence, the fixed set's true size, and what the final eval will score."""
+    cfg = info.cfg
+    steps, seconds = cfg.eval_cadence
+    seq = cfg.model.sequence_length
+    fixed = (info.val_sets or {}).get("fixed", {}).get("tokens") or min(cfg.train.eval_tokens, info.val_tokens)
+    when = f"every {plural(steps, 'step')}" if steps else f"every {fmt_seconds(seconds)} of training time"
+    text = f"{when} on {fixed:,} val tokens; final: "
+    plan = info.final_plan
+    if plan is None or plan.mode == "none":
+        return text + "none (the last eval's numbers)"
+    tokens, whole = plan.windows * seq, plan.grid[-1] * seq
+    if plan.windows == plan.grid[-1]:
+        text += f"the full val split ({whole:,} tokens)"
+    elif plan.windows == plan.grid[0]:
+        text += f"the fixed set ({tokens:,} of {whole:,} val tokens)"
+    else:
+        text += f"the first {tokens:,} of {whole:,} val tokens"
+    if plan.seconds is not None:
+        text += f", about {fmt_seconds(plan.seconds)}"
+    if plan.limit_s is not None:
+        text += (f" (auto: the largest prefix that fits in {fmt_seconds(plan.limit_s)}, 15% of the budget, never less "
+                 "than the fixed set; judged again as it runs)")
+    return text
+
+
+def fmt_seconds(s: float) -> str:
+    return f"{s:.0f}s" if s >= 10 else f"{s:.1f}s"
 
 
 class Console:
@@ -286,22 +318,30 @@ class Console:
         if self.bar is not None:
             self.bar.close()
 
-    def eval_progress(self, batches, n_batches: int, n_tokens: int, desc: str = "final eval"):
-        """Wrap the final eval's batches: a tqdm bar on a terminal, else a line at every quarter."""
+    def eval_progress(self, batches, n_batches: int, n_tokens: int, desc: str = "final eval", announce: bool = True):
+        """Wrap an eval's batches in `eval_progress` (nothing shown under --quiet)."""
         if self.quiet:
-            yield from batches
-            return
-        self.print(f"{desc}: {n_tokens:,} val tokens in {plural(n_batches, 'batch')}")
-        if self.bar_on:
-            yield from tqdm(batches, total=n_batches, desc=desc, unit="batch", dynamic_ncols=True, leave=False,
-                            file=self.err)
-            return
-        t0 = time.perf_counter()
-        marks = {max(1, round(n_batches * q)) for q in (0.25, 0.5, 0.75)} if n_batches >= 4 else set()
-        for i, b in enumerate(batches, 1):
-            yield b
-            if i in marks:
-                print(f"{desc}: {i}/{n_batches} batches ({time.perf_counter() - t0:.0f}s)", file=self.out, flush=True)
+            return batches
+        return eval_progress(batches, n_batches, n_tokens, desc, bar=self.bar_on, out=self.out, err=self.err,
+                             announce=announce)
+
+
+def eval_progress(batches, n_batches: int, n_tokens: int, desc: str, bar: bool, out=None, err=None,
+                  announce: bool = True):
+    """An eval's batches with progress: a line saying its size (`announce`), then a tqdm bar (`bar`: on a terminal)
+    or, in a log, a line at every quarter of the batches."""
+    out, err = out or sys.stdout, err or sys.stderr
+    if announce:
+        print(f"{desc}: {n_tokens:,} val tokens in {plural(n_batches, 'batch')}", file=out, flush=True)
+    if bar:
+        yield from tqdm(batches, total=n_batches, desc=desc, unit="batch", dynamic_ncols=True, leave=False, file=err)
+        return
+    t0 = time.perf_counter()
+    marks = {max(1, round(n_batches * q)) for q in (0.25, 0.5, 0.75)} if n_batches >= 4 else set()
+    for i, b in enumerate(batches, 1):
+        yield b
+        if i in marks:
+            print(f"{desc}: {i}/{n_batches} batches ({time.perf_counter() - t0:.0f}s)", file=out, flush=True)
 
 
 def _isatty(stream) -> bool:

@@ -7,11 +7,14 @@ lr_multiplier(progress). The clock (`clock.Clock`) owns the step and the time an
 a log row, an evaluation, the end. The step never syncs host and device except where the clock needs it (log,
 eval and last steps): losses and MoE statistics accumulate as device tensors (`metrics.MetricAccumulator`) and are
 read every log_interval steps.
-Every eval_freq steps the fixed val set is evaluated and a checkpoint written (`checkpoint.Checkpointer`, which
-saves the components' states: model, optimizer, clock, sampler, run record, and every rank's RNG and
-accumulators); a checkpoint is also written at least every ckpt_interval of wall time, and at the last step. A
-resumed run logs exactly what an uninterrupted run would. Out-of-memory becomes a one-line error
-(`step.oom_as_user_error`).
+At each eval the clock asks for (every N steps, or every S seconds of training time) the fixed val set is evaluated
+and a checkpoint written (`checkpoint.Checkpointer`, which saves the components' states: model, optimizer, clock,
+sampler, run record, and every rank's RNG and accumulators); a checkpoint is also written at least every
+ckpt_interval of wall time, and at the last step. A resumed run logs exactly what an uninterrupted run would. After
+the last step the final eval scores nested prefixes of the val split as `final_eval.plan_final_eval` planned at setup
+(with `auto` and a budget: sized from one timed eval batch, and judged again before each prefix), and stops within
+a batch at a stop signal (the run is then `interrupted`; its resume runs only the final eval). Out-of-memory
+becomes a one-line error (`step.oom_as_user_error`).
 
 Metrics go to `make_sinks(cfg, run_dir, enabled)` (the CLI passes `track.sinks.Sinks`): this layer never
 imports the tracking layer above it.
@@ -30,7 +33,7 @@ from .. import keys as K
 from .. import rundir
 from ..config import RunConfig, checkpoint_steps, parse_duration
 from ..data.loader import BatchSampler, DeviceBatches, n_val_windows, val_batches
-from ..hw import autocast_context, enable_tf32, mfu, peak_flops, set_cpu_threads
+from ..hw import autocast_context, enable_tf32, mfu, peak_flops, set_cpu_threads, sync
 from ..model.transformer import Transformer
 from ..optim.schedules import apply_schedule
 from . import artifacts, ranks, resume, state
@@ -38,8 +41,9 @@ from .checkpoint import Checkpointer, read_checkpoint
 from .checks import check_run
 from .clock import Clock, Tick
 from .data import load_data
-from .distributed import World, broadcast_object, destroy, init_distributed
-from .evaluate import evaluate
+from .distributed import World, all_reduce_max, broadcast_object, destroy, init_distributed
+from .evaluate import eval_sums, val_metrics
+from .final_eval import FinalPlan, next_fits, plan_final_eval
 from .generate import sample_text
 from .guard import Guard, end_status
 from .metrics import MetricAccumulator, RunRecord
@@ -73,8 +77,9 @@ class Trainer:
         self.device = world.device
         self.is_main = world.is_main
         t = cfg.train
+        eval_steps, eval_seconds = cfg.eval_cadence
         self.clock = Clock(cfg.time_budget_s, t.iterations, world, log_every=cfg.log.log_interval,
-                           eval_every=t.eval_freq, compiled=t.compile)
+                           eval_every=eval_steps, compiled=t.compile, eval_seconds=eval_seconds)
         self.info = RunInfo(cfg, world.world_size, world.device)
         self.record = RunRecord()
         self.target = TargetTracker(t.target, t.stop_at_target)  # --target: time to target
@@ -101,7 +106,7 @@ class Trainer:
         manifest, self.tok, train_tokens, self.val_tokens = load_data(cfg, world,
                                                                       progress=world.is_main and Console(cfg, True).bar_on)
         self.token_bytes = self.tok.token_bytes()
-        self.info.val_sets = val_set_identities(cfg, manifest, len(self.val_tokens))  # summary.json: what evals score
+        self.manifest = manifest
         if resume_state is not None:
             resume.check_data(resume_state.get("data"), manifest, self.resume_override, self.resume_dir)
         # another number of processes than the checkpoint's: same global batch, another per-process split
@@ -113,11 +118,15 @@ class Trainer:
             states={"clock": self.clock, "sampler": self.batches, "record": self.record, "target": self.target,
                     "scaler": self.step_fn.scaler},
             rank_states={"rng": RNGState(), "metrics": self.metrics},
-            header={"config": saved_config or cfg.to_dict(), "data": resume.data_identity(manifest),
+            header={"config": resume.kept_config(saved_config, cfg, self.resume_override) if saved_config
+                    else cfg.to_dict(), "data": resume.data_identity(manifest),
                     "global_batch": self.batches.sampler.global_batch},
             model_cfg=cfg.model, run_dir=self.run_dir)
         if resume_state is not None:
             self._restore(resume_state)
+        self.final_plan = self._plan_final_eval()
+        self.info.final_plan = self.final_plan  # summary.json: what the evals score (the final one: as planned)
+        self.info.val_sets = val_set_identities(cfg, manifest, len(self.val_tokens), self.final_plan.windows)
         self.sinks = self.make_sinks(cfg, self.run_dir, enabled=self.is_main)
         if self.is_main:  # what eval/generate/export need besides the weights (rebuilt offline from the run dir)
             artifacts.write_run_files(self.run_dir, self.tok)
@@ -219,22 +228,53 @@ class Trainer:
         return m
 
     # ------------------------------------------------------------------ eval + samples
-    def run_eval(self, max_tokens: Optional[int], final: bool = False) -> dict:
+    def _eval_batch_size(self) -> int:
         bs = max(1, min(self.step_fn.micro_bs, self.cfg.train.batch_size))
-        bs *= EVAL_BATCH_MULT if str(self.device).startswith("cuda") else 1
+        return bs * (EVAL_BATCH_MULT if str(self.device).startswith("cuda") else 1)
+
+    def eval_sums(self, first_window: int, end_window: int, final: bool = False, stop=None) -> torch.Tensor:
+        """The all-reduced eval sums over val windows [first_window, end_window) (`evaluate.eval_sums`)."""
+        seq, bs = self.cfg.model.sequence_length, self._eval_batch_size()
+        n_tok, end = len(self.val_tokens), end_window * seq
+        batches = val_batches(self.val_tokens, seq, bs, max_tokens=end, rank=self.world.rank,
+                              world_size=self.world.world_size, first_window=first_window)
+        n_mine = ranks.val_batch_count(n_tok, seq, bs, end, self.world, first_window)
+        if final:  # a large piece of the split can take minutes: show progress
+            batches = self.console.eval_progress(batches, n_mine, (end_window - first_window) * seq, announce=False)
+        if self.world.sharded:  # every forward is a collective: all ranks run as many
+            batches = ranks.lockstep(batches, n_mine, self.step_fn.eval_model, self.world, seq, self.device)
+        return eval_sums(self.step_fn.eval_model, batches, self.token_bytes, self.device, self.autocast(),
+                         self.world, inference=final, stop=stop)
+
+    def run_eval(self, max_tokens: Optional[int]) -> dict:
+        """The metrics of a periodic eval on the first `max_tokens` val tokens."""
         with self.clock.evaluating():
-            batches = val_batches(self.val_tokens, self.cfg.model.sequence_length, bs, max_tokens=max_tokens,
-                                  rank=self.world.rank, world_size=self.world.world_size)
-            if final:  # the full split can take minutes: show progress
-                n = n_val_windows(len(self.val_tokens), self.cfg.model.sequence_length, max_tokens)
-                mine = -(-n // self.world.world_size)
-                batches = self.console.eval_progress(batches, -(-mine // bs), n * self.cfg.model.sequence_length)
-            if self.world.sharded:  # every forward is a collective: all ranks run as many
-                seq = self.cfg.model.sequence_length
-                n = ranks.val_batch_count(len(self.val_tokens), seq, bs, max_tokens, self.world)
-                batches = ranks.lockstep(batches, n, self.step_fn.eval_model, self.world, seq, self.device)
-            return evaluate(self.step_fn.eval_model, batches, self.token_bytes, self.device, self.autocast(),
-                            self.world, inference=final)
+            end = n_val_windows(len(self.val_tokens), self.cfg.model.sequence_length, max_tokens)
+            return val_metrics(self.eval_sums(0, end))
+
+    def _plan_final_eval(self) -> FinalPlan:
+        """The final eval's plan (training/final_eval.py); auto with a budget times one eval batch for the banner."""
+        t, seq = self.cfg.train, self.cfg.model.sequence_length
+        total = n_val_windows(len(self.val_tokens), seq)
+        fixed = n_val_windows(len(self.val_tokens), seq, t.eval_tokens)
+        speed = None
+        if t.final_eval == "auto" and self.cfg.time_budget_s:
+            speed = self._eval_speed()
+        return plan_final_eval(t.final_eval, self.cfg.time_budget_s, fixed, total, speed)
+
+    def _eval_speed(self) -> float:
+        """Val windows per second of the eval model, all processes together: one eval batch timed after a warm-up
+        one (the slowest process's time)."""
+        n = min(self._eval_batch_size(), n_val_windows(len(self.val_tokens), self.cfg.model.sequence_length))
+        seconds = 0.0
+        for _ in range(2):
+            sync(self.device)
+            t0 = time.perf_counter()
+            self.eval_sums(0, n * self.world.world_size)
+            sync(self.device)
+            seconds = time.perf_counter() - t0
+        seconds = all_reduce_max(torch.tensor([seconds], dtype=torch.float64, device=self.device), self.world).item()
+        return n * self.world.world_size / max(seconds, 1e-9)
 
     def sample(self) -> str:
         lc = self.cfg.log
@@ -294,14 +334,41 @@ class Trainer:
         return self.final_eval()
 
     def final_eval(self) -> dict:
-        mode = self.cfg.train.final_eval
-        if mode == "none":
+        """The final eval over the plan's nested prefixes (training/final_eval.py), each one's metrics kept; a stop
+        signal ends it within a batch (between prefixes under torchrun) and the run is `interrupted`, resumable."""
+        plan = self.final_plan
+        if plan.mode == "none":
             self.final = dict(self.record.last_val)
         else:
-            self.final = self.run_eval(None if mode == "full" else self.cfg.train.eval_tokens, final=True)
+            self.final = self._score_prefixes(plan)
             self.log({f"{K.FINAL}/{k}": v for k, v in self.final.items()})
         self.final_sample = self.sample()
         return self.final
+
+    def _score_prefixes(self, plan: FinalPlan) -> dict:
+        seq, guard = self.cfg.model.sequence_length, self.guard
+        stop = None if self.world.distributed else (lambda: guard.signum is not None)
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        done, prefixes = 0, {}
+        t0 = time.perf_counter()
+        with self.clock.evaluating():
+            for w in plan.grid:
+                elapsed = all_reduce_max(torch.tensor([time.perf_counter() - t0], dtype=torch.float64,
+                                                      device=self.device), self.world).item()
+                if not next_fits(done, elapsed, w, plan.limit_s):
+                    break
+                part = self.eval_sums(done, w, final=True, stop=stop)
+                if guard.stop_requested(True):  # the run's last checkpoint is there: a resume runs this eval again
+                    raise guard.interrupted(self.clock.step)
+                sums += part
+                done = w
+                prefixes[str(w * seq)] = res = val_metrics(sums)
+                if len(plan.grid) > 1:
+                    self.console.print(f"final eval: {w * seq:,} val tokens, val loss {res[K.VAL_LOSS]:.4f} "
+                                       f"({time.perf_counter() - t0:.1f}s)")
+        self.info.final_prefixes = prefixes
+        self.info.val_sets = val_set_identities(self.cfg, self.manifest, len(self.val_tokens), done)
+        return prefixes[str(done * seq)]
 
 
 def train(cfg: RunConfig, make_sinks: Callable, resume_dir: Optional[str] = None,
