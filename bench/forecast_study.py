@@ -41,7 +41,9 @@ SHAPE = ("--threads 1 --device cpu --n_layer 2 --n_embd 64 --n_head 4 --sequence
          "--acc_steps 1 --vocab_size 128 --eval_freq 100000 --eval_tokens 8192 --final_eval full --sample_tokens 0 "
          "--log_interval 50 --progress false --quiet true --ckpt_interval 1h").split()
 DOCS = os.path.join(ROOT, "data_cache", "src", "stdlib_docstrings.jsonl")
-CORPORA = {"shakespeare-char": ["--dataset", "shakespeare-char"],
+# Shakespeare's val split as the study scored it: 10%, the dataset's default then (now 5%), passed explicitly so the
+# figures of docs/forecast.md reproduce
+CORPORA = {"shakespeare-char": ["--dataset", "shakespeare-char", "--val_fraction", "0.1"],
            "docstrings-char": ["--dataset", DOCS, "--val_fraction", "0.05", "--tokenizer", "char"]}
 ARMS = {"base": ["--config_format", "base"],
         "m0": "--model llama2 --opt muon --scheduler wsd --lr 3e-3 --grad_clip 1".split(),
