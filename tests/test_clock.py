@@ -176,6 +176,37 @@ def test_a_finished_clock_stays_finished_unless_its_budget_or_iterations_change(
 # ---------------------------------------------------------------------------------------------------- final eval
 
 
+def test_tokens_are_counted_step_by_step_at_each_steps_own_batch(tmp_path):
+    """The clock counts training tokens per step, so a resume with another global batch keeps the earlier steps'
+    tokens; a checkpoint of an older lmsprint (no `tokens`) counts its steps at the batch now; a malformed count is
+    refused naming the clock."""
+    from lmsprint.errors import RunFileError
+    from lmsprint.training import state
+
+    timer = Timer()
+    c = Clock(None, 10, World(), timer=timer)
+    c.tokens_per_step = 64
+    c.start()
+    steps(c, timer, [1.0] * 3)
+    c.tokens_per_step = 32  # another global batch from step 3 on
+    steps(c, timer, [1.0] * 2)
+    assert (c.step, c.tokens) == (5, 3 * 64 + 2 * 32)
+    saved = c.state_dict()
+    d = Clock(None, 10, World())
+    d.tokens_per_step = 32
+    d.load_state_dict(saved)
+    assert d.tokens == 256 and d.state_dict()["tokens"] == 256
+    older = Clock(None, 10, World())
+    older.tokens_per_step = 32
+    older.load_state_dict({k: v for k, v in saved.items() if k != "tokens"})
+    assert older.tokens == 5 * 32
+    ok = {"model": {}, "step": 5, "clock": saved}
+    assert state.check_checkpoint(ok, str(tmp_path / "latest.pt")) is ok
+    for bad in (-1, 1.5, "256", True):
+        with pytest.raises(RunFileError, match="field 'clock'"):
+            state.check_checkpoint({**ok, "clock": {**saved, "tokens": bad}}, str(tmp_path / "latest.pt"))
+
+
 def test_final_eval_prefixes_and_plans():
     """Nested prefixes double from the fixed set up to the full split; auto fits the largest prefix in 15% of the
     budget at the measured speed, never less than the fixed set; full and fixed ignore the time."""

@@ -450,6 +450,38 @@ def test_an_accepted_override_is_kept_by_the_checkpoints_the_resumed_run_writes(
     assert (cfg.optim.lr, cfg.train.iterations) == (0.002, 6)
 
 
+def test_an_accepted_batch_override_changes_the_global_batch_and_earlier_steps_keep_their_tokens(run, in_process):
+    """`--resume_override batch_size` (or acc_steps) is a new batch from the checkpoint's step on: it is neither
+    undone by keeping the old global batch nor counted back over the steps already trained. Tokens per eval row and
+    in summary.json are the sum of each step's own batch, and later resumes keep the new batch without an override."""
+    ckpts, seq = run / "checkpoints", FLAGS["sequence_length"]
+    old_batch = FLAGS["batch_size"] * torch.load(ckpts / "step_2.pt", weights_only=True)["config"]["train"]["acc_steps"]
+    shutil.copy(ckpts / "step_2.pt", ckpts / "latest.pt")
+    set_summary(run, status="interrupted")
+    res = in_process("train", "--resume", run, "--device", "cpu", "--resume_override", "batch_size,iterations",
+                     "--batch_size", "1", "--iterations", "6")
+    assert res.returncode == 0, res.stderr
+    new_batch = old_batch // 2  # batch_size 2 -> 1, the same accumulation
+    assert f"another global batch (--resume_override batch_size): {old_batch} -> {new_batch} sequences" in res.stderr
+    assert "global batch stays" not in res.stderr
+    tokens = {r["iter"]: r["tokens"] for r in rundir.read_metrics(str(run)) if "val/loss" in r and "tokens" in r}
+    assert tokens == {2: 2 * old_batch * seq, 4: (2 * old_batch + 2 * new_batch) * seq,
+                      6: (2 * old_batch + 4 * new_batch) * seq}
+    assert json.loads((run / "summary.json").read_text())["tokens"] == tokens[6]
+    latest = torch.load(ckpts / "latest.pt", weights_only=True)
+    assert latest["global_batch"] == new_batch and latest["clock"]["tokens"] == tokens[6]
+    assert rundir.read_config(str(run)).train.batch_size == 1
+    # accumulation overridden in turn; then a plain extension keeps that batch with no line about it
+    set_summary(run, status="interrupted")
+    res = in_process("train", "--resume", run, "--device", "cpu", "--resume_override", "acc_steps,iterations",
+                     "--acc_steps", "1", "--iterations", "8")
+    assert res.returncode == 0 and f"{new_batch} -> 1 sequence (16 tokens)" in res.stderr, res.stderr
+    set_summary(run, status="interrupted")
+    res = in_process("train", "--resume", run, "--device", "cpu", "--resume_override", "iterations", "--iterations", "10")
+    assert res.returncode == 0 and "global batch" not in res.stderr, res.stderr
+    assert json.loads((run / "summary.json").read_text())["tokens"] == tokens[6] + 4 * seq
+
+
 @pytest.mark.parametrize("text,words", [
     ("model:\n  n_layer: abc\n", ("config.yaml", "n_layer", "'abc'")),
     ("- 1\n- 2\n", ("config.yaml", "list")),

@@ -19,8 +19,12 @@ of log rows and evaluations, and when the run is done.
   syncs anyway) and extrapolate it in between with the agreed seconds per step, without extra syncs.
 - `wall_time`: wall seconds since training started, summed over the processes of a resumed run (what `--target`
   records next to training time).
-- `state_dict()` / `load_state_dict()`: step, times and whether the last step has run (under which budget and
-  iterations: a resume that extends either trains on), for checkpoints (training/checkpoint.py).
+- `tokens`: training tokens so far, counted step by step at `tokens_per_step` (the global batch times the sequence
+  length, set by the trainer), so a resume that changes the global batch (`--resume_override batch_size`) counts
+  the earlier steps at their own batch.
+- `state_dict()` / `load_state_dict()`: step, tokens, times and whether the last step has run (under which budget
+  and iterations: a resume that extends either trains on), for checkpoints (training/checkpoint.py). A checkpoint
+  without `tokens` (an older lmsprint) counts its steps at `tokens_per_step`.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ class Clock:
         self.log_every, self.eval_every, self.eval_seconds = log_every, eval_every, eval_seconds
         self.compiled = compiled
         self.step = 0
+        self.tokens_per_step = 0  # training tokens of one optimizer step over all processes (set by the trainer)
+        self.tokens = 0
         self.train_time = 0.0
         self.eval_time = 0.0
         self.compile_time = 0.0
@@ -149,6 +155,7 @@ class Clock:
     def end_step(self) -> Tick:
         """Count the optimizer step begun at `begin_step` and say what it asks of the loop (see the module doc)."""
         self.step += 1
+        self.tokens += self.tokens_per_step
         step = self.step
         log = step % self.log_every == 0
         step_eval = not self.eval_seconds and self._eval_due()
@@ -215,12 +222,13 @@ class Clock:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        return {"step": self.step, "train_time": self.train_time, "eval_time": self.eval_time,
+        return {"step": self.step, "tokens": self.tokens, "train_time": self.train_time, "eval_time": self.eval_time,
                 "compile_time": self.compile_time, "wall_time": self.wall_time,
                 "finished": [self.budget, self.iterations] if self.finished else None}
 
     def load_state_dict(self, st: dict) -> None:
         self.step = int(st["step"])
+        self.tokens = int(st["tokens"]) if st.get("tokens") is not None else self.step * self.tokens_per_step
         self.train_time = float(st["train_time"])
         self.eval_time = float(st.get("eval_time", 0.0))
         self.compile_time = float(st.get("compile_time", 0.0))

@@ -2,10 +2,11 @@
 (What each rank checkpoints, and how a resume on another number of processes spreads it, is the checkpointer's:
 training/checkpoint.py.)
 
-- `adapt_batch(cfg, st, world)`: on a different number of processes, the per-process batch and accumulation are
-  changed so the global batch (tokens per optimizer step) stays the checkpoint's; one line says how. Returns the
-  config as the checkpoint holds it, which later checkpoints keep saving (with the changes accepted by
-  `resume_override`: `resume.kept_config`).
+- `adapt_batch(cfg, st, world, overrides)`: on a different number of processes, the per-process batch and
+  accumulation are changed so the global batch (tokens per optimizer step) stays the checkpoint's; one line says
+  how. A resume that overrides `batch_size` or `acc_steps` (`--resume_override`) asked for another batch: those
+  values stand, and one line says how the global batch changes. Returns the config as the checkpoint holds it, which
+  later checkpoints keep saving (with the changes accepted by `resume_override`: `resume.kept_config`).
 - `lockstep(batches, n_batches, model, world, seq_len, device)`: under FSDP every forward is a collective, so a
   rank with fewer validation batches (`val_batch_count`) runs dummy forwards (outputs dropped) until all ranks have
   run as many.
@@ -26,15 +27,27 @@ from .distributed import World, all_reduce_max, broadcast_object
 # ---------------------------------------------------------------------------------------------------- another world
 
 
-def adapt_batch(cfg, st: dict, world: World) -> dict:
-    """Keep checkpoint `st`'s global batch on this number of processes (see the module doc). Returns the config
-    dict the checkpoints of this run keep (the checkpoint's own)."""
+BATCH_OPTIONS = ("batch_size", "acc_steps")  # what sets the global batch on a given number of processes
+
+
+def adapt_batch(cfg, st: dict, world: World, overrides=frozenset()) -> dict:
+    """Keep checkpoint `st`'s global batch on this number of processes, unless `overrides` names one of
+    BATCH_OPTIONS (see the module doc). Returns the config dict the checkpoints of this run keep (the checkpoint's
+    own)."""
     saved_cfg = st.get("config") or cfg.to_dict()
     global_batch = st.get("global_batch")
     t = cfg.train
-    if not global_batch or t.batch_size * t.acc_steps * world.world_size == global_batch:
-        return saved_cfg
     n = world.world_size
+    now = t.batch_size * t.acc_steps * n
+    if not global_batch or now == global_batch:
+        return saved_cfg
+    chosen = [o for o in BATCH_OPTIONS if o in overrides]
+    if chosen:  # the user's batch stands: the steps so far keep their tokens (clock.tokens), later ones use this one
+        if world.is_main:
+            print(f"resuming with another global batch (--resume_override {','.join(chosen)}): {global_batch} -> "
+                  f"{plural(now, 'sequence')} ({now * cfg.model.sequence_length:,} tokens) per optimizer step from step "
+                  f"{st.get('step', '?')} on", file=sys.stderr)
+        return saved_cfg
     if global_batch % n:
         raise ConfigError(f"the run's global batch of {global_batch} sequences does not split over {n} processes; "
                           f"resume on a number of processes dividing {global_batch}")

@@ -100,7 +100,7 @@ def run_summary(info: RunInfo, clock, final: Optional[dict], status: str, error:
                 target: Optional[dict] = None) -> dict:
     """summary.json of a run (at any point of its setup: parts not built yet are None)."""
     cfg = info.cfg
-    tokens = clock.step * info.tokens_per_step
+    tokens = clock.tokens
     tps = tokens / clock.train_time if clock.train_time > 0 else None
     built = info.params_total is not None
     s = {

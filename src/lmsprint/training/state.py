@@ -6,7 +6,8 @@ A checkpoint is one `torch.save`d dict, format `FORMAT_VERSION` (3), written by 
   config (the run's config), data (the dataset identity, `resume.data_identity`), world_size and global_batch
   (the processes and sequences per optimizer step that saved it),
   model, optimizer (None under `data_parallel` fsdp: then `sharded` names their DCP folder, training/sharded.py),
-  one entry per state saved once: clock {step, train_time, eval_time, compile_time, wall_time, finished}, sampler {seed, step},
+  one entry per state saved once: clock {step, tokens, train_time, eval_time, compile_time, wall_time, finished},
+  sampler {seed, step},
   record {rows, samples_bytes, n_evals, last_val}, target {spec, n_evals, record} (training/target.py), scaler
   (float16 only),
   ranks: one dict per process, by rank, of the states every process has: rng, metrics (the loss accumulators
@@ -155,10 +156,12 @@ def _rng(v) -> bool:
 
 
 def _clock(v) -> bool:
-    """A `clock.Clock.state_dict()` (`wall_time` absent in format 2, `finished` absent before it was kept)."""
+    """A `clock.Clock.state_dict()` (`wall_time` absent in format 2, `finished` and `tokens` absent before they were
+    kept)."""
     fin = v.get("finished") if isinstance(v, dict) else None
     fin_ok = fin is None or (isinstance(fin, (list, tuple)) and len(fin) == 2 and _seconds(fin[0]) and _count(fin[1]))
-    return (isinstance(v, dict) and _count(v.get("step")) and _seconds(v.get("train_time")) and fin_ok
+    tokens_ok = not isinstance(v, dict) or v.get("tokens") is None or _count(v["tokens"])
+    return (isinstance(v, dict) and _count(v.get("step")) and _seconds(v.get("train_time")) and fin_ok and tokens_ok
             and all(k not in v or _seconds(v[k]) for k in ("eval_time", "compile_time", "wall_time")))
 
 

@@ -109,8 +109,10 @@ class Trainer:
         self.manifest = manifest
         if resume_state is not None:
             resume.check_data(resume_state.get("data"), manifest, self.resume_override, self.resume_dir)
-        # another number of processes than the checkpoint's: same global batch, another per-process split
-        saved_config = ranks.adapt_batch(cfg, resume_state, world) if resume_state is not None else None
+        # another number of processes than the checkpoint's: same global batch, another per-process split (unless
+        # --resume_override names batch_size or acc_steps: then the new batch stands)
+        saved_config = (ranks.adapt_batch(cfg, resume_state, world, self.resume_override) if resume_state is not None
+                        else None)
         self._build(train_tokens, manifest)
         self._open_run_dir()
         self.checkpointer = Checkpointer(
@@ -143,7 +145,7 @@ class Trainer:
         self.step_fn = build_train_step(cfg, self.model, dev, world)
         self.opt = self.step_fn.optimizer
         global_batch = cfg.train.batch_size * cfg.train.acc_steps * world.world_size
-        self.tokens_per_step = global_batch * cfg.model.sequence_length
+        self.tokens_per_step = self.clock.tokens_per_step = global_batch * cfg.model.sequence_length
         sampler = BatchSampler(train_tokens, cfg.model.sequence_length, global_batch, cfg.data.data_seed,
                                rank=world.rank, world_size=world.world_size)
         self.batches = DeviceBatches(sampler, dev)
@@ -217,7 +219,7 @@ class Trainer:
         step = self.clock.step
         self.guard.check_loss(loss, step)
         m = {K.TRAIN_LOSS: loss, K.TRAIN_CE: ce, K.LR: self.opt.param_groups[0]["lr"],
-             K.TOKENS: step * self.tokens_per_step, **aux, K.TRAIN_TIME: self.clock.train_time}
+             K.TOKENS: self.clock.tokens, **aux, K.TRAIN_TIME: self.clock.train_time}
         if interval_time > 0:
             tps = interval_tokens / interval_time
             m[K.TOKENS_PER_S] = tps
@@ -294,7 +296,7 @@ class Trainer:
         self.guard.check_eval(res.get(K.VAL_LOSS), step)  # NaN weights: stop before logging or sampling
         rec.n_evals += 1
         rec.last_val = {k: v for k, v in res.items() if k != K.EVAL_TOKENS}
-        tokens, train_s, wall_s = step * self.tokens_per_step, self.clock.train_time, self.clock.wall_time
+        tokens, train_s, wall_s = self.clock.tokens, self.clock.train_time, self.clock.wall_time
         self.log({**rec.last_val, K.TOKENS: tokens, K.EVAL_TIME: self.clock.eval_time, K.TRAIN_TIME: train_s,
                   K.WALL_TIME: wall_s})  # every eval row carries its own step, tokens and times
         if self.target.observe(res, step, tokens, train_s, wall_s):  # the first eval reaching --target
