@@ -207,6 +207,30 @@ def test_tokens_are_counted_step_by_step_at_each_steps_own_batch(tmp_path):
             state.check_checkpoint({**ok, "clock": {**saved, "tokens": bad}}, str(tmp_path / "latest.pt"))
 
 
+def test_the_clock_owns_the_checkpoint_cadence_and_the_timings_outside_the_budget():
+    """--ckpt_interval is wall time since the start or the last checkpoint; a timed block (the eval-speed probe) and
+    the seconds an eval block yields count in no total but their own."""
+    timer = Timer()
+    c = Clock(60.0, 100, World(), timer=timer)
+    c.checkpoint_every = 30.0
+    c.start()
+    steps(c, timer, [10.0, 10.0])
+    assert not c.checkpoint_due()
+    steps(c, timer, [10.0])
+    assert c.checkpoint_due()
+    c.checkpointed()
+    assert not c.checkpoint_due()
+
+    def probe():
+        timer.t += 2.5
+
+    assert c.time_block(probe) == 2.5 and (c.train_time, c.eval_time) == (30.0, 0.0)
+    with c.evaluating() as seconds:
+        timer.t += 4.0
+        assert seconds() == 4.0
+    assert (c.train_time, c.eval_time) == (30.0, 4.0)
+
+
 def test_final_eval_prefixes_and_plans():
     """Nested prefixes double from the fixed set up to the full split; auto fits the largest prefix in 15% of the
     budget at the measured speed, never less than the fixed set; full and fixed ignore the time."""

@@ -166,6 +166,50 @@ def test_a_genuine_shard_folder_still_loads_through_the_allow_list(run, in_proce
     assert all(torch.equal(m.model.state_dict()[k], v) for k, v in sd.items())
 
 
+def test_a_planted_pickle_in_a_shard_folders_optimizer_entry_is_refused_and_never_runs(run, tmp_path, in_process):
+    """DCP stores non-tensor entries (the optimizer's param groups) as pickles, and its default planner unpickles
+    them with weights_only=False. A genuine folder (metadata that passes the allow-list) whose `lr` entry points at a
+    planted payload: resume refuses it in one line, naming the entry, and the payload never runs."""
+    import io
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from lmsprint.model.transformer import Transformer
+    from lmsprint.training.sharded import read_shard_metadata
+    from lmsprint.training.step import build_train_step
+
+    st = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    cfg = rundir.read_config(str(run))
+    model = Transformer(cfg.model)
+    model.load_state_dict(st["model"])
+    opt = build_train_step(cfg, model, "cpu").optimizer
+    opt.load_state_dict(st["optimizer"])
+    msd, osd = get_state_dict(model, opt)
+    folder = run / "checkpoints" / "latest.shards-4-evil"
+    dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(folder))
+    md = read_shard_metadata(str(folder))
+    key = "optimizer.param_groups.0.lr"
+    assert isinstance(md.state_dict_metadata[key], BytesStorageMetadata)
+    marker = tmp_path / "PWNED"
+    payload = io.BytesIO()
+    torch.save(_Planted(marker), payload)
+    for index, info in md.storage_data.items():
+        if index.fqn == key:  # the entry now reads the payload appended to its data file
+            data = folder / info.relative_path
+            info.offset, info.length = data.stat().st_size, len(payload.getvalue())
+            with open(data, "ab") as fh:
+                fh.write(payload.getvalue())
+    (folder / ".metadata").write_bytes(pickle.dumps(md))
+    edit_checkpoint(run, model=None, optimizer=None, sharded=folder.name)
+    set_summary(run, status="interrupted")
+    one_line(in_process("train", "--resume", run, "--device", "cpu"), "latest.shards-4-evil", "refused",
+             f"'{key}'", "allow-list")
+    assert not marker.exists()
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+
+
 @pytest.mark.parametrize("sharded", ["/tmp", "../../elsewhere", "..", "a/b"])
 def test_a_shard_folder_outside_the_checkpoints_folder_is_refused(run, tmp_path, in_process, sharded):
     marker = tmp_path / "PWNED"

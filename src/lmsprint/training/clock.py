@@ -17,6 +17,8 @@ of log rows and evaluations, and when the run is done.
 - Several processes with a time budget or --eval_every: every rank must stop and evaluate at the same step and use
   the same learning rate, so the ranks agree on the training time at log steps (one all-reduce, where the loop
   syncs anyway) and extrapolate it in between with the agreed seconds per step, without extra syncs.
+- Other time the run measures: `checkpoint_due()` / `checkpointed()` (the --ckpt_interval cadence of wall time),
+  `time_block(fn)` (a measurement outside every total, e.g. the eval speed), and the seconds `evaluating()` yields.
 - `wall_time`: wall seconds since training started, summed over the processes of a resumed run (what `--target`
   records next to training time).
 - `tokens`: training tokens so far, counted step by step at `tokens_per_step` (the global batch times the sequence
@@ -80,6 +82,8 @@ class Clock:
         self._final = False  # the step under way is the last one the budget allows (decided before it runs)
         self._eval_slot = 0  # --eval_every: how many eval periods of training time have passed
         self.wall_base = 0.0  # wall seconds of this run's earlier processes (from the checkpoint, `wall_time`)
+        self.checkpoint_every = float("inf")  # --ckpt_interval in seconds (set by the trainer; inf: never by time)
+        self._last_save = 0.0
         self._wall_t0: Optional[float] = None
 
     # ------------------------------------------------------------------ decisions
@@ -146,7 +150,7 @@ class Clock:
     def start(self) -> None:
         """Before the loop (after setup or a resume): the agreement over ranks and the wall time start from here."""
         self._sec_per_step, self._agreed_time, self._agreed_step = 0.0, self.train_time, self.step
-        self._wall_t0 = self._now()
+        self._wall_t0 = self._last_save = self._now()
 
     def begin_step(self) -> None:
         self._final = self._last_by_budget()
@@ -212,13 +216,32 @@ class Clock:
 
     @contextlib.contextmanager
     def evaluating(self):
-        """Time the block (waiting for the device at its end) as evaluation time."""
+        """Time the block (waiting for the device at its end) as evaluation time; yields a function giving the
+        seconds since the block began (the final eval sizes itself by them)."""
         t0 = self._now()
         try:
-            yield
+            yield lambda: self._now() - t0
         finally:
             sync(self.world.device)
             self.eval_time += self._now() - t0
+
+    def time_block(self, fn: Callable[[], object]) -> float:
+        """Seconds `fn()` takes on the device (synchronised before and after), counted in no total: a measurement
+        such as the eval speed the final eval is planned from."""
+        sync(self.world.device)
+        t0 = self._now()
+        fn()
+        sync(self.world.device)
+        return self._now() - t0
+
+    # ------------------------------------------------------------------ wall-clock checkpoints
+    def checkpoint_due(self) -> bool:
+        """Whether `checkpoint_every` wall seconds (--ckpt_interval) have passed since `start()` or the last
+        `checkpointed()` (this process's view; the ranks agree on it at log steps: ranks.save_due)."""
+        return self._now() - self._last_save >= self.checkpoint_every
+
+    def checkpointed(self) -> None:
+        self._last_save = self._now()
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

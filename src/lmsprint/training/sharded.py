@@ -22,7 +22,11 @@ naming the global, before any object is built. It then checks the structure (eve
 chunks; every storage entry a plain file of the folder, no symbolic link out of it, long enough for its slice;
 with `expected` {name: shape}, the model's shapes) and hands the checked object to DCP through `_CheckedReader`
 (a FileSystemReader whose `read_metadata` returns it). DCP reads the tensors themselves with
-`torch.load(weights_only=True)`. A failure inside DCP (a damaged shard) is a one-line CheckpointError too.
+`torch.load(weights_only=True)`, but the non-tensor entries (the optimizer's param groups: lr, betas, ...) with
+`torch.load(weights_only=False)` in `DefaultLoadPlanner.load_bytes`, which would run a planted payload: lmsprint
+loads through `_AllowListPlanner`, which unpickles each of them with `weights_only=True` first (torch's allow-list of
+plain values and tensors), so a foreign global is refused before any object is built. A failure inside DCP (a
+damaged shard, a refused entry) is a one-line CheckpointError too.
 """
 
 from __future__ import annotations
@@ -235,17 +239,43 @@ class _CheckedReader(dcp.FileSystemReader):
         return md
 
 
+class _Refused(ValueError):
+    """A shard folder entry refused by the allow-list (raised inside DCP, reported by `_dcp_load`)."""
+
+
+class _AllowListPlanner(dcp.DefaultLoadPlanner):
+    """DCP's default load planner, except that a non-tensor entry is unpickled by torch's allow-list
+    (`weights_only=True`): the default `load_bytes` unpickles it with `weights_only=False`. The checked value is
+    handed on re-serialised, so DCP places it as usual (any torch version's planner)."""
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        try:
+            obj = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError:
+            raise _Refused(f"its entry '{read_item.dest_index.fqn}' holds a pickled object outside torch's "
+                           "weights_only allow-list (a checkpoint lmsprint wrote holds plain values there)") from None
+        safe = io.BytesIO()
+        torch.save(obj, safe)
+        safe.seek(0)
+        super().load_bytes(read_item, safe)
+
+
 def _dcp_load(sd: dict, path: str, metadata: Metadata) -> None:
-    """`dcp.load(sd)` from the checked folder `path`; a failure inside DCP is one CheckpointError line."""
+    """`dcp.load(sd)` from the checked folder `path`, non-tensor entries through the allow-list
+    (`_AllowListPlanner`); a failure inside DCP is one CheckpointError line."""
     try:
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(sd, storage_reader=_CheckedReader(path, metadata))
+            dcp.load(sd, storage_reader=_CheckedReader(path, metadata), planner=_AllowListPlanner())
     except CheckpointException as e:  # a BaseException holding {rank: (exception, stack)} for every failed rank
         first = next(iter(e.failures.values()), None)
         exc = first[0] if isinstance(first, tuple) else first
+        if isinstance(exc, _Refused):
+            raise CheckpointError(f"checkpoint shards {path} refused: {exc}; {_HINT}") from None
         why = " ".join(str(exc).split())[:160] if exc is not None else "unknown failure"
         raise CheckpointError(f"checkpoint shards {path} are missing or corrupt ({why}); {_HINT}") from None
+    except _Refused as e:
+        raise CheckpointError(f"checkpoint shards {path} refused: {e}; {_HINT}") from None
     except (RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
         why = " ".join(str(e).split())[:160] or type(e).__name__
         raise CheckpointError(f"checkpoint shards {path} are missing or corrupt ({why}); {_HINT}") from None

@@ -23,7 +23,6 @@ imports the tracking layer above it.
 from __future__ import annotations
 
 import random
-import time
 from typing import Callable, Optional
 
 import numpy as np
@@ -33,7 +32,7 @@ from .. import keys as K
 from .. import rundir
 from ..config import RunConfig, checkpoint_steps, parse_duration
 from ..data.loader import BatchSampler, DeviceBatches, n_val_windows, val_batches
-from ..hw import autocast_context, enable_tf32, mfu, peak_flops, set_cpu_threads, sync
+from ..hw import autocast_context, enable_tf32, mfu, peak_flops, set_cpu_threads
 from ..model.transformer import Transformer
 from ..optim.schedules import apply_schedule
 from . import artifacts, ranks, resume, state
@@ -86,6 +85,9 @@ class Trainer:
         # a resume that adds or changes --target looks for it among the eval rows logged up to the checkpoint
         self.target.history = lambda: rundir.read_metrics(self.run_dir)[:self.record.rows]
         self.run_dir: Optional[str] = None
+        # summary.json is this process's to rewrite: a new run's from its creation, a resumed run's once the resume
+        # has passed every check and restored every state (a refused resume leaves the run's summary as it was)
+        self.owns_summary = False
         self.sinks = None
         self.final: dict = {}
         self.final_sample = ""
@@ -136,6 +138,7 @@ class Trainer:
         if self.is_main:
             rundir.write_summary(self.run_dir, self.summary("running"))
             self.console.banner(self.info, self.clock.step if self.resume_dir else None)
+        self.owns_summary = True
 
     def _build(self, train_tokens, manifest) -> None:
         """The model, its training step, the batches and the accumulators; what the banner says of them."""
@@ -150,7 +153,7 @@ class Trainer:
                                rank=world.rank, world_size=world.world_size)
         self.batches = DeviceBatches(sampler, dev)
         self.metrics = MetricAccumulator(dev)  # device sums between log steps (in checkpoints: exact resumes)
-        self.ckpt_every = parse_duration(cfg.train.ckpt_interval) or float("inf")
+        self.clock.checkpoint_every = parse_duration(cfg.train.ckpt_interval) or float("inf")
         self.keep_steps = checkpoint_steps(cfg.train)  # step_N.pt copies kept at these steps (a ladder's branches)
         info.tokens_per_step = self.tokens_per_step
         info.params_total, info.params_active = self.model.num_params(), self.model.num_active_params()
@@ -269,12 +272,8 @@ class Trainer:
         one (the slowest process's time)."""
         n = min(self._eval_batch_size(), n_val_windows(len(self.val_tokens), self.cfg.model.sequence_length))
         seconds = 0.0
-        for _ in range(2):
-            sync(self.device)
-            t0 = time.perf_counter()
-            self.eval_sums(0, n * self.world.world_size)
-            sync(self.device)
-            seconds = time.perf_counter() - t0
+        for _ in range(2):  # the second, warm one counts
+            seconds = self.clock.time_block(lambda: self.eval_sums(0, n * self.world.world_size))
         seconds = all_reduce_max(torch.tensor([seconds], dtype=torch.float64, device=self.device), self.world).item()
         return n * self.world.world_size / max(seconds, 1e-9)
 
@@ -311,7 +310,6 @@ class Trainer:
         t, clock, bar = self.cfg.train, self.clock, self.console
         bar.start(clock)
         clock.start()
-        last_ckpt = time.perf_counter()
         while not clock.done() and not self.target.stop():  # --stop_at_target ends the loop after that eval
             tick = self.train_step()
             if tick.log:  # every log_interval steps, and the last (partial) interval at the last step
@@ -323,11 +321,11 @@ class Trainer:
                 bar.eval_done(tick.step, self.periodic_eval())
             kept = (t.save_checkpoint_freq and tick.step % t.save_checkpoint_freq == 0) or tick.step in self.keep_steps
             keep = f"step_{tick.step}.pt" if kept else None
-            due = ranks.save_due(time.perf_counter() - last_ckpt >= self.ckpt_every, tick.log, self.world)
+            due = ranks.save_due(clock.checkpoint_due(), tick.log, self.world)
             saved = tick.eval or tick.last or bool(keep) or due
             if saved:
                 self.save(keep)
-                last_ckpt = time.perf_counter()
+                clock.checkpointed()
             if self.guard.stop_requested(tick.log):  # SIGTERM/SIGHUP/SIGINT: checkpoint here, summary `interrupted`
                 if not saved:
                     self.save()
@@ -352,11 +350,10 @@ class Trainer:
         stop = None if self.world.distributed else (lambda: guard.signum is not None)
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)
         done, prefixes = 0, {}
-        t0 = time.perf_counter()
-        with self.clock.evaluating():
+        with self.clock.evaluating() as seconds:
             for w in plan.grid:
-                elapsed = all_reduce_max(torch.tensor([time.perf_counter() - t0], dtype=torch.float64,
-                                                      device=self.device), self.world).item()
+                elapsed = all_reduce_max(torch.tensor([seconds()], dtype=torch.float64, device=self.device),
+                                         self.world).item()
                 if not next_fits(done, elapsed, w, plan.limit_s):
                     break
                 part = self.eval_sums(done, w, final=True, stop=stop)
@@ -367,7 +364,7 @@ class Trainer:
                 prefixes[str(w * seq)] = res = val_metrics(sums)
                 if len(plan.grid) > 1:
                     self.console.print(f"final eval: {w * seq:,} val tokens, val loss {res[K.VAL_LOSS]:.4f} "
-                                       f"({time.perf_counter() - t0:.1f}s)")
+                                       f"({seconds():.1f}s)")
         self.info.final_prefixes = prefixes
         self.info.val_sets = val_set_identities(self.cfg, self.manifest, len(self.val_tokens), done)
         return prefixes[str(done * seq)]
@@ -395,7 +392,7 @@ def train(cfg: RunConfig, make_sinks: Callable, resume_dir: Optional[str] = None
         return summary
     except BaseException as e:
         lost = tr.guard.peer_lost(e, tr.clock.step)  # another torchrun process died: `interrupted` if checkpointed
-        if tr.run_dir is not None and tr.is_main:
+        if tr.run_dir is not None and tr.is_main and (tr.owns_summary or tr.resume_dir is None):
             status, err = end_status(lost or e)
             summary = tr.summary(status, error=err)
             try:
