@@ -1,5 +1,5 @@
-"""Shared pytest fixtures: the prepared Shakespeare data (GPT-2 BPE and characters), one thread, the tiny config shape, a tiny local corpus,
-the CLI run in this process."""
+"""Shared pytest fixtures: the prepared Shakespeare data (GPT-2 BPE and characters), one thread, the tiny config
+shape, a tiny local corpus, the CLI run in this process."""
 
 import random
 from types import SimpleNamespace

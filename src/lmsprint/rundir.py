@@ -39,8 +39,8 @@ A run directory is untrusted input (it may come from someone else), so:
 - The readers validate what they read and name the file and the field (`RunFileError`, a CheckpointError):
   `read_config` (YAML without aliases or duplicate keys, `config.load_yaml`; every option's type and check),
   `read_summary` (field types; `status` required), `read_metrics` (UTF-8, every complete line a JSON object with an
-  integer `iter` and numbers where metrics are). `read_config_dict` stays lenient (sweep naming). `compare` skips a run whose file is malformed
-  with one line (track/discover.py).
+  integer `iter` and numbers where metrics are). `read_config_dict` stays lenient (sweep naming). `compare` skips a
+  run whose file is malformed with one line (track/discover.py).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ of log rows and evaluations, and when the run is done.
   its time exactly: log and eval steps, the first compiled step and the last step.
 - Decisions: `total_steps` is the step count the schedule is fitted to (None: the schedule runs on time);
   `done()` says whether another step may run. With --time_budget a step runs only if the measured seconds per step
-  (`step_estimate()`: the mean step of the last log interval) say it ends within the budget, so a run ends at most one step's time over the budget and
-  usually just under it; the step after which none fits is known before it runs, and `progress()` (the schedule's
+  (`step_estimate()`: the mean step of the last log interval) say it ends within the budget, so a run ends at most
+  one step's time over the budget and usually just under it; the step after which none fits is known before it runs, and `progress()` (the schedule's
   position: step/iterations, or training time over the start time of that last step) is exactly 1 there, so the
   schedule ends at the last step. `end_step()` returns a `Tick` saying what the step that just ended must do: write
   a log row (every log_interval steps, and at the last step), evaluate (every eval_every steps, or the first step

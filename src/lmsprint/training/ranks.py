@@ -45,8 +45,8 @@ def adapt_batch(cfg, st: dict, world: World, overrides=frozenset()) -> dict:
     if chosen:  # the user's batch stands: the steps so far keep their tokens (clock.tokens), later ones use this one
         if world.is_main:
             print(f"resuming with another global batch (--resume_override {','.join(chosen)}): {global_batch} -> "
-                  f"{plural(now, 'sequence')} ({now * cfg.model.sequence_length:,} tokens) per optimizer step from step "
-                  f"{st.get('step', '?')} on", file=sys.stderr)
+                  f"{plural(now, 'sequence')} ({now * cfg.model.sequence_length:,} tokens) per optimizer step "
+                  f"from step {st.get('step', '?')} on", file=sys.stderr)
         return saved_cfg
     if global_batch % n:
         raise ConfigError(f"the run's global batch of {global_batch} sequences does not split over {n} processes; "

@@ -148,14 +148,14 @@ class Trainer:
         self.step_fn = build_train_step(cfg, self.model, dev, world)
         self.opt = self.step_fn.optimizer
         global_batch = cfg.train.batch_size * cfg.train.acc_steps * world.world_size
-        self.tokens_per_step = self.clock.tokens_per_step = global_batch * cfg.model.sequence_length
+        self.clock.tokens_per_step = global_batch * cfg.model.sequence_length  # the clock counts the tokens
         sampler = BatchSampler(train_tokens, cfg.model.sequence_length, global_batch, cfg.data.data_seed,
                                rank=world.rank, world_size=world.world_size)
         self.batches = DeviceBatches(sampler, dev)
         self.metrics = MetricAccumulator(dev)  # device sums between log steps (in checkpoints: exact resumes)
         self.clock.checkpoint_every = parse_duration(cfg.train.ckpt_interval) or float("inf")
         self.keep_steps = checkpoint_steps(cfg.train)  # step_N.pt copies kept at these steps (a ladder's branches)
-        info.tokens_per_step = self.tokens_per_step
+        info.tokens_per_step = self.clock.tokens_per_step
         info.params_total, info.params_active = self.model.num_params(), self.model.num_active_params()
         info.flops_per_token, info.peak_flops = self.model.flops_per_token(), peak_flops(dev)
         info.micro_batch, info.dtype = self.step_fn.micro_bs, str(self.step_fn.dtype).replace("torch.", "")
@@ -313,7 +313,7 @@ class Trainer:
         while not clock.done() and not self.target.stop():  # --stop_at_target ends the loop after that eval
             tick = self.train_step()
             if tick.log:  # every log_interval steps, and the last (partial) interval at the last step
-                m = self.flush_train_log(tick.interval_steps * self.tokens_per_step, tick.interval_time)
+                m = self.flush_train_log(tick.interval_steps * clock.tokens_per_step, tick.interval_time)
                 if m:
                     bar.train_log(tick.step, m)
             bar.advance()
